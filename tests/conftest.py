@@ -1,0 +1,50 @@
+"""Shared test fixtures. Run everything with `make test`; one package with `.venv/bin/pytest tests/rock`.
+
+Markers: `slow` (model loads, training steps, end-to-end), `docker` (needs the engine and
+rock/base:bookworm, which `make test` provides), `gpu` (skipped when no CUDA device is present).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+BASE_IMAGE = "rock/base:bookworm"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def base_image() -> str:
+    return BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+
+    client = docker.from_env()
+    client.ping()
+    client.images.get(BASE_IMAGE)  # `make images` builds it
+    return client
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if has_gpu:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
