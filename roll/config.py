@@ -1,0 +1,134 @@
+"""Validated run configuration. `roll train configs/rl/tiny-cpu.yaml train.iterations=1` shows the layering.
+
+Layers: the YAML file, then dotted `key=value` overrides from the command line (values parsed as YAML
+scalars, so `train.lr=1e-5` is a float and `agent.max_turns=2` an int). One pydantic model per component,
+`extra="forbid"` so that a misspelt key is an error naming it, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message is one line meant for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    """The initial policy: an existing HF dir, or one `rome.init.init_model` creates when it is missing."""
+
+    dir: Path = Field(description="HF model dir of the initial policy; created with rome init when missing")
+    init_config: str = Field("tiny", description="rome config name used when the dir must be created")
+    init_seed: int = Field(0, description="seed of rome init")
+
+
+class InferenceConfig(_Strict):
+    """The inference worker: rome's OpenAI-compatible server inside a Ray actor."""
+
+    engine: Literal["vllm", "hf"] = "vllm"
+    kvcache_gb: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU build of vLLM")
+    startup_timeout_s: float = Field(600, gt=0)
+
+
+class SandboxConfig(_Strict):
+    """The ROCK sandboxes the agent runs in."""
+
+    image: str = "rock/base:bookworm"
+    iflow_mount: str = Field("/opt/ale/iflow_cli", description="where the iflow_cli source is mounted read-only")
+    create_timeout_s: float = Field(120, gt=0)
+
+
+class AgentConfig(_Strict):
+    """How iflow runs inside each sandbox."""
+
+    max_turns: int = Field(3, ge=1)
+    max_tokens: int = Field(64, ge=1, description="IFLOW_MAX_TOKENS: cap on each completion")
+    timeout_s: float = Field(300, gt=0, description="wall-clock limit of one agent run")
+
+
+class TasksConfig(_Strict):
+    """The task family the rollouts draw from."""
+
+    families: list[Literal["create_file", "make_dir"]] = ["create_file"]
+    seed: int = 0
+    held_out_fraction: float = Field(0.2, ge=0, lt=1)
+
+
+class RolloutConfig(_Strict):
+    """How many attempts per iteration: `tasks_per_iteration` tasks, each tried `group_size` times."""
+
+    tasks_per_iteration: int = Field(2, ge=1)
+    group_size: int = Field(2, ge=1, description="attempts per task; the advantage baseline is their mean")
+
+
+class TrainConfig(_Strict):
+    """The DeepSpeed trainer and the loop around it."""
+
+    iterations: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    clip_low: float = Field(0.2, ge=0, lt=1, description="chunk importance ratio clipped to [1-low, 1+high]")
+    clip_high: float = Field(0.28, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    zero_stage: Literal[0, 1, 2] = 2
+    seed: int = 0
+
+
+class RunConfig(_Strict):
+    """A whole `roll train` run; outputs go to `<runs_dir>/<name>/`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    runs_dir: Path = Path("runs")
+    model: ModelConfig
+    inference: InferenceConfig = InferenceConfig()
+    sandbox: SandboxConfig = SandboxConfig()
+    agent: AgentConfig = AgentConfig()
+    tasks: TasksConfig = TasksConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    train: TrainConfig = TrainConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.name
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Set `a.b.c=value` in the nested dict `data`; the value is parsed as a YAML scalar."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {override!r} is not of the form key.sub=value")
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node = child
+    node[leaf] = yaml.safe_load(raw) if raw else ""
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read the YAML file, apply the overrides, validate; every failure is a one-line ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for override in overrides:
+        apply_override(data, override)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"{path}: {problems}") from e
