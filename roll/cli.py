@@ -1,0 +1,83 @@
+"""The `roll` command: `roll train configs/rl/tiny-cpu.yaml [key=value ...]`, `roll plan CONFIG`.
+
+Bad input (a missing config, an unknown key, an unknown task family, a missing image) is one line on
+stderr and exit status 2; an interrupted run exits 130 after removing what it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from roll.config import ConfigError, load_config
+
+OVERRIDES_HELP = "dotted overrides applied after the file, e.g. train.iterations=1 agent.max_tokens=32"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    # Errors the user can fix; anything else is a bug and keeps its traceback.
+    errors: list[type[BaseException]] = [ConfigError, ValueError, FileNotFoundError]
+    for module, name in (("rock.errors", "RockError"), ("rome.errors", "RomeError")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    from roll.driver import train
+
+    return train(cfg)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from roll.plan import load_plan_config, print_plan
+
+    print_plan(load_plan_config(args.config, args.overrides))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roll",
+        description="ROLL: reinforcement learning of agents on Ray — vLLM inference workers, DeepSpeed trainers, "
+        "the iflow agent in ROCK sandboxes.",
+        epilog="Start with `roll train configs/rl/tiny-cpu.yaml` (what `make train-rl` runs).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = sub.add_parser(
+        "train",
+        help="run RL iterations: rollouts in sandboxes, a trainer update, weight sync",
+        description="Run an RL training job from a YAML config. Creates the initial model with rome init if its "
+        "dir is missing, starts Ray, the inference and trainer workers and a rock server, then per iteration: "
+        "iflow attempts in sandboxes, rewards from the task tests, one policy-gradient update, new weights "
+        "loaded for sampling. Writes metrics.jsonl, trajectories.jsonl and policy/v<N> under runs/<name>/.",
+    )
+    train.add_argument("config", help="YAML run config, e.g. configs/rl/tiny-cpu.yaml")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    train.set_defaults(func=cmd_train)
+    plan = sub.add_parser(
+        "plan",
+        help="print the memory and device plan of a cluster recipe",
+        description="Print parameter counts, per-device memory of weights, gradients and optimizer state, and "
+        "the device split between inference and training for a recipe such as configs/rl/rome-30b-a3b.yaml.",
+    )
+    plan.add_argument("config", help="YAML cluster recipe, e.g. configs/rl/rome-30b-a3b.yaml")
+    plan.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    plan.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        print(f"roll: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

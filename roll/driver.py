@@ -1,0 +1,234 @@
+"""The single controller of an RL run: `roll train configs/rl/tiny-cpu.yaml [key=value ...]`.
+
+Per iteration: rollouts (iflow in ROCK sandboxes, sampling from the inference worker), one trainer
+update on the recorded chunks, weights saved and loaded into the inference worker; the next iteration's
+chunks carry the new policy_version. Everything it starts (sandboxes, rock server, Ray actors) is
+stopped in `finally`, also on Ctrl-C and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from roll.algo import group_advantages
+from roll.config import RunConfig
+from roll.rollout import Attempt, SandboxTracker, Trajectory, run_attempts
+from roll.tasks import make_tasks
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def iflow_source_dir() -> Path:
+    """The iflow_cli package dir, mounted read-only into every sandbox."""
+    spec = importlib.util.find_spec("iflow_cli")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the iflow_cli package is not importable; run `make install`")
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
+
+
+def ensure_model(cfg: RunConfig) -> Path:
+    """The initial policy dir; created with rome init (tokenizer, chat template, random weights) if missing."""
+    model_dir = cfg.model.dir.resolve()
+    if (model_dir / "config.json").is_file():
+        return model_dir
+    from rome.init import init_model
+
+    log(f"creating ROME-{cfg.model.init_config} in {model_dir} (rome init)")
+    t = time.monotonic()
+    model_dir = Path(init_model(model_dir, config=cfg.model.init_config, seed=cfg.model.init_seed)).resolve()
+    log(f"  done in {time.monotonic() - t:.0f}s")
+    return model_dir
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    # SIGTERM takes the same path as Ctrl-C, so the `finally` blocks remove what the run started.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pick_attempts(tasks, cfg: RunConfig, rng: random.Random) -> list[Attempt]:
+    chosen = rng.sample(tasks, cfg.rollout.tasks_per_iteration)
+    return [Attempt(task=t, group=g) for g, t in enumerate(chosen) for _ in range(cfg.rollout.group_size)]
+
+
+def chunk_advantages(trajectories: list[Trajectory]) -> tuple[list[dict], list[float]]:
+    """Every trainable chunk with the advantage of its trajectory (reward minus its task group's mean)."""
+    rewards = torch.tensor([t.reward for t in trajectories])
+    groups = torch.tensor([t.group for t in trajectories])
+    advantages = group_advantages(rewards, groups).tolist()
+    chunks, chunk_adv = [], []
+    for traj, adv in zip(trajectories, advantages, strict=True):
+        for chunk in traj.chunks:
+            if chunk.get("response_token_ids"):  # a call that failed upstream has nothing to train on
+                chunks.append(chunk)
+                chunk_adv.append(adv)
+    return chunks, chunk_adv
+
+
+class Run:
+    """Holds what a run started so that `close` can stop all of it, whatever state it reached."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir.resolve()
+        self.tracker = SandboxTracker()
+        self.rock = None
+        self.inference = None
+        self.trainer = None
+        self.ray_started = False
+
+    def start(self, model_dir: Path) -> None:
+        import ray
+
+        from roll.workers.inference import InferenceServer
+        from roll.workers.trainer import Trainer
+
+        cfg = self.cfg
+        t = time.monotonic()
+        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, configure_logging=False)
+        self.ray_started = True
+        env = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(cfg.inference.kvcache_gb),
+               "OMP_NUM_THREADS": str(os.cpu_count() or 1), "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+        # num_cpus=0: on a 2-core machine both actors must coexist; the OS time-shares them.
+        opts = {"num_cpus": 0, "runtime_env": {"env_vars": env}}
+        self.inference = ray.remote(InferenceServer).options(**opts).remote(
+            str(model_dir), cfg.inference.engine, cfg.inference.kvcache_gb
+        )
+        tc = cfg.train
+        self.trainer = ray.remote(Trainer).options(**opts).remote(
+            str(model_dir), tc.lr, tc.zero_stage, tc.grad_clip, tc.clip_low, tc.clip_high, tc.seed
+        )
+        url = ray.get(self.inference.url.remote(), timeout=cfg.inference.startup_timeout_s)
+        log(f"inference worker ({cfg.inference.engine}) serving {url}")
+        ray.get(self.trainer.__ray_ready__.remote())
+        log(f"trainer worker ready (DeepSpeed ZeRO-{tc.zero_stage}, CPU)  [{time.monotonic() - t:.0f}s]")
+
+        from rock.launch import RockProcess
+
+        self.rock = RockProcess(
+            model_upstream=url, allow_mounts=[str(iflow_source_dir())], state_dir=str(self.run_dir / "rock"),
+            on_exit="remove",
+        )  # fmt: skip
+        self.rock.__enter__()
+        log(f"rock server at {self.rock.url}")
+
+    def iteration(self, it: int, tasks, rng: random.Random) -> dict:
+        import ray
+
+        cfg, n = self.cfg, self.cfg.train.iterations
+        attempts = pick_attempts(tasks, cfg, rng)
+        log(f"iteration {it}/{n}: rollout of {len(attempts)} attempts at {cfg.rollout.tasks_per_iteration} tasks")
+        done = []
+
+        def progress(traj: Trajectory) -> None:
+            done.append(traj)
+            log(f"  [{len(done)}/{len(attempts)}] {traj.task_id}: reward {traj.reward:.0f}, "
+                f"{len(traj.chunks)} chunks, agent exit {traj.agent_exit_code}, {traj.seconds:.0f}s")  # fmt: skip
+
+        t0 = time.monotonic()
+        trajectories = run_attempts(
+            self.rock.client(), attempts, cfg.sandbox, cfg.agent, iflow_source_dir(), self.tracker, progress
+        )
+        t1 = time.monotonic()
+        chunks, advantages = chunk_advantages(trajectories)
+        metrics = {
+            "iteration": it,
+            "reward_mean": sum(t.reward for t in trajectories) / len(trajectories),
+            "chunks": len(chunks),
+            "prompt_tokens": sum(len(c["prompt_token_ids"]) for c in chunks),
+            "response_tokens": sum(len(c["response_token_ids"]) for c in chunks),
+            "policy_versions": sorted({c.get("policy_version") for c in chunks}, key=str),
+            "rollout_s": round(t1 - t0, 1),
+        }
+        if not chunks:
+            log("  no chunks with response tokens were recorded: skipping the update")
+            metrics.update(train_s=0.0, sync_s=0.0)
+            self._write(trajectories, metrics)
+            return metrics
+        metrics.update(ray.get(self.trainer.step.remote(chunks, advantages)))
+        path = ray.get(self.trainer.save.remote(str(self.run_dir / "policy" / f"v{it}")))
+        t2 = time.monotonic()
+        ray.get(self.inference.load_weights.remote(path, it))
+        t3 = time.monotonic()
+        metrics.update(train_s=round(t2 - t1, 1), sync_s=round(t3 - t2, 1), policy_dir=path)
+        self._write(trajectories, metrics)
+        return metrics
+
+    def _write(self, trajectories: list[Trajectory], metrics: dict) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        with open(self.run_dir / "trajectories.jsonl", "a") as f:
+            for t in trajectories:
+                f.write(json.dumps({"iteration": metrics["iteration"], **t.__dict__}) + "\n")
+
+    def close(self) -> None:
+        """Stop everything, in reverse order; each step runs even if an earlier one fails."""
+        left = self.tracker.delete_all()
+        if left:
+            log(f"could not delete sandboxes {left}; the rock server removes them on exit")
+        if self.rock is not None:
+            try:
+                self.rock.stop()
+            except Exception as e:
+                log(f"stopping the rock server failed: {e}")
+        if self.ray_started:
+            import ray
+
+            if self.inference is not None:
+                try:
+                    ray.get(self.inference.stop.remote(), timeout=30)
+                except Exception:
+                    pass  # the actor is killed next anyway
+            for actor in (self.inference, self.trainer):
+                if actor is not None:
+                    ray.kill(actor)
+            ray.shutdown()
+
+
+def format_metrics(m: dict) -> str:
+    line = (f"  reward {m['reward_mean']:.2f} | chunks {m['chunks']} | tokens prompt {m['prompt_tokens']} "
+            f"response {m['response_tokens']} | policy_version {m['policy_versions']} | "
+            f"time rollout {m['rollout_s']:.0f}s train {m['train_s']:.0f}s sync {m['sync_s']:.0f}s")  # fmt: skip
+    if "loss" in m:
+        line += f" | loss {m['loss']:.4f} grad_norm {m['grad_norm']:.3f} ratio {m['ratio_mean']:.3f}"
+    return line
+
+
+def train(cfg: RunConfig) -> int:
+    """Run `cfg.train.iterations` iterations; returns the process exit status."""
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    run = Run(cfg)
+    history = []
+    start = time.monotonic()
+    try:
+        tasks = [t for t in make_tasks(cfg.tasks.families, cfg.tasks.seed, cfg.tasks.held_out_fraction)
+                 if t.split == "train"]  # fmt: skip
+        if len(tasks) < cfg.rollout.tasks_per_iteration:
+            raise ValueError(f"only {len(tasks)} train tasks for rollout.tasks_per_iteration")
+        model_dir = ensure_model(cfg)
+        run.start(model_dir)
+        rng = random.Random(cfg.tasks.seed)
+        for it in range(1, cfg.train.iterations + 1):
+            history.append(run.iteration(it, tasks, rng))
+            log(format_metrics(history[-1]))
+    except KeyboardInterrupt:
+        log("interrupted: removing sandboxes and stopping workers")
+        return 130
+    finally:
+        run.close()
+        signal.signal(signal.SIGTERM, previous)
+    total = time.monotonic() - start
+    log(f"done: {len(history)} iterations in {total:.0f}s, chunks {[m['chunks'] for m in history]}, "
+        f"reward {[round(m['reward_mean'], 2) for m in history]}, metrics in {run.run_dir / 'metrics.jsonl'}")  # fmt: skip
+    return 0
+
