@@ -1,0 +1,201 @@
+"""Chunks: one recorded model call each (ARCHITECTURE "Chunk"), built from upstream replies,
+stored as JSON lines per sandbox under the gateway's state dir, and pushed to subscribers.
+
+Tests: `.venv/bin/pytest tests/gateway/test_chunks.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = None
+    type: str = "function"
+    function: dict[str, Any]  # {"name": str, "arguments": str (JSON text as the model wrote it)}
+
+
+class ChunkResponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = ""
+    tool_calls: list[ToolCall] = []
+
+
+class Chunk(BaseModel):
+    """One model call as the policy saw and sampled it: the unit of IPA."""
+
+    model_config = ConfigDict(extra="forbid")
+    trajectory_id: str
+    sandbox_id: str
+    index: int  # order of completion within (sandbox, trajectory)
+    prompt_token_ids: list[int] | None = None
+    response_token_ids: list[int] | None = None
+    response_logprobs: list[float] | None = None  # of each sampled token, under the sampling policy
+    policy_version: int | None = None  # the upstream's top-level `policy_version`, when it sends one
+    messages: list[dict[str, Any]] | None = None  # the request's messages (chat) ...
+    prompt: str | list | None = None  # ... or its prompt (completions)
+    tools: list[dict[str, Any]] | None = None
+    response: ChunkResponse = ChunkResponse()
+    finish_reason: str | None = None  # "abort" when the sandbox went away mid-stream
+    latency_s: float
+    endpoint: Literal["chat.completions", "completions"] = "chat.completions"
+    model: str | None = None
+    error: str | None = None  # set when the call ended abnormally after recording started
+    created_at: float
+
+
+class ResponseAggregate:
+    """Collects choice 0 of a reply, whole or streamed, into the fields of a Chunk.
+
+    Only the first choice is recorded: an agent asks for one completion per call; with n>1 the
+    other choices reach the client but not the record.
+    """
+
+    def __init__(self) -> None:
+        self.prompt_token_ids: list[int] | None = None
+        self.token_ids: list[int] | None = None
+        self.logprobs: list[float] | None = None
+        self.text: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.policy_version: int | None = None
+        self.model: str | None = None
+
+    def add(self, reply: dict[str, Any]) -> None:
+        """Fold in a whole reply or one stream event (their choices carry `message` or `delta`)."""
+        if isinstance(reply.get("policy_version"), int):
+            self.policy_version = reply["policy_version"]
+        self.model = reply.get("model", self.model)
+        if isinstance(reply.get("prompt_token_ids"), list):
+            self.prompt_token_ids = reply["prompt_token_ids"]
+        for choice in reply.get("choices") or []:
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                self.add_choice(choice)
+
+    def add_choice(self, choice: dict[str, Any]) -> None:
+        if isinstance(choice.get("prompt_token_ids"), list):  # vLLM's completions put it per choice
+            self.prompt_token_ids = choice["prompt_token_ids"]
+        if isinstance(choice.get("token_ids"), list):
+            self.token_ids = (self.token_ids or []) + choice["token_ids"]
+        lps = sampled_logprobs(choice.get("logprobs"))
+        if lps is not None:
+            self.logprobs = (self.logprobs or []) + lps
+        part = choice.get("message") or choice.get("delta") or {}
+        if isinstance(choice.get("text"), str):
+            self.text.append(choice["text"])
+        elif isinstance(part.get("content"), str):
+            self.text.append(part["content"])
+        for call in part.get("tool_calls") or []:
+            self.add_tool_call(call)
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+
+    def add_tool_call(self, call: dict[str, Any]) -> None:
+        # Streamed tool calls arrive as fragments keyed by index; whole ones have no index.
+        slot = self.tool_calls.setdefault(call.get("index", len(self.tool_calls)), {"function": {"arguments": ""}})
+        if call.get("id"):
+            slot["id"] = call["id"]
+        if call.get("type"):
+            slot["type"] = call["type"]
+        fn = call.get("function") or {}
+        if fn.get("name"):
+            slot["function"]["name"] = fn["name"]
+        slot["function"]["arguments"] += fn.get("arguments") or ""
+
+    def response(self) -> ChunkResponse:
+        calls = [ToolCall(**self.tool_calls[i]) for i in sorted(self.tool_calls)]
+        return ChunkResponse(text="".join(self.text), tool_calls=calls)
+
+
+def sampled_logprobs(logprobs: Any) -> list[float] | None:
+    """Per-token logprobs of the sampled tokens: chat's `content[*].logprob` or completions' `token_logprobs`."""
+    if not isinstance(logprobs, dict):
+        return None
+    if isinstance(logprobs.get("content"), list):
+        return [float(t["logprob"]) for t in logprobs["content"] if isinstance(t, dict) and "logprob" in t]
+    if isinstance(logprobs.get("token_logprobs"), list):
+        return [float(x) for x in logprobs["token_logprobs"] if x is not None]
+    return None
+
+
+class Subscription:
+    """New chunks as they are recorded: `async for chunk in sub`; ends after `close()` or gateway stop."""
+
+    def __init__(self, hub: ChunkStore, sandbox_id: str | None, trajectory_id: str | None) -> None:
+        self.hub, self.sandbox_id, self.trajectory_id = hub, sandbox_id, trajectory_id
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def wants(self, chunk: dict[str, Any]) -> bool:
+        return (self.sandbox_id in (None, chunk["sandbox_id"])) and (
+            self.trajectory_id in (None, chunk["trajectory_id"])
+        )
+
+    def close(self) -> None:
+        if self in self.hub.subscribers:
+            self.hub.subscribers.remove(self)
+            self.queue.put_nowait(None)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        chunk = await self.queue.get()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+    async def get(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next chunk; raises StopAsyncIteration once closed, TimeoutError after `timeout`."""
+        return await asyncio.wait_for(self.__anext__(), timeout)
+
+
+class ChunkStore:
+    """JSON lines per sandbox in `root`; appends are whole lines, so a crash loses at most the last call."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.counters: dict[tuple[str, str], int] = {}
+        self.subscribers: list[Subscription] = []
+
+    def path(self, sandbox_id: str) -> Path:
+        return self.root / f"{sandbox_id}.jsonl"
+
+    def load(self, sandbox_id: str) -> list[dict[str, Any]]:
+        p = self.path(sandbox_id)
+        if not p.exists():
+            return []
+        with p.open() as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def next_index(self, sandbox_id: str, trajectory_id: str) -> int:
+        key = (sandbox_id, trajectory_id)
+        if key not in self.counters:  # first call since start: continue after what is on disk
+            self.counters[key] = sum(1 for c in self.load(sandbox_id) if c["trajectory_id"] == trajectory_id)
+        self.counters[key] += 1
+        return self.counters[key] - 1
+
+    def append(self, chunk: Chunk) -> dict[str, Any]:
+        line = chunk.model_dump_json()
+        with self.path(chunk.sandbox_id).open("a") as f:
+            f.write(line + "\n")
+        record = json.loads(line)
+        for sub in self.subscribers:
+            if sub.wants(record):
+                sub.queue.put_nowait(record)
+        return record
+
+    def subscribe(self, sandbox_id: str | None = None, trajectory_id: str | None = None) -> Subscription:
+        sub = Subscription(self, sandbox_id, trajectory_id)
+        self.subscribers.append(sub)
+        return sub
+
+    def close(self) -> None:
+        for sub in list(self.subscribers):
+            sub.close()
