@@ -1,0 +1,339 @@
+"""python3 -m iflow_cli -p TASK --yolo: the agent loop, one file (after mini-swe-agent's default agent).
+
+Each step: check limits, keep the context in budget, query the model, run the tool calls it asked
+for (OpenAI `tool_calls`, or `<tool_call>{json}</tool_call>` blocks in the text), and append the
+observations. A reply without a tool call is the final answer. Control flow is by exceptions that
+carry their message; the trajectory is appended after every step, in `finally`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from iflow_cli.context import Compressor, TokenCounter
+from iflow_cli.models import Completion, ModelError, OpenAIModel
+from iflow_cli.tools import Toolbox, ToolError, truncate
+
+TEXT_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+
+
+class Submitted(Exception):
+    """The model answered without calling a tool: its text is the final answer."""
+
+
+class LimitsExceeded(Exception):
+    """A session limit ended the run; `reason` is the termination reason."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class FormatError(Exception):
+    """The reply could not be acted on; the message goes back to the model as an observation."""
+
+
+@dataclass
+class RunResult:
+    session_id: str
+    answer: str
+    termination_reason: str  # finished | max_turns | timeout | context_limit | format_error | model_error | interrupted
+    rounds: int
+    usage: dict
+    seconds: float
+    model_seconds: float
+    tool_seconds: float
+    tool_results: list[dict] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.termination_reason == "finished"
+
+
+@dataclass
+class Action:
+    id: str
+    name: str
+    args: dict | None
+    problem: str = ""  # why the call is malformed, when it is
+
+
+class Agent:
+    def __init__(
+        self,
+        model: OpenAIModel,
+        toolbox: Toolbox,
+        system_prompt: str,
+        settings,
+        trajectory=None,
+        log: Callable[[str], None] = print,
+        show: Callable[[str, dict], None] | None = None,
+    ):
+        self.model, self.toolbox, self.settings = model, toolbox, settings
+        self.text_mode = settings.tool_call_mode == "text"
+        self.tools = None if self.text_mode else toolbox.schemas()
+        self.messages: list[dict] = [{"role": "system", "content": system_prompt}]
+        self.trajectory = trajectory
+        self.log, self.show = log, show or (lambda kind, data: None)
+        self.session_id = uuid.uuid4().hex
+        self.counter = TokenCounter()
+        self.compressor = Compressor(
+            settings.tokens_limit, settings.compression_token_threshold, self.counter, self.summarise
+        )
+        self.rounds, self.format_errors = 0, 0
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        self.model_seconds = self.tool_seconds = 0.0
+        self.tool_results: list[dict] = []
+        self.start = time.monotonic()
+        self.deadline = self.start + settings.timeout if settings.timeout else None
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, task: str) -> RunResult:
+        """Work on `task` (a new user turn of this session) until an answer or a limit."""
+        self.add({"role": "user", "content": task})
+        self.record(
+            "session",
+            {"session_id": self.session_id, "task": task, "tools": [t["function"]["name"] for t in self.tools or []]},
+        )
+        while True:
+            try:
+                self.step()
+            except Submitted as e:
+                return self.finish("finished", str(e))
+            except LimitsExceeded as e:
+                return self.finish(e.reason, "", str(e))
+            except ModelError as e:
+                reason = "timeout" if self.deadline and time.monotonic() >= self.deadline else "model_error"
+                return self.finish(reason, "", str(e))
+            except KeyboardInterrupt:
+                return self.finish("interrupted", "", "interrupted by the user")
+            finally:
+                self.flush()
+
+    def step(self) -> None:
+        self.check_limits()
+        self.fit_context()
+        completion = self.query()
+        try:
+            actions = self.parse(completion)
+        except FormatError as e:
+            self.add({"role": "assistant", "content": completion.content})
+            return self.format_error(str(e))
+        self.add(self.assistant_message(completion, actions))
+        if not actions:
+            raise Submitted(completion.content)
+        problems = self.execute(actions)
+        if problems:
+            self.format_error("; ".join(problems), observed=True)
+        else:
+            self.format_errors = 0
+
+    def check_limits(self) -> None:
+        if self.rounds >= self.settings.max_session_turns:
+            raise LimitsExceeded("max_turns", f"reached maxSessionTurns ({self.settings.max_session_turns})")
+        if self.deadline and time.monotonic() >= self.deadline:
+            raise LimitsExceeded("timeout", f"session timeout of {self.settings.timeout:g}s reached")
+
+    def format_error(self, message: str, observed: bool = False) -> None:
+        """Bounded re-prompt: the error is an observation until too many come in a row."""
+        self.format_errors += 1
+        self.show("format_error", {"message": message})
+        if self.format_errors > self.settings.max_format_errors:
+            raise LimitsExceeded("format_error", f"{self.format_errors} malformed replies in a row; last: {message}")
+        if not observed:
+            self.add({"role": "user", "content": f"Format error: {message}\n{self.format_hint()}"})
+
+    def format_hint(self) -> str:
+        if self.text_mode:
+            return 'Call a tool as <tool_call>{"name": "...", "arguments": {...}}</tool_call>, or answer without one when done.'
+        return "Call one of the provided tools with valid JSON arguments, or answer in plain text when done."
+
+    # -- model ----------------------------------------------------------------------------------
+    def query(self) -> Completion:
+        self.rounds += 1
+        self.show("round", {"round": self.rounds})
+        completion = self.model.complete(self.messages, self.tools, self.deadline)
+        self.account(completion)
+        self.counter.calibrate(self.messages, self.tools, completion.usage.get("prompt_tokens", 0))
+        self.record(
+            "model_call",
+            {
+                "round": self.rounds,
+                "usage": completion.usage,
+                "latency_s": completion.latency_s,
+                "finish_reason": completion.finish_reason,
+                "context_tokens": self.counter.count(self.messages, self.tools),
+            },
+        )
+        return completion
+
+    def account(self, completion: Completion) -> None:
+        for key in self.usage:
+            self.usage[key] += int(completion.usage.get(key) or 0)
+        self.model_seconds += completion.latency_s
+
+    def summarise(self, request: list[dict]) -> str:
+        """The compressor's model call (no tools); counted in usage like any other."""
+        completion = self.model.complete(request, None, self.deadline)
+        self.account(completion)
+        return completion.content
+
+    def fit_context(self) -> None:
+        """Compress past the threshold; if still over tokensLimit, cut long outputs; else give up."""
+        if not self.compressor.needed(self.messages, self.tools):
+            return
+        before = self.counter.count(self.messages, self.tools)
+        folded = self.compressor.compress(self.messages, self.tools)
+        if folded:
+            self.messages = folded[0]
+        limit = self.settings.tokens_limit
+        for per_message in (4000, 1000, 300):
+            if self.counter.count(self.messages, self.tools) <= limit:
+                break
+            self.messages = self.compressor.shrink(self.messages, per_message)
+        after = self.counter.count(self.messages, self.tools)
+        self.record("compression", {"before": before, "after": after, "note": folded[1] if folded else None})
+        self.show("compression", {"before": before, "after": after})
+        if after > limit:
+            raise LimitsExceeded("context_limit", f"context of ~{after} tokens does not fit tokensLimit {limit}")
+
+    # -- tool calls -----------------------------------------------------------------------------
+    def parse(self, completion: Completion) -> list[Action]:
+        if completion.tool_calls:
+            return [self.native_action(c) for c in completion.tool_calls]
+        blocks = TEXT_CALL.findall(completion.content or "")
+        if not blocks and "<tool_call>" in (completion.content or ""):
+            raise FormatError("unterminated <tool_call> block (missing </tool_call>)")
+        if not blocks and not (completion.content or "").strip():
+            raise FormatError("empty reply: neither text nor a tool call")
+        return [self.text_action(b, i) for i, b in enumerate(blocks)]
+
+    def native_action(self, call: dict) -> Action:
+        try:
+            args = json.loads(call["arguments"] or "{}")
+        except json.JSONDecodeError as e:
+            return Action(call["id"], call["name"], None, f"arguments of {call['name']} are not valid JSON ({e})")
+        if not isinstance(args, dict):
+            return Action(call["id"], call["name"], None, f"arguments of {call['name']} must be a JSON object")
+        return Action(call["id"], call["name"], args)
+
+    def text_action(self, block: str, index: int) -> Action:
+        try:
+            data = json.loads(block)
+            name, args = data["name"], data.get("arguments", {})
+            args = json.loads(args) if isinstance(args, str) else args
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            return Action(
+                f"text_{index}", "?", None, f"<tool_call> block is not valid JSON with name/arguments ({e!r})"
+            )
+        if not isinstance(args, dict):
+            return Action(f"text_{index}", str(name), None, "tool call arguments must be a JSON object")
+        return Action(f"text_{index}", str(name), args)
+
+    def assistant_message(self, completion: Completion, actions: list[Action]) -> dict:
+        if self.text_mode or not completion.tool_calls:
+            return {"role": "assistant", "content": completion.content}
+        calls = [
+            {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in completion.tool_calls
+        ]
+        return {"role": "assistant", "content": completion.content or None, "tool_calls": calls}
+
+    def execute(self, actions: list[Action]) -> list[str]:
+        """Run each call; returns the format problems (malformed calls), which were also observed."""
+        problems, outputs = [], []
+        for action in actions:
+            problem, text = self.run_action(action)
+            if problem:
+                problems.append(problem)
+            outputs.append((action, text))
+        self.observe(outputs)
+        return problems
+
+    def run_action(self, action: Action) -> tuple[str, str]:
+        if action.problem:
+            return action.problem, f"Format error: {action.problem}. {self.format_hint()}"
+        self.show("tool", {"name": action.name, "args": action.args})
+        start = time.monotonic()
+        try:
+            result = self.toolbox.call(action.name, action.args or {})
+        except ToolError as e:
+            return str(e), f"Format error: {e}"
+        finally:
+            self.tool_seconds += time.monotonic() - start
+        self.tool_results.append({"tool": action.name, "ok": result.ok, "exit_code": result.exit_code})
+        self.show("tool_result", {"name": action.name, "ok": result.ok, "output": result.output})
+        return "", result.output
+
+    def observe(self, outputs: list[tuple[Action, str]]) -> None:
+        """Tool messages for native calls; one user message of <tool_response> blocks for text calls."""
+        budget = self.output_budget()
+        if self.text_mode or not any(a.id and not a.id.startswith("text_") for a, _ in outputs):
+            body = "\n".join(
+                f'<tool_response name="{a.name}">\n{truncate(t, budget)}\n</tool_response>' for a, t in outputs
+            )
+            return self.add({"role": "user", "content": body})
+        for action, text in outputs:
+            self.add({"role": "tool", "tool_call_id": action.id, "content": truncate(text, budget)})
+
+    def output_budget(self) -> int:
+        """Characters one observation may take: the configured cap, and a quarter of the token budget."""
+        by_tokens = int(0.25 * self.settings.tokens_limit / max(self.counter.ratio, 1e-3))
+        return max(200, min(self.settings.tool_output_limit, by_tokens))
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def add(self, message: dict) -> None:
+        self.messages.append(message)
+        self.record("message", {"message": message})
+
+    def record(self, kind: str, data: dict) -> None:
+        if self.trajectory is not None:
+            self.trajectory.add({"type": kind, "t": round(time.monotonic() - self.start, 4), **data})
+
+    def flush(self) -> None:
+        if self.trajectory is not None:
+            self.trajectory.flush()
+
+    def finish(self, reason: str, answer: str, error: str = "") -> RunResult:
+        if error:
+            self.log(f"iflow: stopped ({reason}): {error}")
+        result = RunResult(
+            self.session_id,
+            answer,
+            reason,
+            self.rounds,
+            dict(self.usage),
+            round(time.monotonic() - self.start, 3),
+            round(self.model_seconds, 3),
+            round(self.tool_seconds, 3),
+            list(self.tool_results),
+            error,
+        )
+        self.record("result", asdict(result))
+        return result
+
+
+class Trajectory:
+    """Append-only JSON lines, written out after every step (so a crash loses at most one step)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.pending: list[dict] = []
+        open(path, "w").close()
+
+    def add(self, event: dict) -> None:
+        self.pending.append(event)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            for event in self.pending:
+                f.write(json.dumps(event, ensure_ascii=False) + "\n")
+        self.pending.clear()
