@@ -1,0 +1,204 @@
+"""Docker backend: containers with isolation by default, archives, commits.
+
+Container life-cycle calls go through the `docker` SDK on a dedicated thread pool (the SDK is
+synchronous); the exec hot path uses `rock.backend.engine` directly on the event loop.
+
+Isolation of every container:
+- `network_mode=none` (only `lo`); the model gateway reaches the sandbox through a mounted unix socket.
+- all capabilities dropped, then only these added back, each needed by ordinary shell work as root:
+  CHOWN (chown, `tar -x`, pip/npm installs keep ownership), DAC_OVERRIDE (root writes files whose mode
+  bits would deny it, e.g. 0444 files git creates), FOWNER (chmod/touch on files owned by other users),
+  FSETID (keep setgid bits when editing group dirs), KILL (signal processes of other users, e.g. after
+  `su`), SETUID/SETGID (`su`, `runuser`, apt dropping to `_apt`), NET_BIND_SERVICE (a task's server on
+  port 80 of the sandbox's own loopback). Not added: SYS_ADMIN (mount), NET_RAW, MKNOD, SYS_CHROOT,
+  AUDIT_WRITE, SETPCAP, SETFCAP, SYS_PTRACE and everything else.
+- `no-new-privileges`, never privileged, a pids limit, memory with swap equal to memory (no swap),
+  a CPU quota, a nofile ulimit, and docker's init as PID 1 so orphaned background jobs are reaped.
+- Disk: this daemon refuses `--storage-opt size=` (overlay2 on ext4), so the writable layer is not
+  bounded; a read-only rootfs would break snapshots (`docker commit` does not capture tmpfs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import docker
+from docker.errors import APIError, ImageNotFound, NotFound
+from docker.types import Mount, Ulimit
+
+from rock import errors
+from rock.backend.engine import Engine
+
+LABEL = "ale.rock"
+LABEL_SANDBOX = "ale.rock.sandbox"
+LABEL_MANAGER = "ale.rock.manager"
+LABEL_SNAPSHOT = "ale.rock.snapshot"
+SNAPSHOT_REPO = "rock-snapshot"
+CAP_ADD = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETUID", "SETGID", "NET_BIND_SERVICE"]
+
+
+@dataclass
+class ContainerSpec:
+    image: str
+    cpus: float
+    memory: int
+    pids_limit: int
+    nofile: int
+    env: dict[str, str] = field(default_factory=dict)
+    mounts: list[tuple[str, str, bool]] = field(default_factory=list)  # (source, target, read_only)
+
+
+class DockerBackend:
+    def __init__(self, manager_id: str, threads: int = 32):
+        self.manager_id = manager_id
+        self.client = docker.from_env(timeout=300)
+        self.engine = Engine()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rock-docker")
+
+    async def _call(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    async def image_exists(self, image: str) -> bool:
+        try:
+            await self._call(self.client.images.get, image)
+            return True
+        except ImageNotFound:
+            return False
+        except APIError as e:  # a malformed reference is also "no such image"
+            if e.status_code in (400, 404):
+                return False
+            raise
+
+    async def run(self, sandbox_id: str, spec: ContainerSpec) -> str:
+        """Create and start the container; returns its id."""
+        return await self._call(self._run_sync, sandbox_id, spec)
+
+    def _run_sync(self, sandbox_id: str, spec: ContainerSpec) -> str:
+        mounts = [Mount(target=t, source=s, type="bind", read_only=ro) for s, t, ro in spec.mounts]
+        c = self.client.containers.create(
+            spec.image,
+            command=["sleep", "infinity"],
+            name=f"rock-{sandbox_id}",
+            hostname="sandbox",
+            init=True,
+            labels={LABEL: "1", LABEL_SANDBOX: sandbox_id, LABEL_MANAGER: self.manager_id},
+            environment=spec.env,
+            network_mode="none",
+            cap_drop=["ALL"],
+            cap_add=CAP_ADD,
+            security_opt=["no-new-privileges"],
+            privileged=False,
+            pids_limit=spec.pids_limit,
+            mem_limit=spec.memory,
+            memswap_limit=spec.memory,
+            nano_cpus=int(spec.cpus * 1e9),
+            ulimits=[Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile)],
+            mounts=mounts,
+        )
+        try:
+            c.start()
+        except APIError:
+            c.remove(force=True)
+            raise
+        return c.id
+
+    async def remove(self, container_id: str) -> None:
+        try:
+            await self.engine.call("DELETE", f"/containers/{container_id}?force=1&v=1")
+        except Exception as e:  # already gone is fine: removal is idempotent
+            if getattr(e, "status", None) not in (404, 409):
+                raise
+
+    async def state(self, container_id: str) -> str:
+        """Docker's state ('running', 'exited', ...) or 'gone'."""
+        try:
+            info = await self.engine.call("GET", f"/containers/{container_id}/json")
+        except Exception as e:
+            if getattr(e, "status", None) == 404:
+                return "gone"
+            raise
+        return info["State"]["Status"]
+
+    async def start(self, container_id: str) -> None:
+        await self.engine.call("POST", f"/containers/{container_id}/start")
+
+    async def list_ours(self) -> list[dict]:
+        """Every container of this manager (running or not): {id, sandbox_id, state}."""
+        flt = f'{{"label":["{LABEL_MANAGER}={self.manager_id}"]}}'
+        rows = await self.engine.call("GET", f"/containers/json?all=1&filters={quote(flt)}")
+        return [{"id": r["Id"], "sandbox_id": r["Labels"].get(LABEL_SANDBOX), "state": r["State"]} for r in rows]
+
+    async def commit(self, container_id: str, snapshot_id: str) -> str:
+        def commit():
+            c = self.client.containers.get(container_id)
+            c.commit(repository=SNAPSHOT_REPO, tag=snapshot_id, conf={"Labels": {LABEL_SNAPSHOT: snapshot_id}})
+            return f"{SNAPSHOT_REPO}:{snapshot_id}"
+
+        return await self._call(commit)
+
+    async def remove_image(self, ref: str) -> None:
+        try:
+            await self._call(self.client.images.remove, ref, force=True)
+        except NotFound:
+            pass
+
+    async def put_archive(self, container_id: str, path: str, data: bytes) -> None:
+        try:
+            ok = await self._call(self.client.api.put_archive, container_id, path, data)
+        except NotFound as e:
+            raise errors.FileNotFound(f"{path}: {e.explanation}") from e
+        except APIError as e:
+            raise errors.BadRequest(f"cannot write {path}: {e.explanation}") from e
+        if not ok:
+            raise errors.BadRequest(f"cannot write {path}")
+
+    async def get_archive(self, container_id: str, path: str, max_bytes: int) -> tuple[bytes, dict]:
+        """The tar of `path` and docker's stat of it; PayloadTooLarge past `max_bytes`."""
+
+        def get():
+            stream, stat = self.client.api.get_archive(container_id, path, chunk_size=1 << 20)
+            buf = bytearray()
+            for chunk in stream:
+                buf += chunk
+                if len(buf) > max_bytes + (1 << 20):  # tar headers and padding on top of the payload
+                    stream.close()
+                    raise errors.PayloadTooLarge(f"{path} is larger than the download limit of {max_bytes} bytes")
+            return bytes(buf), stat
+
+        try:
+            return await self._call(get)
+        except NotFound as e:
+            raise errors.FileNotFound(f"no such file in the sandbox: {path}") from e
+        except APIError as e:
+            raise errors.BadRequest(f"cannot read {path}: {e.explanation}") from e
+
+    async def close(self) -> None:
+        await self.engine.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+
+def single_file_tar(name: str, data: bytes, mode: int) -> bytes:
+    """A tar holding one regular file at `name` (relative to /); docker creates missing parents."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name.lstrip("/"))
+        info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def file_from_tar(tar_bytes: bytes) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        for member in tar:
+            if member.isfile():
+                f = tar.extractfile(member)
+                return f.read() if f else b""
+    raise errors.BadRequest("not a regular file")

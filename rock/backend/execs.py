@@ -1,0 +1,127 @@
+"""One-shot exec inside a sandbox container: timeout, process-tree kill, output cap, streaming.
+
+Each exec carries a fresh `ROCK_EXEC_ID` in its environment. Docker has no API to kill an
+exec, and runc makes every exec its own session, so on timeout a second exec walks /proc and
+SIGKILLs every process (and its process group) whose environment holds that id: the command,
+its children, and anything it put in the background, but nothing from other execs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from rock.backend.engine import Engine, frames
+
+KILL_SCRIPT = (
+    'for p in /proc/[0-9]*; do n=${p#/proc/}; [ "$n" = "$$" ] && continue; '
+    'if grep -qsxz "ROCK_EXEC_ID=$1" "$p/environ"; then kill -9 "-$n" 2>/dev/null; kill -9 "$n" 2>/dev/null; fi; done; true'
+)
+STREAMS = {1: "stdout", 2: "stderr"}
+
+
+def argv_of(cmd: str | list[str]) -> list[str]:
+    return ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+
+
+async def kill_marked(engine: Engine, container: str, marker: str) -> None:
+    exec_id = await engine.exec_create(container, ["sh", "-c", KILL_SCRIPT, "sh", marker], {}, None, False)
+    reader, writer = await engine.exec_start(exec_id)
+    async for _ in frames(reader):
+        pass
+    writer.close()
+
+
+async def _exit_code(engine: Engine, exec_id: str) -> int | None:
+    # The attach stream can close a moment before the daemon records the exit.
+    for _ in range(200):
+        info = await engine.exec_inspect(exec_id)
+        if not info.get("Running"):
+            return info.get("ExitCode")
+        await asyncio.sleep(0.005)
+    return None
+
+
+async def exec_events(
+    engine: Engine,
+    container: str,
+    cmd: str | list[str],
+    env: dict[str, str],
+    cwd: str | None,
+    stdin: bytes | None,
+    timeout: float | None,
+) -> AsyncIterator[tuple[str, bytes | dict]]:
+    """Yield ("stdout"|"stderr", bytes) as output arrives, then ("exit", {exit_code, duration_s, timed_out})."""
+    t0 = time.monotonic()
+    marker = uuid.uuid4().hex
+    exec_id = await engine.exec_create(
+        container, argv_of(cmd), {**env, "ROCK_EXEC_ID": marker}, cwd, stdin is not None
+    )
+    reader, writer = await engine.exec_start(exec_id)
+    if stdin is not None:
+        writer.write(stdin)
+        await writer.drain()
+        writer.write_eof()  # closes the process's stdin, as the docker CLI does at EOF
+    deadline = None if timeout is None else t0 + timeout
+    timed_out = False
+    it = frames(reader).__aiter__()
+    try:
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            try:
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError
+                stream, data = await asyncio.wait_for(it.__anext__(), remaining)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                timed_out, deadline = True, None
+                await kill_marked(engine, container, marker)
+                continue
+            yield STREAMS.get(stream, "stdout"), data
+    finally:
+        writer.close()
+    code = await _exit_code(engine, exec_id)
+    yield "exit", {"exit_code": code, "duration_s": time.monotonic() - t0, "timed_out": timed_out}
+
+
+class Capped:
+    """Collects one stream up to `limit` bytes, remembering whether anything was dropped."""
+
+    def __init__(self, limit: int):
+        self.limit, self.buf, self.truncated = limit, bytearray(), False
+
+    def add(self, data: bytes) -> None:
+        room = self.limit - len(self.buf)
+        if len(data) > room:
+            self.truncated = True
+            data = data[: max(room, 0)]
+        self.buf += data
+
+    def text(self) -> str:
+        return self.buf.decode("utf-8", errors="replace")
+
+
+async def exec_collect(engine: Engine, container: str, cmd, env, cwd, stdin, timeout, limit: int) -> dict:
+    """The whole exec as one ExecResult dict, each stream capped at `limit` bytes."""
+    out, err = Capped(limit), Capped(limit)
+    result: dict = {}
+    async for kind, data in exec_events(engine, container, cmd, env, cwd, stdin, timeout):
+        if kind == "exit":
+            result = data
+        else:
+            (out if kind == "stdout" else err).add(data)
+    return {**result, "stdout": out.text(), "stderr": err.text(), "truncated": out.truncated or err.truncated}
+
+
+class Utf8Stream:
+    """Incremental decoding so a multi-byte character split across frames is not mangled."""
+
+    def __init__(self):
+        self._dec = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in ("stdout", "stderr")}
+
+    def decode(self, stream: str, data: bytes) -> str:
+        return self._dec[stream].decode(data)

@@ -1,0 +1,125 @@
+"""Persistent bash sessions: one long-lived `bash` exec per session, fed commands on its stdin.
+
+Each run is sent base64-encoded and `eval`ed in the session's own shell, so cwd, exported env
+and shell variables persist. The run's end is a random sentinel printed on stdout and stderr
+with the exit status. Children of a run carry `ROCK_EXEC_ID=<run nonce>`, so a per-run timeout
+kills exactly them and the shell survives; a run that loops inside bash itself (a builtin loop)
+cannot be stopped that way, and its session is closed instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+import uuid
+
+from rock import errors
+from rock.backend.engine import Engine, frames
+from rock.backend.execs import Capped, kill_marked
+
+GRACE_S = 2.0  # after the kill, how long the shell gets to print the sentinel
+
+
+class _Stream:
+    """Output of one stream for the current run: capped text plus a tail kept for sentinel search."""
+
+    def __init__(self):
+        self.pending = bytearray()
+        self.capped: Capped | None = None
+        self.done = asyncio.Event()
+        self.code: int | None = None
+        self.pattern: re.Pattern | None = None
+
+    def reset(self, nonce: str, limit: int) -> None:
+        self.pending.clear()
+        self.capped, self.code = Capped(limit), None
+        self.pattern = re.compile(rb"\n__ROCK_" + nonce.encode() + rb"_(\d+)__\n")
+        self.done.clear()
+
+    def feed(self, data: bytes) -> None:
+        if self.capped is None or self.done.is_set():
+            return  # output of background jobs between runs is dropped
+        self.pending += data
+        m = self.pattern.search(self.pending)
+        if m:
+            self.capped.add(bytes(self.pending[: m.start()]))
+            self.code = int(m.group(1))
+            self.done.set()
+        elif len(self.pending) > 4096:
+            keep = 128  # longer than any sentinel
+            self.capped.add(bytes(self.pending[:-keep]))
+            del self.pending[:-keep]
+
+
+class ShellSession:
+    def __init__(self, engine: Engine, container: str, session_id: str):
+        self.engine, self.container, self.id = engine, container, session_id
+        self.out, self.err = _Stream(), _Stream()
+        self.lock = asyncio.Lock()
+        self.alive = False
+        self._reader_task: asyncio.Task | None = None
+        self._writer = None
+
+    async def open(self, env: dict[str, str], cwd: str | None) -> None:
+        exec_id = await self.engine.exec_create(
+            self.container, ["bash", "--noprofile", "--norc"], env, cwd, stdin=True
+        )
+        reader, self._writer = await self.engine.exec_start(exec_id)
+        self.alive = True
+        self._reader_task = asyncio.create_task(self._pump(reader))
+
+    async def _pump(self, reader) -> None:
+        async for stream, data in frames(reader):
+            (self.out if stream == 1 else self.err).feed(data)
+        self.alive = False
+        self.out.done.set()
+        self.err.done.set()
+
+    async def run(self, cmd: str, timeout: float | None, limit: int) -> dict:
+        async with self.lock:
+            if not self.alive:
+                raise errors.Conflict(f"session {self.id} has ended")
+            return await self._run(cmd, timeout, limit)
+
+    async def _run(self, cmd: str, timeout: float | None, limit: int) -> dict:
+        t0, nonce = time.monotonic(), uuid.uuid4().hex
+        self.out.reset(nonce, limit)
+        self.err.reset(nonce, limit)
+        b64 = base64.b64encode(cmd.encode()).decode()
+        script = (
+            f"export ROCK_EXEC_ID={nonce}\n"
+            f"eval \"$(printf %s '{b64}' | base64 -d)\" </dev/null\n"
+            f"__rock_rc=$?; export -n ROCK_EXEC_ID\n"
+            f"printf '\\n__ROCK_{nonce}_%d__\\n' $__rock_rc; printf '\\n__ROCK_{nonce}_%d__\\n' $__rock_rc >&2\n"
+        )
+        self._writer.write(script.encode())
+        await self._writer.drain()
+        both = asyncio.gather(self.out.done.wait(), self.err.done.wait())
+        timed_out = False
+        try:
+            await asyncio.wait_for(asyncio.shield(both), timeout)
+        except TimeoutError:
+            timed_out = True
+            await kill_marked(self.engine, self.container, nonce)
+            try:
+                await asyncio.wait_for(both, GRACE_S)
+            except TimeoutError:
+                await self.close()  # a builtin loop in the shell itself: the session cannot be saved
+        code = self.out.code if self.alive else None
+        return {
+            "exit_code": code,
+            "stdout": self.out.capped.text() if self.out.capped else "",
+            "stderr": self.err.capped.text() if self.err.capped else "",
+            "duration_s": time.monotonic() - t0,
+            "timed_out": timed_out,
+            "truncated": bool(self.out.capped.truncated or self.err.capped.truncated),
+        }
+
+    async def close(self) -> None:
+        self.alive = False
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()

@@ -1,0 +1,181 @@
+"""Wire models of ROCK REST v1, shared by the server (`rock.server`) and the SDK (`rock.sdk`).
+
+Every request model forbids unknown fields, so a typo in a client is a 422 rather than a
+silently ignored option.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_IMAGE = "rock/base:bookworm"
+
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_MEM_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_memory(value: str | int) -> int:
+    """Bytes from `512m`, `2g`, `1.5GiB` or a plain integer; ValueError on anything else."""
+    if isinstance(value, bool):
+        raise ValueError("memory must be a size like '512m' or a byte count")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _MEM_RE.match(value)
+        if not m:
+            raise ValueError(f"memory {value!r} is not a size like '512m', '2g' or a byte count")
+        n = int(float(m.group(1)) * _MEM_UNITS[m.group(2).lower()])
+    if n <= 0:
+        raise ValueError("memory must be positive")
+    return n
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Mount(Strict):
+    """A host directory bind-mounted into the sandbox; `source` must lie under an --allow-mount root."""
+
+    source: str
+    target: str
+    read_only: bool = True
+
+
+class CreateSandbox(Strict):
+    """Body of `POST /v1/sandboxes`. Unset resources take the server's defaults."""
+
+    image: str = DEFAULT_IMAGE
+    cpus: float | None = Field(default=None, gt=0, description="CPU quota in cores")
+    memory: int | None = Field(default=None, description="bytes; accepts '512m', '2g', ...")
+    pids_limit: int | None = Field(default=None, gt=0)
+    network: Literal["none", "model"] = "none"
+    model_upstream: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    ttl_seconds: float | None = Field(default=None, gt=0)
+    labels: dict[str, str] = Field(default_factory=dict)
+    snapshot: str | None = Field(default=None, description="snapshot id to fork from (replaces image)")
+    mounts: list[Mount] = Field(default_factory=list)
+    trajectory_id: str | None = None
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, v):
+        return None if v is None else parse_memory(v)
+
+    @field_validator("cpus", mode="before")
+    @classmethod
+    def _cpus(cls, v):
+        # Plain floats only: "abc" or booleans are malformed, not coerced.
+        if isinstance(v, bool):
+            raise ValueError("cpus must be a number")
+        return v
+
+
+class Sandbox(Strict):
+    id: str
+    status: str
+    image: str
+    cpus: float
+    memory: int
+    pids_limit: int
+    network: str
+    env: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    mounts: list[Mount] = Field(default_factory=list)
+    ttl_seconds: float | None = None
+    created_at: float
+    expires_at: float | None = None
+    trajectory_id: str
+    snapshot: str | None = None
+    model_upstream: str | None = None
+    container_id: str
+    warm: bool = False
+
+
+class SandboxList(Strict):
+    sandboxes: list[Sandbox]
+
+
+class ExecRequest(Strict):
+    """`cmd` as a string runs under `bash -c`; as a list it is the argv."""
+
+    cmd: str | list[str]
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout: float | None = Field(default=None, gt=0, description="seconds; none = no limit")
+    stdin: str | None = None
+
+    @field_validator("cmd")
+    @classmethod
+    def _cmd(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("cmd must not be an empty list")
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("cmd must not be empty")
+        return v
+
+
+class ExecResult(Strict):
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    duration_s: float
+    timed_out: bool = False
+    truncated: bool = False
+
+
+class ExecChunk(Strict):
+    """One NDJSON line of a streamed exec: output as it comes, then one `exit` line."""
+
+    type: Literal["stdout", "stderr", "exit"]
+    data: str = ""
+    exit_code: int | None = None
+    duration_s: float | None = None
+    timed_out: bool | None = None
+    truncated: bool | None = None
+
+
+class CreateSession(Strict):
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class SessionInfo(Strict):
+    id: str
+    sandbox_id: str
+
+
+class SessionRun(Strict):
+    cmd: str
+    timeout: float | None = Field(default=None, gt=0)
+
+    @field_validator("cmd")
+    @classmethod
+    def _cmd(cls, v):
+        if not v.strip():
+            raise ValueError("cmd must not be empty")
+        return v
+
+
+class Snapshot(Strict):
+    snapshot_id: str
+    sandbox_id: str
+    image: str
+    created_at: float
+
+
+class SnapshotList(Strict):
+    snapshots: list[Snapshot]
+
+
+class ErrorDetail(Strict):
+    code: str
+    message: str
+
+
+class ErrorBody(Strict):
+    error: ErrorDetail

@@ -1,0 +1,422 @@
+"""SandboxService: everything `rock serve` does, behind the one-line FastAPI endpoints of `rock.server`.
+
+It validates requests against the server's limits, keeps the SQLite records, drives the Docker
+backend, the warm pool, sessions, the ttl reaper and (for `network: model`) the model gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from rock import errors
+from rock.backend.docker import ContainerSpec, DockerBackend, file_from_tar, single_file_tar
+from rock.backend.engine import EngineError
+from rock.backend.execs import Utf8Stream, exec_collect, exec_events
+from rock.backend.session import ShellSession
+from rock.config import ServerConfig
+from rock.metrics import Metrics
+from rock.models import (
+    CreateSandbox,
+    CreateSession,
+    ExecChunk,
+    ExecRequest,
+    ExecResult,
+    Sandbox,
+    SessionInfo,
+    SessionRun,
+    Snapshot,
+)
+from rock.pool import PoolKey, WarmPool
+from rock.store import Store
+
+log = logging.getLogger("rock.service")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def check_path(path: str) -> str:
+    """Absolute, no `..` component, no NUL: else InvalidPath (400)."""
+    if not path or not path.startswith("/"):
+        raise errors.InvalidPath(f"path must be absolute: {path!r}")
+    if "\x00" in path or ".." in path.split("/"):
+        raise errors.InvalidPath(f"path must not contain '..' or NUL: {path!r}")
+    return path
+
+
+def _manager_id(state_dir: Path) -> str:
+    """A stable id per state dir: containers of other managers on the same daemon are never touched."""
+    f = state_dir / "manager_id"
+    if not f.exists():
+        f.write_text(uuid.uuid4().hex[:16])
+    return f.read_text().strip()
+
+
+def _engine_errors(e: EngineError, sandbox_id: str) -> errors.RockError:
+    if e.status == 404:
+        return errors.SandboxNotFound(f"sandbox {sandbox_id} has no container any more")
+    if e.status == 409:
+        return errors.Conflict(f"sandbox {sandbox_id} is not running: {e.message}")
+    return errors.BackendError(e.message)
+
+
+class SandboxService:
+    def __init__(self, config: ServerConfig):
+        self.config, self.limits = config, config.limits
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.state_dir / "rock.db")
+        self.backend = DockerBackend(_manager_id(config.state_dir))
+        self.metrics = Metrics()
+        self.pool = WarmPool(config.warm_pool, self._spawn_pooled, self.backend.remove)
+        self.sessions: dict[str, dict[str, ShellSession]] = {}
+        self.gateway = None
+        self._reaper: asyncio.Task | None = None
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.reconcile()
+        for image in self.config.pool_specs:
+            self.pool.want(self._pool_key(image, None, None, None))
+        self._reaper = asyncio.create_task(self._reap_loop())
+
+    async def stop(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+        for sessions in self.sessions.values():
+            for s in sessions.values():
+                await s.close()
+        await self.pool.drain()
+        if self.config.on_exit == "remove":
+            await asyncio.gather(*(self.delete(sb.id) for sb in self.store.list_sandboxes()), return_exceptions=True)
+        await self._remove_orphans()
+        if self.gateway is not None:
+            await self.gateway.stop()
+        await self.backend.close()
+        self.store.close()
+
+    async def reconcile(self) -> None:
+        """Re-adopt our running containers, restart stopped ones, drop records without a container."""
+        containers = {c["sandbox_id"]: c for c in await self.backend.list_ours()}
+        for sb in self.store.list_sandboxes():
+            c = containers.get(sb.id)
+            if c is None or c["id"] != sb.container_id:
+                self.store.delete_sandbox(sb.id)
+            elif c["state"] != "running":
+                try:
+                    await self.backend.start(sb.container_id)
+                except EngineError:
+                    log.warning("sandbox %s: container will not start again; removing it", sb.id)
+                    await self.backend.remove(sb.container_id)
+                    self.store.delete_sandbox(sb.id)
+        await self._remove_orphans()
+        self.metrics.active.set(len(self.store.list_sandboxes()))
+
+    async def _remove_orphans(self) -> None:
+        known = {sb.container_id for sb in self.store.list_sandboxes()}
+        for c in await self.backend.list_ours():
+            if c["id"] not in known and not self.pool.owns(c["id"]):
+                await self.backend.remove(c["id"])
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reap_interval_s)
+            now = time.time()
+            for sb in self.store.list_sandboxes():
+                if sb.expires_at is not None and sb.expires_at <= now:
+                    log.info("sandbox %s: ttl expired", sb.id)
+                    try:
+                        await self.delete(sb.id)
+                    except Exception:
+                        log.exception("reaper: cannot remove %s", sb.id)
+
+    # ---- sandboxes --------------------------------------------------------------------------
+
+    def _pool_key(self, image: str, cpus, memory, pids) -> PoolKey:
+        lim = self.limits
+        return (image, cpus or lim.cpus, memory or lim.memory, pids or lim.pids_limit)
+
+    async def _spawn_pooled(self, key: PoolKey) -> tuple[str, str]:
+        sid = new_id("sb")
+        spec = ContainerSpec(key[0], key[1], key[2], key[3], self.limits.nofile)
+        return sid, await self.backend.run(sid, spec)
+
+    def _validate(self, req: CreateSandbox) -> None:
+        lim = self.limits
+        for name, value, top in (
+            ("cpus", req.cpus, lim.max_cpus),
+            ("memory", req.memory, lim.max_memory),
+            ("pids_limit", req.pids_limit, lim.max_pids_limit),
+            ("ttl_seconds", req.ttl_seconds, lim.max_ttl_seconds),
+        ):
+            if value is not None and value > top:
+                raise errors.ValidationFailed(f"{name} {value} is over the maximum {top}")
+        if req.model_upstream and req.network != "model":
+            raise errors.ValidationFailed('model_upstream needs "network": "model"')
+        if req.network == "model" and not (req.model_upstream or self.config.model_upstream):
+            raise errors.ValidationFailed('"network": "model" needs model_upstream (no --model-upstream default)')
+        for m in req.mounts:
+            self._check_mount(m.source, m.target)
+
+    def _check_mount(self, source: str, target: str) -> None:
+        check_path(target)
+        real = Path(os.path.realpath(source))
+        roots = [Path(os.path.realpath(r)) for r in self.config.allow_mounts]
+        if not source.startswith("/") or not any(real == r or r in real.parents for r in roots):
+            allowed = ", ".join(map(str, roots)) or "none (start rock serve with --allow-mount DIR)"
+            raise errors.ValidationFailed(f"mount source {source} is not under an allowed root: {allowed}")
+        if not real.exists():
+            raise errors.ValidationFailed(f"mount source {source} does not exist")
+
+    async def create(self, req: CreateSandbox) -> Sandbox:
+        t0 = time.monotonic()
+        self._validate(req)
+        image = req.image
+        if req.snapshot:
+            snap = self.store.get_snapshot(req.snapshot)
+            if snap is None:
+                raise errors.SnapshotNotFound(f"no snapshot {req.snapshot}")
+            image = snap.image
+        elif not await self.backend.image_exists(image):
+            raise errors.ImageNotFound(f"image {image} not found (rock never pulls; build it with `rock image build`)")
+        key = self._pool_key(image, req.cpus, req.memory, req.pids_limit)
+        pooled = not (req.snapshot or req.mounts or req.network == "model")
+        taken = self.pool.take(key) if pooled else None
+        if taken:
+            sid, cid = taken
+        else:
+            sid = new_id("sb")
+            cid = await self._run_cold(sid, req, image, key)
+        now = time.time()
+        sb = Sandbox(
+            id=sid, status="running", image=image, cpus=key[1], memory=key[2], pids_limit=key[3],
+            network=req.network, env=req.env, labels=req.labels, mounts=req.mounts, ttl_seconds=req.ttl_seconds,
+            created_at=now, expires_at=now + req.ttl_seconds if req.ttl_seconds else None,
+            trajectory_id=req.trajectory_id or sid, snapshot=req.snapshot,
+            model_upstream=req.model_upstream or (self.config.model_upstream if req.network == "model" else None),
+            container_id=cid, warm=bool(taken),
+        )
+        self.store.put_sandbox(sb)
+        kind = "warm" if taken else "fork" if req.snapshot else "cold"
+        self.metrics.create_seconds.labels(kind).observe(time.monotonic() - t0)
+        self.metrics.active.inc()
+        self.metrics.pool_ready.set(self.pool.count())
+        return sb
+
+    async def _run_cold(self, sid: str, req: CreateSandbox, image: str, key: PoolKey) -> str:
+        spec = ContainerSpec(image, key[1], key[2], key[3], self.limits.nofile, dict(req.env),
+                             [(m.source, m.target, m.read_only) for m in req.mounts])
+        if req.network != "model":
+            if not (req.snapshot or req.mounts):
+                self.pool.want(key)
+            return await self.backend.run(sid, spec)
+        gw = await self._gateway()
+        att = await gw.attach(sid, upstream=req.model_upstream, trajectory_id=req.trajectory_id or sid)
+        spec.mounts += [tuple(m) for m in att.mounts]
+        spec.env.update(att.env)
+        try:
+            cid = await self.backend.run(sid, spec)
+            await self._detached(cid, list(att.command), spec.env)
+        except BaseException:
+            await gw.detach(sid)
+            raise
+        return cid
+
+    async def _detached(self, container_id: str, argv: list[str], env: dict[str, str]) -> None:
+        """Start `argv` in the container and return at once (the model proxy lives on in the background)."""
+        exec_id = await self.backend.engine.exec_create(container_id, argv, env, None, False)
+        await self.backend.engine.call("POST", f"/exec/{exec_id}/start", {"Detach": True, "Tty": False})
+
+    async def _gateway(self):
+        # Imported on first use: the gateway is its own module and only model sandboxes need it.
+        if self.gateway is None:
+            from rock.gateway import ModelGateway
+
+            gw = ModelGateway(self.config.state_dir, self.config.model_upstream)
+            await gw.start()
+            self.gateway = gw
+        return self.gateway
+
+    def record(self, sandbox_id: str) -> Sandbox:
+        sb = self.store.get_sandbox(sandbox_id)
+        if sb is None:
+            raise errors.SandboxNotFound(f"no sandbox {sandbox_id}")
+        return sb
+
+    async def get(self, sandbox_id: str) -> Sandbox:
+        sb = self.record(sandbox_id)
+        return sb.model_copy(update={"status": await self.backend.state(sb.container_id)})
+
+    async def list(self) -> list[Sandbox]:
+        return self.store.list_sandboxes()
+
+    async def delete(self, sandbox_id: str) -> None:
+        sb = self.record(sandbox_id)
+        self.store.delete_sandbox(sandbox_id)
+        for s in self.sessions.pop(sandbox_id, {}).values():
+            await s.close()
+        await self.backend.remove(sb.container_id)
+        if sb.network == "model" and self.gateway is not None:
+            await self.gateway.detach(sandbox_id)
+        self.metrics.active.dec()
+
+    # ---- exec -------------------------------------------------------------------------------
+
+    def _exec_args(self, sb: Sandbox, req: ExecRequest) -> tuple:
+        if req.cwd:
+            check_path(req.cwd)
+        stdin = req.stdin.encode() if req.stdin is not None else None
+        return sb.container_id, req.cmd, {**sb.env, **req.env}, req.cwd, stdin, req.timeout
+
+    async def exec(self, sandbox_id: str, req: ExecRequest) -> ExecResult:
+        sb = self.record(sandbox_id)
+        try:
+            out = await exec_collect(self.backend.engine, *self._exec_args(sb, req), self.limits.max_output_bytes)
+        except EngineError as e:
+            raise _engine_errors(e, sandbox_id) from e
+        self.metrics.exec_total.labels("oneshot").inc()
+        self.metrics.exec_seconds.labels("oneshot").observe(out["duration_s"])
+        return ExecResult(**out)
+
+    async def exec_stream(self, sandbox_id: str, req: ExecRequest) -> AsyncIterator[bytes]:
+        """NDJSON lines of ExecChunk; validation errors surface before the first byte is sent."""
+        sb = self.record(sandbox_id)
+        args = self._exec_args(sb, req)
+        events = exec_events(self.backend.engine, *args)
+        try:
+            first = await anext(events)
+        except EngineError as e:
+            raise _engine_errors(e, sandbox_id) from e
+        return self._ndjson(first, events)
+
+    async def _ndjson(self, first, events) -> AsyncIterator[bytes]:
+        dec = Utf8Stream()
+
+        async def all_events():
+            yield first
+            async for ev in events:
+                yield ev
+
+        async for kind, data in all_events():
+            if kind == "exit":
+                chunk = ExecChunk(type="exit", truncated=False, **data)
+                self.metrics.exec_total.labels("stream").inc()
+                self.metrics.exec_seconds.labels("stream").observe(data["duration_s"])
+            else:
+                chunk = ExecChunk(type=kind, data=dec.decode(kind, data))
+            yield chunk.model_dump_json(exclude_none=True).encode() + b"\n"
+
+    # ---- sessions ---------------------------------------------------------------------------
+
+    async def create_session(self, sandbox_id: str, req: CreateSession) -> SessionInfo:
+        sb = self.record(sandbox_id)
+        if req.cwd:
+            check_path(req.cwd)
+        s = ShellSession(self.backend.engine, sb.container_id, new_id("ss"))
+        try:
+            await s.open({**sb.env, **req.env}, req.cwd)
+        except EngineError as e:
+            raise _engine_errors(e, sandbox_id) from e
+        self.sessions.setdefault(sandbox_id, {})[s.id] = s
+        return SessionInfo(id=s.id, sandbox_id=sandbox_id)
+
+    def _session(self, sandbox_id: str, session_id: str) -> ShellSession:
+        self.record(sandbox_id)
+        s = self.sessions.get(sandbox_id, {}).get(session_id)
+        if s is None:
+            raise errors.SessionNotFound(f"no session {session_id} in sandbox {sandbox_id}")
+        return s
+
+    async def run_session(self, sandbox_id: str, session_id: str, req: SessionRun) -> ExecResult:
+        out = await self._session(sandbox_id, session_id).run(req.cmd, req.timeout, self.limits.max_output_bytes)
+        self.metrics.exec_total.labels("session").inc()
+        self.metrics.exec_seconds.labels("session").observe(out["duration_s"])
+        return ExecResult(**out)
+
+    async def delete_session(self, sandbox_id: str, session_id: str) -> None:
+        s = self._session(sandbox_id, session_id)
+        await s.close()
+        del self.sessions[sandbox_id][session_id]
+
+    # ---- files ------------------------------------------------------------------------------
+
+    async def put_file(self, sandbox_id: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        sb = self.record(sandbox_id)
+        check_path(path)
+        if path.endswith("/"):
+            raise errors.InvalidPath(f"path names a directory, not a file: {path}")
+        await self.backend.put_archive(sb.container_id, "/", single_file_tar(path, data, mode))
+
+    async def get_file(self, sandbox_id: str, path: str) -> bytes:
+        sb = self.record(sandbox_id)
+        check_path(path)
+        tar_bytes, stat = await self.backend.get_archive(sb.container_id, path, self.limits.max_download_bytes)
+        if stat.get("mode", 0) & (1 << 31):  # Go's os.ModeDir
+            raise errors.BadRequest(f"{path} is a directory; download it with GET .../archive?path={path}")
+        return file_from_tar(tar_bytes)
+
+    async def put_archive(self, sandbox_id: str, path: str, data: bytes) -> None:
+        sb = self.record(sandbox_id)
+        check_path(path)
+        _check_tar(data)
+        await self.exec(sandbox_id, ExecRequest(cmd=["mkdir", "-p", path]))
+        await self.backend.put_archive(sb.container_id, path, data)
+
+    async def get_archive(self, sandbox_id: str, path: str) -> bytes:
+        sb = self.record(sandbox_id)
+        check_path(path)
+        tar_bytes, _ = await self.backend.get_archive(sb.container_id, path, self.limits.max_download_bytes)
+        return tar_bytes
+
+    # ---- snapshots --------------------------------------------------------------------------
+
+    async def snapshot(self, sandbox_id: str) -> Snapshot:
+        sb = self.record(sandbox_id)
+        sid = new_id("snap")
+        image = await self.backend.commit(sb.container_id, sid)
+        snap = Snapshot(snapshot_id=sid, sandbox_id=sandbox_id, image=image, created_at=time.time())
+        self.store.put_snapshot(snap)
+        return snap
+
+    async def list_snapshots(self) -> list[Snapshot]:
+        return self.store.list_snapshots()
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        snap = self.store.get_snapshot(snapshot_id)
+        if snap is None:
+            raise errors.SnapshotNotFound(f"no snapshot {snapshot_id}")
+        await self.backend.remove_image(snap.image)
+        self.store.delete_snapshot(snapshot_id)
+
+    # ---- model calls ------------------------------------------------------------------------
+
+    async def trajectory(self, sandbox_id: str) -> list[dict]:
+        sb = self.record(sandbox_id)
+        if sb.network != "model":
+            return []
+        gw = await self._gateway()
+        return list(gw.trajectory(sandbox_id))
+
+    def trajectory_lines(self, chunks: list[dict]) -> bytes:
+        return b"".join(json.dumps(c).encode() + b"\n" for c in chunks)
+
+
+def _check_tar(data: bytes) -> None:
+    """Reject archives with absolute or `..` member names before docker sees them."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for m in tar:
+                if m.name.startswith("/") or ".." in m.name.split("/"):
+                    raise errors.InvalidPath(f"archive member {m.name!r} is absolute or contains '..'")
+    except tarfile.TarError as e:
+        raise errors.BadRequest(f"body is not a tar archive: {e}") from e
