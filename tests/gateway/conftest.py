@@ -37,7 +37,7 @@ class Harness:
     def proxy(self, att: ModelAttachment) -> str:
         """Serve the ModelProxy for `att` on a free loopback port; its OPENAI_BASE_URL."""
         server = modelproxy.serve(att.socket_path, "127.0.0.1", 0)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         self.proxies.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}/v1"
 

@@ -11,70 +11,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from gwclient import post, raw_socket_call, stream_events
+from gwtools import (
+    MESSAGES,
+    MisbehavingUpstream,
+    check_chunk,
+    expected_logprobs,
+    post,
+    raw_socket_call,
+    sse_reply,
+    stream_events,
+)
 
-from iflow_cli.testing.scripted_server import ScriptedServer, render_prompt, token_logprob
-
-MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say hi"}]
-
-
-def expected_logprobs(ids: list[int]) -> list[float]:
-    return [token_logprob(t, i) for i, t in enumerate(ids)]
-
-
-def check_chunk(chunk: dict, messages: list[dict], text: str) -> None:
-    """The chunk holds exactly what the scripted model saw and sampled."""
-    assert chunk["prompt_token_ids"] == list(render_prompt(messages).encode())
-    assert bytes(chunk["response_token_ids"]).decode() == text
-    assert chunk["response_logprobs"] == expected_logprobs(chunk["response_token_ids"])
-    assert chunk["messages"] == messages
-    assert chunk["response"]["text"] == text
-
-
-class MisbehavingUpstream:
-    """An upstream that answers every request with fixed raw bytes, optionally pausing midway
-    (`pause_after` bytes, then `pause_s`): garbage replies and slow streams that ScriptedServer,
-    which always speaks proper HTTP, cannot produce."""
-
-    def __init__(self, raw: bytes, pause_after: int | None = None, pause_s: float = 0.0):
-        self.raw, self.pause_after, self.pause_s = raw, pause_after, pause_s
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
-
-    def answer(self, conn: socket.socket) -> None:
-        with conn:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                buf += conn.recv(65536)
-            head, body = buf.split(b"\r\n\r\n", 1)
-            length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
-            while len(body) < length:
-                body += conn.recv(65536)
-            cut = self.pause_after if self.pause_after is not None else len(self.raw)
-            try:
-                conn.sendall(self.raw[:cut])
-                time.sleep(self.pause_s)
-                conn.sendall(self.raw[cut:])
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def sse_reply(events: list[dict]) -> bytes:
-    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
-    return b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n" + body
-
+from iflow_cli.testing.scripted_server import ScriptedServer, render_prompt
 
 # ---- the happy paths -------------------------------------------------------------------------
 
