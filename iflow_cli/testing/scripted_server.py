@@ -8,7 +8,9 @@ Each scripted response is one of:
   "text"                                              assistant text
   {"content": "...", "tool_calls": [{"name", "arguments"}], "finish_reason": "stop"}
   {"status": 500, "body": "message" | {...}}          an HTTP error
-and any dict may add "delay": seconds (sleep before answering, for timeout tests).
+and any dict may add "delay": seconds (sleep before answering, for timeout tests). From Python,
+`responses` may also be a function of the request body returning one such response (for
+sessions whose order of calls is not fixed in advance, e.g. when the agent compresses).
 
 Token ids are the UTF-8 bytes of the rendered prompt and of the response text (content plus the
 tool calls rendered as `<tool_call>{json}</tool_call>`), and logprobs are a fixed function of
@@ -25,6 +27,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -122,13 +125,14 @@ class ScriptedServer:
 
     def __init__(
         self,
-        responses: list,
+        responses: list | Callable[[dict], Any],
         port: int = 0,
         host: str = "127.0.0.1",
         model: str = "scripted",
         api_key: str | None = None,
     ):
-        self.responses = [normalise(r) for r in responses]
+        self.responder = responses if callable(responses) else None
+        self.responses = [] if callable(responses) else [normalise(r) for r in responses]
         self.model = model
         self.api_key = api_key
         self.requests: list[dict] = []
@@ -170,6 +174,8 @@ class ScriptedServer:
             self.requests.append(body)
             self.paths.append(path)
             number = len(self.requests)
+            if self.responder is not None:
+                return number, normalise(self.responder(body))
             if self._next >= len(self.responses):
                 return number, None
             self._next += 1
