@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import textwrap
 import threading
 import time
 import urllib.error
@@ -118,3 +119,22 @@ class MisbehavingUpstream:
 def sse_reply(events: list[dict]) -> bytes:
     body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
     return b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n" + body
+
+
+# What an agent inside does: plain urllib against $OPENAI_BASE_URL with $OPENAI_API_KEY.
+CLIENT = textwrap.dedent("""
+    import json, os, sys, time, urllib.request, urllib.error
+    body = json.loads(sys.argv[1])
+    key = sys.argv[2] if len(sys.argv) > 2 else os.environ["OPENAI_API_KEY"]
+    req = urllib.request.Request(os.environ["OPENAI_BASE_URL"] + "/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json", "Authorization": "Bearer " + key})
+    t0 = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            pieces = []
+            while part := resp.read1(65536):
+                pieces.append([round(time.monotonic() - t0, 3), part.decode()])
+            print(json.dumps({"status": resp.status, "pieces": pieces}))
+    except urllib.error.HTTPError as e:
+        print(json.dumps({"status": e.code, "pieces": [[0, e.read().decode()]]}))
+""")

@@ -6,33 +6,14 @@ wired exactly as ModelAttachment says, talking to the gateway over the mounted s
 from __future__ import annotations
 
 import json
-import textwrap
 import uuid
 
 import pytest
-from gwtools import MESSAGES, MisbehavingUpstream, check_chunk, sse_reply
+from gwtools import CLIENT, MESSAGES, MisbehavingUpstream, check_chunk, sse_reply
 
 from iflow_cli.testing.scripted_server import ScriptedServer
 
 pytestmark = pytest.mark.docker
-
-# What an agent inside does: plain urllib against $OPENAI_BASE_URL with $OPENAI_API_KEY.
-CLIENT = textwrap.dedent("""
-    import json, os, sys, time, urllib.request, urllib.error
-    body = json.loads(sys.argv[1])
-    key = sys.argv[2] if len(sys.argv) > 2 else os.environ["OPENAI_API_KEY"]
-    req = urllib.request.Request(os.environ["OPENAI_BASE_URL"] + "/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json", "Authorization": "Bearer " + key})
-    t0 = time.monotonic()
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            pieces = []
-            while part := resp.read1(65536):
-                pieces.append([round(time.monotonic() - t0, 3), part.decode()])
-            print(json.dumps({"status": resp.status, "pieces": pieces}))
-    except urllib.error.HTTPError as e:
-        print(json.dumps({"status": e.code, "pieces": [[0, e.read().decode()]]}))
-""")
 
 
 @pytest.fixture
