@@ -53,10 +53,10 @@ class Settings:
     tool_output_limit: int = 16000  # characters of one tool output kept (head + tail)
     sandbox: str = ""  # URL#ID of a ROCK sandbox to run tools in; token from ROCK_API_TOKEN
 
-    def check(self, source: str = "settings") -> None:
-        """Validate ranges and choices, raising ConfigError naming the key."""
+    def check(self, source: str = "settings", only: set[str] | None = None) -> None:
+        """Validate ranges and choices (of the keys in `only`, if given), raising ConfigError naming the key."""
         for name, ok, need in self._rules():
-            if not ok:
+            if not ok and (only is None or camel(name) in only):
                 raise ConfigError(f"{source}: key '{camel(name)}' {need}, got {getattr(self, name)!r}")
 
     def _rules(self) -> list[tuple[str, bool, str]]:
@@ -185,19 +185,23 @@ def load_settings(
 ) -> Settings:
     """Merge every layer into a validated Settings. `flags` maps camelCase keys to parsed values."""
     env = dict(os.environ) if env is None else env
+    layers = [(str(p), read_settings_file(p), False) for p in settings_paths(home or Path.home(), cwd or Path.cwd())]
+    layers.append(("environment", env_overrides(env), True))
+    layers.append(("command line", {k: v for k, v in (flags or {}).items() if v is not None}, False))
     merged: dict[str, Any] = {}
-    for path in settings_paths(home or Path.home(), cwd or Path.cwd()):
-        for key, value in read_settings_file(path).items():
-            merged[key] = coerce(key, value, str(path))
-    merged.update(env_overrides(env))
-    for key, value in (flags or {}).items():
-        if value is not None:
-            merged[key] = coerce(key, value, "command line")
-    settings = Settings(**{FIELDS[k].name: v for k, v in merged.items()})
+    for source, values, parsed in layers:
+        layer = values if parsed else {k: coerce(k, v, source) for k, v in values.items()}
+        as_settings(layer).check(source, only=set(layer))  # so that a bad value is blamed on its layer
+        merged.update(layer)
+    settings = as_settings(merged)
     settings.base_url = settings.base_url or env.get("OPENAI_BASE_URL", "")
     settings.api_key = settings.api_key or env.get("OPENAI_API_KEY", "")
     settings.check()
     return settings
+
+
+def as_settings(values: dict[str, Any]) -> Settings:
+    return Settings(**{FIELDS[k].name: v for k, v in values.items()})
 
 
 def describe_keys() -> str:

@@ -26,7 +26,7 @@ def make_input():
 
 
 def make_printer():
-    """Final answers rendered as Markdown by rich when installed and on a terminal."""
+    """Final answers rendered as Markdown by rich when installed and on a terminal; else None (we stream)."""
     try:
         from rich.console import Console
         from rich.markdown import Markdown
@@ -36,7 +36,7 @@ def make_printer():
             return lambda text: console.print(Markdown(text))
     except ImportError:
         pass
-    return print
+    return None
 
 
 def ask_approval(read):
@@ -52,8 +52,9 @@ def ask_approval(read):
 
 def repl(settings, args, executor, model) -> int:
     read, show = make_input(), make_printer()
-    model.stream = True
-    model.on_text = lambda piece: print(piece, end="", flush=True)
+    if show is None:  # plain terminal: stream the text as it comes, so nothing looks stuck
+        model.stream = True
+        model.on_text = lambda piece: print(piece, end="", flush=True)
     new_agent = lambda: build_agent(settings, args, executor, model, ask_approval(read), progress)  # noqa: E731
     agent = new_agent()
     err(f"iflow: {model.model} at {model.base_url}; working in {executor.cwd}. {HELP}")
@@ -72,8 +73,9 @@ def repl(settings, args, executor, model) -> int:
             agent = new_agent()
             continue
         result = agent.run(line)
-        print()
-        if result.answer:
+        if show and result.answer:
             show(result.answer)
+        else:
+            print()
         if not result.finished:
             err(f"(stopped: {result.termination_reason})")
