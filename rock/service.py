@@ -80,12 +80,15 @@ class SandboxService:
         self.pool = WarmPool(config.warm_pool, self._spawn_pooled, self.backend.remove)
         self.sessions: dict[str, dict[str, ShellSession]] = {}
         self.gateway = None
+        self._gateway_lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
 
     # ---- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.reconcile()
+        if any(sb.network == "model" for sb in self.store.list_sandboxes()):
+            await self._gateway()  # re-opens the sockets of re-adopted model sandboxes
         for image in self.config.pool_specs:
             self.pool.want(self._pool_key(image, None, None, None))
         self._reaper = asyncio.create_task(self._reap_loop())
@@ -221,31 +224,47 @@ class SandboxService:
                 self.pool.want(key)
             return await self.backend.run(sid, spec)
         gw = await self._gateway()
-        att = await gw.attach(sid, upstream=req.model_upstream, trajectory_id=req.trajectory_id or sid)
+        try:
+            att = await gw.attach(sid, upstream=req.model_upstream, trajectory_id=req.trajectory_id or sid)
+        except ValueError as e:  # the gateway's GatewayError: a bad upstream URL and the like
+            raise errors.ValidationFailed(str(e)) from e
         spec.mounts += [tuple(m) for m in att.mounts]
         spec.env.update(att.env)
+        cid = None
         try:
             cid = await self.backend.run(sid, spec)
-            await self._detached(cid, list(att.command), spec.env)
+            await self._start_proxy(cid, list(att.command), spec.env)
         except BaseException:
             await gw.detach(sid)
+            if cid:
+                await self.backend.remove(cid)
             raise
         return cid
 
-    async def _detached(self, container_id: str, argv: list[str], env: dict[str, str]) -> None:
-        """Start `argv` in the container and return at once (the model proxy lives on in the background)."""
-        exec_id = await self.backend.engine.exec_create(container_id, argv, env, None, False)
-        await self.backend.engine.call("POST", f"/exec/{exec_id}/start", {"Detach": True, "Tty": False})
+    async def _start_proxy(self, container_id: str, argv: list[str], env: dict[str, str]) -> None:
+        """Run the gateway's start command; it forks the proxy and returns once the proxy listens."""
+        out = await exec_collect(self.backend.engine, container_id, argv, env, None, None, 30.0, 4096)
+        if out["exit_code"] != 0:
+            raise errors.BackendError(f"model proxy did not start (exit {out['exit_code']}): {out['stderr'].strip()}")
 
     async def _gateway(self):
         # Imported on first use: the gateway is its own module and only model sandboxes need it.
-        if self.gateway is None:
-            from rock.gateway import ModelGateway
-
-            gw = ModelGateway(self.config.state_dir, self.config.model_upstream)
-            await gw.start()
-            self.gateway = gw
+        async with self._gateway_lock:
+            if self.gateway is None:
+                await self._start_gateway()
         return self.gateway
+
+    async def _start_gateway(self) -> None:
+        from rock.gateway import ModelGateway
+
+        gw = ModelGateway(self.config.state_dir, self.config.model_upstream)
+        await gw.start()
+        # The gateway re-opens every attachment it persisted; those whose sandbox did not
+        # survive a restart must not get their socket back.
+        for sid in gw.attachments():
+            if self.store.get_sandbox(sid) is None:
+                await gw.detach(sid)
+        self.gateway = gw
 
     def record(self, sandbox_id: str) -> Sandbox:
         sb = self.store.get_sandbox(sandbox_id)

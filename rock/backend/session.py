@@ -1,10 +1,12 @@
 """Persistent bash sessions: one long-lived `bash` exec per session, fed commands on its stdin.
 
-Each run is sent base64-encoded and `eval`ed in the session's own shell, so cwd, exported env
-and shell variables persist. The run's end is a random sentinel printed on stdout and stderr
-with the exit status. Children of a run carry `ROCK_EXEC_ID=<run nonce>`, so a per-run timeout
-kills exactly them and the shell survives; a run that loops inside bash itself (a builtin loop)
-cannot be stopped that way, and its session is closed instead.
+Each run is sent base64-encoded and `eval`ed by a function in the session's own shell, so cwd,
+exported env and shell variables persist. The run's end is a random sentinel printed on stdout
+and stderr with the exit status. On a per-run timeout the shell gets SIGUSR1, whose trap
+`return`s from that function once the foreground child is gone, and the run's children (they
+carry `ROCK_EXEC_ID=<run nonce>`) are killed: the rest of the run is skipped and the shell
+survives. A run that loops inside bash itself (a builtin loop) cannot be stopped that way, and
+its session is closed instead.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from rock import errors
 from rock.backend.engine import Engine, frames
 from rock.backend.execs import Capped, kill_marked
 
+# `return` in a trap leaves the function the shell is running, i.e. the rest of the run.
+PREAMBLE = """__rock_run() { eval "$(printf %s "$1" | base64 -d)"; }
+trap 'return 124 2>/dev/null' USR1
+"""
 GRACE_S = 2.0  # after the kill, how long the shell gets to print the sentinel
 
 
@@ -61,6 +67,7 @@ class ShellSession:
         self.alive = False
         self._reader_task: asyncio.Task | None = None
         self._writer = None
+        self.pid = 0
 
     async def open(self, env: dict[str, str], cwd: str | None) -> None:
         exec_id = await self.engine.exec_create(
@@ -69,6 +76,12 @@ class ShellSession:
         reader, self._writer = await self.engine.exec_start(exec_id)
         self.alive = True
         self._reader_task = asyncio.create_task(self._pump(reader))
+        self._writer.write(PREAMBLE.encode())
+        out = await self.run("echo $$", 10.0, 100)
+        if out["exit_code"] != 0:
+            await self.close()
+            raise errors.BackendError(f"session shell did not start: {out['stderr'].strip()}")
+        self.pid = int(out["stdout"])
 
     async def _pump(self, reader) -> None:
         async for stream, data in frames(reader):
@@ -90,7 +103,7 @@ class ShellSession:
         b64 = base64.b64encode(cmd.encode()).decode()
         script = (
             f"export ROCK_EXEC_ID={nonce}\n"
-            f"eval \"$(printf %s '{b64}' | base64 -d)\" </dev/null\n"
+            f"__rock_run '{b64}' </dev/null\n"
             f"__rock_rc=$?; export -n ROCK_EXEC_ID\n"
             f"printf '\\n__ROCK_{nonce}_%d__\\n' $__rock_rc; printf '\\n__ROCK_{nonce}_%d__\\n' $__rock_rc >&2\n"
         )
@@ -102,7 +115,7 @@ class ShellSession:
             await asyncio.wait_for(asyncio.shield(both), timeout)
         except TimeoutError:
             timed_out = True
-            await kill_marked(self.engine, self.container, nonce)
+            await self._interrupt(nonce)
             try:
                 await asyncio.wait_for(both, GRACE_S)
             except TimeoutError:
@@ -116,6 +129,15 @@ class ShellSession:
             "timed_out": timed_out,
             "truncated": bool(self.out.capped.truncated or self.err.capped.truncated),
         }
+
+    async def _interrupt(self, nonce: str) -> None:
+        """SIGUSR1 to the shell (pending until its foreground child dies), then kill the run's processes."""
+        exec_id = await self.engine.exec_create(self.container, ["kill", "-USR1", str(self.pid)], {}, None, False)
+        reader, writer = await self.engine.exec_start(exec_id)
+        async for _ in frames(reader):
+            pass
+        writer.close()
+        await kill_marked(self.engine, self.container, nonce)
 
     async def close(self) -> None:
         self.alive = False
