@@ -55,7 +55,7 @@ class LocalExecutor(Executor):
             out.seek(0)
             err.seek(0)
             stdout, stderr = out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
-        code = -9 if timed_out else proc.returncode
+        code = 128 + signal.SIGKILL if timed_out else proc.returncode  # what a shell reports, and ROCK too
         return ExecResult(code, stdout, stderr, time.monotonic() - start, timed_out)
 
     def read_bytes(self, path: str) -> bytes:
