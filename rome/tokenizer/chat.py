@@ -8,6 +8,7 @@ so vLLM's `hermes` tool parser also reads our output.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -61,14 +62,19 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-def render_messages(messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = False) -> str:
-    """The template rendered without a tokenizer (the corpus is made before the tokenizer exists)."""
+@functools.cache
+def _compiled_template():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    # The environment options transformers uses for chat templates, so both render alike.
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.filters["tojson"] = _tojson
-    template = env.from_string(CHAT_TEMPLATE)
-    return template.render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt)
+    return env.from_string(CHAT_TEMPLATE)
+
+
+def render_messages(messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = False) -> str:
+    """The template rendered without a tokenizer (the corpus is made before the tokenizer exists)."""
+    return _compiled_template().render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt)
 
 
 _CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
