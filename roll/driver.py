@@ -94,18 +94,25 @@ class Run:
 
         cfg = self.cfg
         t = time.monotonic()
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, configure_logging=False)
+        # Actor output (vLLM and DeepSpeed start-up chatter) goes to Ray's session logs, not the console;
+        # an actor's failure still reaches the driver as the exception of the ray.get that awaited it.
+        ctx = ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False, configure_logging=False)
         self.ray_started = True
+        log(f"ray started; worker logs in {ctx.address_info.get('session_dir', '?')}/logs")
         env = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(cfg.inference.kvcache_gb),
                "OMP_NUM_THREADS": str(os.cpu_count() or 1), "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
         # num_cpus=0: on a 2-core machine both actors must coexist; the OS time-shares them.
         opts = {"num_cpus": 0, "runtime_env": {"env_vars": env}}
-        self.inference = ray.remote(InferenceServer).options(**opts).remote(
-            str(model_dir), cfg.inference.engine, cfg.inference.kvcache_gb
+        self.inference = (
+            ray.remote(InferenceServer)
+            .options(**opts)
+            .remote(str(model_dir), cfg.inference.engine, cfg.inference.kvcache_gb)
         )
         tc = cfg.train
-        self.trainer = ray.remote(Trainer).options(**opts).remote(
-            str(model_dir), tc.lr, tc.zero_stage, tc.grad_clip, tc.clip_low, tc.clip_high, tc.seed
+        self.trainer = (
+            ray.remote(Trainer)
+            .options(**opts)
+            .remote(str(model_dir), tc.lr, tc.zero_stage, tc.grad_clip, tc.clip_low, tc.clip_high, tc.seed)
         )
         url = ray.get(self.inference.url.remote(), timeout=cfg.inference.startup_timeout_s)
         log(f"inference worker ({cfg.inference.engine}) serving {url}")
@@ -198,7 +205,7 @@ class Run:
 def format_metrics(m: dict) -> str:
     line = (f"  reward {m['reward_mean']:.2f} | chunks {m['chunks']} | tokens prompt {m['prompt_tokens']} "
             f"response {m['response_tokens']} | policy_version {m['policy_versions']} | "
-            f"time rollout {m['rollout_s']:.0f}s train {m['train_s']:.0f}s sync {m['sync_s']:.0f}s")  # fmt: skip
+            f"time rollout {m['rollout_s']:.1f}s train {m['train_s']:.1f}s sync {m['sync_s']:.1f}s")  # fmt: skip
     if "loss" in m:
         line += f" | loss {m['loss']:.4f} grad_norm {m['grad_norm']:.3f} ratio {m['ratio_mean']:.3f}"
     return line
@@ -231,4 +238,3 @@ def train(cfg: RunConfig) -> int:
     log(f"done: {len(history)} iterations in {total:.0f}s, chunks {[m['chunks'] for m in history]}, "
         f"reward {[round(m['reward_mean'], 2) for m in history]}, metrics in {run.run_dir / 'metrics.jsonl'}")  # fmt: skip
     return 0
-

@@ -12,10 +12,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from roll.config import AgentConfig, SandboxConfig
 from roll.tasks import TaskInstance
@@ -35,12 +35,13 @@ class Trajectory:
     """ARCHITECTURE's trajectory: the ordered chunks of one attempt plus its task, reward and status."""
 
     trajectory_id: str
+    sandbox_id: str
     task_id: str
     group: int
     chunks: list[dict]
     reward: float
     status: str  # "resolved" | "unresolved"
-    agent_exit_code: int
+    agent_exit_code: int | None  # None when the agent was killed by the timeout
     agent_timed_out: bool
     seconds: float
     agent_output_tail: str = ""
@@ -106,6 +107,7 @@ def run_attempt(client, attempt: Attempt, sandbox_cfg: SandboxConfig, agent: Age
     reward = 1.0 if test.exit_code == 0 else 0.0
     return Trajectory(
         trajectory_id=attempt.trajectory_id,
+        sandbox_id=sandbox.id,
         task_id=task.id,
         group=attempt.group,
         chunks=chunks,

@@ -19,7 +19,9 @@ class InferenceServer:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kvcache_gb))
         from rome.serving.server import start_server
 
-        self._handle = start_server(model_dir, engine=engine, host="127.0.0.1", port=0, admin_token=secrets.token_hex(16))
+        self._handle = start_server(
+            model_dir, engine=engine, host="127.0.0.1", port=0, admin_token=secrets.token_hex(16)
+        )
 
     def url(self) -> str:
         """The OpenAI-compatible base URL (ends in /v1)."""

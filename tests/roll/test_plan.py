@@ -18,7 +18,11 @@ def test_kv_bytes_per_token_of_rome_30b_layout():
 
 def test_train_state_partitioning_by_zero_stage():
     p, n = 1000, 10
-    assert train_state_bytes(p, 1, n) == {"weights (bf16)": 2000, "gradients (bf16)": 2000, "optimizer (fp32 master+Adam)": 1200}
+    assert train_state_bytes(p, 1, n) == {
+        "weights (bf16)": 2000,
+        "gradients (bf16)": 2000,
+        "optimizer (fp32 master+Adam)": 1200,
+    }
     assert train_state_bytes(p, 2, n)["gradients (bf16)"] == 200
     assert train_state_bytes(p, 3, n)["weights (bf16)"] == 200
 
