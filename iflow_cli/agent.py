@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from iflow_cli.context import Compressor, TokenCounter
 from iflow_cli.models import Completion, ModelError, OpenAIModel
+from iflow_cli.prompts import text_tools
 from iflow_cli.tools import Toolbox, ToolError, truncate
 
 TEXT_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
@@ -96,11 +97,11 @@ class Agent:
     # -- the loop -------------------------------------------------------------------------------
     def run(self, task: str) -> RunResult:
         """Work on `task` (a new user turn of this session) until an answer or a limit."""
+        if len(self.messages) == 1:
+            tools = [t["function"]["name"] for t in self.toolbox.schemas()]
+            meta = {"session_id": self.session_id, "model": self.model.model, "tools": tools}
+            self.record("session", {**meta, "system_prompt": self.messages[0]["content"]})
         self.add({"role": "user", "content": task})
-        self.record(
-            "session",
-            {"session_id": self.session_id, "task": task, "tools": [t["function"]["name"] for t in self.tools or []]},
-        )
         while True:
             try:
                 self.step()
@@ -158,7 +159,13 @@ class Agent:
     def query(self) -> Completion:
         self.rounds += 1
         self.show("round", {"round": self.rounds})
-        completion = self.model.complete(self.messages, self.tools, self.deadline)
+        try:
+            completion = self.model.complete(self.messages, self.tools, self.deadline)
+        except ModelError as e:
+            if self.text_mode or e.status != 400 or "tool" not in str(e).lower():
+                raise
+            self.use_text_mode(str(e))
+            completion = self.model.complete(self.messages, self.tools, self.deadline)
         self.account(completion)
         self.counter.calibrate(self.messages, self.tools, completion.usage.get("prompt_tokens", 0))
         self.record(
@@ -172,6 +179,16 @@ class Agent:
             },
         )
         return completion
+
+    def use_text_mode(self, why: str) -> None:
+        """The server refuses OpenAI `tools` (e.g. vLLM without a tool parser): describe them in the prompt."""
+        self.log(f"iflow: the server rejects OpenAI tools ({why}); using <tool_call> blocks in text instead")
+        self.text_mode, self.tools = True, None
+        self.messages[0] = {
+            **self.messages[0],
+            "content": self.messages[0]["content"] + text_tools(self.toolbox.schemas()),
+        }
+        self.record("text_mode", {"reason": why})
 
     def account(self, completion: Completion) -> None:
         for key in self.usage:
@@ -262,7 +279,7 @@ class Agent:
         self.show("tool", {"name": action.name, "args": action.args})
         start = time.monotonic()
         try:
-            result = self.toolbox.call(action.name, action.args or {})
+            result = self.toolbox.call(action.name, action.args or {}, self.deadline)
         except ToolError as e:
             return str(e), f"Format error: {e}"
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -152,6 +153,10 @@ def setup(args) -> tuple[Settings, Executor, OpenAIModel]:
     return settings, executor, model
 
 
+def interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     model = None
@@ -170,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return repl(settings, args, executor, model)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    # A supervisor's SIGTERM (roll's timeout, `docker stop`) ends the run like Ctrl-C: tools' process
+    # groups are killed and the execution info is still written.
+    signal.signal(signal.SIGTERM, interrupt)
     agent = build_agent(settings, args, executor, model, approve=None, show=None if args.quiet else progress)
     result = agent.run(prompt)
     if result.answer:

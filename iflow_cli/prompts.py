@@ -19,12 +19,16 @@ Results come back in <tool_response> blocks. Available tools (JSON schemas):
 {schemas}"""
 
 
+def text_tools(tool_schemas: list[dict]) -> str:
+    """The prompt section for models without OpenAI tool calling."""
+    return TEXT_TOOLS.format(schemas="\n".join(json.dumps(s["function"]) for s in tool_schemas))
+
+
 def system_prompt(cwd: str, where: str, memory: list[tuple[Path, str]], tool_schemas: list[dict] | None = None) -> str:
     """`tool_schemas` is given in text mode only: native mode sends them as OpenAI `tools`."""
     text = BASE.format(cwd=cwd, where=where)
     if tool_schemas is not None:
-        schemas = "\n".join(json.dumps(s["function"]) for s in tool_schemas)
-        text += TEXT_TOOLS.format(schemas=schemas)
+        text += text_tools(tool_schemas)
     for path, content in memory:
         text += f"\n\n# Memory from {path}\n{content.strip()}"
     return text

@@ -55,7 +55,10 @@ def repl(settings, args, executor, model) -> int:
     if show is None:  # plain terminal: stream the text as it comes, so nothing looks stuck
         model.stream = True
         model.on_text = lambda piece: print(piece, end="", flush=True)
-    new_agent = lambda: build_agent(settings, args, executor, model, ask_approval(read), progress)  # noqa: E731
+
+    def new_agent():
+        return build_agent(settings, args, executor, model, ask_approval(read), progress)
+
     agent = new_agent()
     err(f"iflow: {model.model} at {model.base_url}; working in {executor.cwd}. {HELP}")
     while True:

@@ -49,9 +49,10 @@ class LocalExecutor(Executor):
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 timed_out = True
-            # Kill the group also on success: background children must not outlive the command.
-            kill_group(proc)
-            proc.wait()
+            finally:
+                # Also on success (background children must not outlive the command) and on Ctrl-C/SIGTERM.
+                kill_group(proc)
+                proc.wait()
             out.seek(0)
             err.seek(0)
             stdout, stderr = out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")

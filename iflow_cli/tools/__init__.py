@@ -7,6 +7,7 @@ crashes; permissions follow the approval mode (batch without --yolo refuses shel
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -128,6 +129,7 @@ class Toolbox:
         self.shell_timeout = shell_timeout
         self.output_limit = output_limit
         self.approve = approve
+        self.deadline: float | None = None
 
     def schemas(self) -> list[dict]:
         return [SCHEMAS[n] for n in self.names]
@@ -147,8 +149,12 @@ class Toolbox:
             )
         return None if self.approve(name, args) else f"{name} refused by the user."
 
-    def call(self, name: str, args: dict) -> ToolResult:
-        """Run one tool call; argument errors raise ToolError (the loop counts them as format errors)."""
+    def call(self, name: str, args: dict, deadline: float | None = None) -> ToolResult:
+        """Run one tool call; argument errors raise ToolError (the loop counts them as format errors).
+
+        `deadline` (time.monotonic) caps shell commands so that no command outlives the session timeout.
+        """
+        self.deadline = deadline
         if name not in SCHEMAS:
             raise ToolError(f"unknown tool '{name}'; available: {', '.join(self.names)}")
         if name not in self.names:
@@ -172,6 +178,8 @@ class Toolbox:
         self, command: str, timeout: float | None = None, description: str | None = None
     ) -> ToolResult:
         limit = float(timeout) if timeout and timeout > 0 else self.shell_timeout
+        if self.deadline is not None:
+            limit = max(0.1, min(limit, self.deadline - time.monotonic()))
         res = self.executor.run(command, limit)
         status = (
             f"Timed out after {limit:g}s (process group killed)" if res.timed_out else f"Exit code: {res.exit_code}"

@@ -95,7 +95,7 @@ def test_execution_info_json(iflow):
     )
     assert info["tool_results"] == [{"tool": "run_shell_command", "ok": True, "exit_code": 0}]
     kinds = [e["type"] for e in run.trajectory]
-    assert kinds[0] == "message" and "session" in kinds and kinds.count("model_call") == 2 and kinds[-1] == "result"
+    assert kinds[:2] == ["session", "message"] and run.trajectory[0]["system_prompt"].startswith("You are iFlow") and kinds.count("model_call") == 2 and kinds[-1] == "result"
 
 
 def test_max_turns_ends_with_max_turns(iflow):
@@ -160,3 +160,30 @@ def test_compression_keeps_task_and_recent_turns(iflow, workdir):
     assert "# step 0" in note  # a command that worked, recorded mechanically
     assert "# step 7" in json.dumps(msgs[-2:])  # the most recent turn verbatim
     assert all(e["after"] <= 6000 for e in run.trajectory if e["type"] == "compression")
+
+
+def test_server_without_tool_support_falls_back_to_text_calls(iflow, workdir):
+    def responder(body):
+        if "tools" in body:  # what vLLM answers when started without a tool-call parser
+            return {
+                "status": 400,
+                "body": '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
+            }
+        if body["messages"][-1]["role"] == "user" and "<tool_response" in body["messages"][-1]["content"]:
+            return "created t.txt"
+        return '<tool_call>{"name": "write_file", "arguments": {"path": "t.txt", "content": "text mode"}}</tool_call>'
+
+    run = iflow(responder, "--yolo")
+    assert run.code == 0 and (workdir / "t.txt").read_text() == "text mode"
+    assert "rejects OpenAI tools" in run.err and "<tool_call>" in run.server.requests[-1]["messages"][0]["content"]
+
+
+def test_request_timeout_is_a_model_error_with_its_cause(iflow):
+    run = iflow([{"content": "slow", "delay": 3}], "--set", "requestTimeout=0.5", "--set", "maxRetries=0")
+    assert run.code == 1 and run.info["termination_reason"] == "model_error" and "timed out" in run.info["error"]
+
+
+def test_session_timeout_caps_a_long_command(iflow):
+    start = time.monotonic()
+    run = iflow([call("run_shell_command", command="sleep 20"), "never reached"], "--yolo", "--timeout", "1.5")
+    assert run.info["termination_reason"] == "timeout" and time.monotonic() - start < 6

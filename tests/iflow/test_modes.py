@@ -124,3 +124,28 @@ def test_python_m_iflow_cli_batch(tmp_path):
         )
     assert proc.returncode == 0 and proc.stdout == "wrote out.txt\n"
     assert json.loads((tmp_path / "info.json").read_text())["termination_reason"] == "finished"
+
+
+def test_sigterm_ends_the_run_kills_tools_and_writes_info(tmp_path):
+    import signal
+    import time
+
+    cmd = "(sleep 4; touch survived) & sleep 60"
+    with ScriptedServer([call("run_shell_command", command=cmd)]) as s:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iflow_cli", "-p", "wait", "--yolo", "-o", "info.json"],
+            cwd=tmp_path,
+            env=env_for(s.url, tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 20
+        while len(s.requests) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the command is running now
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 1
+    assert json.loads((tmp_path / "info.json").read_text())["termination_reason"] == "interrupted"
+    time.sleep(4)
+    assert not (tmp_path / "survived").exists()
