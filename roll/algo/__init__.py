@@ -1,4 +1,4 @@
-"""The training math, plain torch over tensors (`pytest tests/roll/test_algo.py`): no Ray, vLLM, DeepSpeed or Docker.
+"""The training math, plain torch over tensors (`pytest tests/roll/test_roll_algo.py`): no Ray, vLLM, DeepSpeed or Docker.
 
 `batch` turns recorded chunks into padded tensors, `logprobs` scores tokens, `advantage` baselines rewards
 per task group, `loss` is the chunk-level importance-weighted policy-gradient loss.

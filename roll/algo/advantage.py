@@ -1,4 +1,4 @@
-"""Group-baselined advantages (`pytest tests/roll/test_algo.py -k advantage`)."""
+"""Group-baselined advantages (`pytest tests/roll/test_roll_algo.py -k advantage`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Recorded chunks -> padded training tensors (`pytest tests/roll/test_algo.py -k collate`).
+"""Recorded chunks -> padded training tensors (`pytest tests/roll/test_roll_algo.py -k collate`).
 
 A chunk holds `prompt_token_ids`, `response_token_ids` and `response_logprobs` (the sampler's). The
 model sees prompt+response; position t of the logits predicts token t+1, so everything below is

@@ -1,4 +1,4 @@
-"""Token log-probabilities from logits (`pytest tests/roll/test_algo.py -k logprobs`)."""
+"""Token log-probabilities from logits (`pytest tests/roll/test_roll_algo.py -k logprobs`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The chunk-level importance-weighted policy-gradient loss (`pytest tests/roll/test_algo.py -k loss`).
+"""The chunk-level importance-weighted policy-gradient loss (`pytest tests/roll/test_roll_algo.py -k loss`).
 
 A chunk is one model call of the agent. The sampler (vLLM) and the trainer (DeepSpeed over transformers)
 never compute exactly the same probabilities, and later the policy will be a few versions stale, so each

@@ -1,4 +1,4 @@
-"""Task instances and their rewards (`pytest tests/roll/test_tasks.py`).
+"""Task instances and their rewards (`pytest tests/roll/test_roll_tasks.py`).
 
 `TaskInstance` keeps the fields of a Terminal-Bench task folder (instruction, setup, tests, solution,
 plus our family and split); `words` generates the tiny word-built families of the walking skeleton.

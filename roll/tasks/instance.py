@@ -1,4 +1,4 @@
-"""The task instance model shared by generators and the rollout (`pytest tests/roll/test_tasks.py`)."""
+"""The task instance model shared by generators and the rollout (`pytest tests/roll/test_roll_tasks.py`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tiny task families built from real English words (`pytest tests/roll/test_tasks.py`).
+"""Tiny task families built from real English words (`pytest tests/roll/test_roll_tasks.py`).
 
 Real words, not random strings: a byte-level BPE tokenizer has them as few tokens and the agent can copy
 them from the instruction, so reward is reachable. Instances are split train/held-out by a seeded

@@ -1,4 +1,4 @@
-"""DeepSpeed trainer over a Hugging Face causal LM (`pytest tests/roll/test_trainer.py`).
+"""DeepSpeed trainer over a Hugging Face causal LM (`pytest tests/roll/test_roll_trainer.py`).
 
 One `step` per iteration on the recorded chunks, then `save` writes HF safetensors that the inference
 worker loads. On CPU: DS_ACCELERATOR=cpu, gloo, ZeRO-2 with torch's Adam, fp32. Run inside a Ray actor

@@ -1,4 +1,4 @@
-"""The word task families, their tests and solutions run with real bash: `.venv/bin/pytest tests/roll/test_tasks.py`."""
+"""The word task families, their tests and solutions run with real bash: `.venv/bin/pytest tests/roll/test_roll_tasks.py`."""
 
 import subprocess
 

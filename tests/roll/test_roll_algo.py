@@ -1,4 +1,4 @@
-"""The pure math against hand-computed values: `.venv/bin/pytest tests/roll/test_algo.py`."""
+"""The pure math against hand-computed values: `.venv/bin/pytest tests/roll/test_roll_algo.py`."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Config layering and its errors: `.venv/bin/pytest tests/roll/test_config.py`."""
+"""Config layering and its errors: `.venv/bin/pytest tests/roll/test_roll_config.py`."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""The DeepSpeed step on a tiny random Qwen3-MoE with synthetic chunks: `.venv/bin/pytest tests/roll/test_trainer.py`."""
+"""The DeepSpeed step on a tiny random Qwen3-MoE with synthetic chunks: `.venv/bin/pytest tests/roll/test_roll_trainer.py`."""
 
 import pytest
 import torch

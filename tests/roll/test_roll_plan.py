@@ -1,4 +1,4 @@
-"""`roll plan` arithmetic and verdicts: `.venv/bin/pytest tests/roll/test_plan.py`."""
+"""`roll plan` arithmetic and verdicts: `.venv/bin/pytest tests/roll/test_roll_plan.py`."""
 
 from pathlib import Path
 from types import SimpleNamespace
