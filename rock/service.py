@@ -78,6 +78,7 @@ class SandboxService:
         self.backend = DockerBackend(_manager_id(config.state_dir))
         self.metrics = Metrics()
         self.pool = WarmPool(config.warm_pool, self._spawn_pooled, self.backend.remove)
+        self.metrics.pool_ready.set_function(self.pool.count)
         self.sessions: dict[str, dict[str, ShellSession]] = {}
         self.gateway = None
         self._gateway_lock = asyncio.Lock()
@@ -213,7 +214,6 @@ class SandboxService:
         kind = "warm" if taken else "fork" if req.snapshot else "cold"
         self.metrics.create_seconds.labels(kind).observe(time.monotonic() - t0)
         self.metrics.active.inc()
-        self.metrics.pool_ready.set(self.pool.count())
         return sb
 
     async def _run_cold(self, sid: str, req: CreateSandbox, image: str, key: PoolKey) -> str:
