@@ -182,10 +182,9 @@ class ChunkStore:
         return self.counters[key] - 1
 
     def append(self, chunk: Chunk) -> dict[str, Any]:
-        line = chunk.model_dump_json()
+        record = chunk.model_dump(mode="json")
         with self.path(chunk.sandbox_id).open("a") as f:
-            f.write(line + "\n")
-        record = json.loads(line)
+            f.write(json.dumps(record) + "\n")
         for sub in self.subscribers:
             if sub.wants(record):
                 sub.queue.put_nowait(record)

@@ -27,16 +27,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
 from rock.gateway import replay, wire
 from rock.gateway.chunks import Chunk, ChunkStore, ResponseAggregate, Subscription
 from rock.gateway.upstream import (
     UpstreamError,
+    lines,
+    new_session,
     open_upstream,
     parse_json_reply,
     quote,
+    read_whole,
     strip_reply,
     upstream_body,
     url_for,
@@ -100,17 +103,14 @@ class ModelGateway:
         self.root = self.state_dir / "gateway"
         self.store = ChunkStore(self.root / "trajectories")
         self.attached: dict[str, Attached] = {}
-        self.client: httpx.AsyncClient | None = None
+        self.client: aiohttp.ClientSession | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the upstream pool and re-open the sockets of every attachment persisted before a restart."""
         c = self.config
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s, pool=c.read_timeout_s),
-            limits=httpx.Limits(max_connections=c.max_connections, max_keepalive_connections=c.max_connections),
-        )
+        self.client = new_session(c.max_connections, c.connect_timeout_s, c.read_timeout_s)
         (self.root / "attachments").mkdir(parents=True, exist_ok=True)
         for f in sorted((self.root / "attachments").glob("*.json")):
             saved = json.loads(f.read_text())
@@ -126,7 +126,7 @@ class ModelGateway:
             await self.close_listener(self.attached.pop(sandbox_id))
         self.store.close()
         if self.client:
-            await self.client.aclose()
+            await self.client.close()
             self.client = None
 
     async def attach(
@@ -294,9 +294,7 @@ class ModelGateway:
             reply = replay.reply(self.next_replay(call.live), call.chat)
         else:
             resp = await self.open(call)
-            data = await resp.aread()
-            await resp.aclose()
-            reply = parse_json_reply(data)
+            reply = parse_json_reply(await read_whole(resp, str(resp.url)))
         call.agg.add(reply)
         self.record(call)
         await wire.send_json(writer, 200, json.dumps(strip_reply(reply, call.body)).encode())
@@ -336,7 +334,7 @@ class ModelGateway:
                 call.agg.finish_reason = "abort"
             self.record(call)
 
-    async def open(self, call: Call) -> httpx.Response:
+    async def open(self, call: Call) -> aiohttp.ClientResponse:
         live = call.live
         headers = {"content-type": "application/json"}
         if live.upstream_key:
@@ -350,31 +348,29 @@ class ModelGateway:
         resp = await self.open(call)
         seen = b""  # the first bytes, to quote if the stream turns out not to be SSE
         try:
-            async for line in resp.aiter_lines():
+            async for line in lines(resp):
                 if len(seen) < 200:
-                    seen += line.encode()[:200] + b"\n"
-                if not line.startswith("data:"):
+                    seen += line[:200] + b"\n"
+                if not line.startswith(b"data:"):
                     continue  # blank separators, `: keep-alive` comments, `event:` lines
                 payload = line[5:].strip()
-                if payload == "[DONE]":
+                if payload == b"[DONE]":
                     return
                 try:
                     event = json.loads(payload)
                 except ValueError:
                     event = None
                 if not isinstance(event, dict):
-                    raise UpstreamError(
-                        502, "bad_upstream_reply", f"upstream sent a non-JSON event: {quote(line.encode())}"
-                    )
+                    raise UpstreamError(502, "bad_upstream_reply", f"upstream sent a non-JSON event: {quote(line)}")
                 yield event
-            if not seen.strip() or not seen.lstrip().startswith((b"data:", b":", b"event:")):
+            if not seen.lstrip().startswith((b"data:", b":", b"event:")):
                 raise UpstreamError(502, "bad_upstream_reply", f"upstream did not answer with a stream: {quote(seen)}")
-        except httpx.TimeoutException as e:
-            raise UpstreamError(504, "upstream_timeout", f"upstream stalled mid-reply ({type(e).__name__})") from e
-        except httpx.TransportError as e:
+        except aiohttp.ServerTimeoutError as e:
+            raise UpstreamError(504, "upstream_timeout", f"upstream stalled mid-reply ({e})") from e
+        except aiohttp.ClientError as e:
             raise UpstreamError(502, "upstream_error", f"upstream connection broke: {type(e).__name__}: {e}") from e
         finally:
-            await resp.aclose()
+            resp.close()  # not release(): a stream cut short must not go back into the pool
 
     async def replay_events(self, call: Call) -> AsyncIterator[dict[str, Any]]:
         for event in replay.events(self.next_replay(call.live), call.chat):
@@ -394,16 +390,15 @@ class ModelGateway:
             return await wire.send_json(writer, 200, json.dumps(data).encode())
         headers = {"authorization": f"Bearer {live.upstream_key}"} if live.upstream_key else {}
         try:
-            resp = await self.client.get(url_for(live.att.upstream, "/v1/models"), headers=headers)
-        except httpx.TimeoutException:
+            async with self.client.get(url_for(live.att.upstream, "/v1/models"), headers=headers) as resp:
+                status, data = resp.status, await resp.read()
+        except aiohttp.ServerTimeoutError:
             return await wire.send_error(writer, 504, "upstream_timeout", "upstream did not list its models in time")
-        except httpx.TransportError as e:
+        except aiohttp.ClientError as e:
             return await wire.send_error(writer, 502, "upstream_unreachable", f"upstream: {type(e).__name__}: {e}")
-        if resp.status_code != 200 or not is_json(resp.content):
-            return await wire.send_error(
-                writer, 502, "upstream_error", f"upstream answered {resp.status_code}: {quote(resp.content)}"
-            )
-        await wire.send_json(writer, 200, resp.content)
+        if status != 200 or not is_json(data):
+            return await wire.send_error(writer, 502, "upstream_error", f"upstream answered {status}: {quote(data)}")
+        await wire.send_json(writer, 200, data)
 
     def record(self, call: Call) -> None:
         agg, att = call.agg, call.live.att

