@@ -112,8 +112,8 @@ class Agent:
             except ModelError as e:
                 reason = "timeout" if self.deadline and time.monotonic() >= self.deadline else "model_error"
                 return self.finish(reason, "", str(e))
-            except KeyboardInterrupt:
-                return self.finish("interrupted", "", "interrupted by the user")
+            except KeyboardInterrupt as e:
+                return self.finish("interrupted", "", f"interrupted ({e or 'Ctrl-C'})")
             finally:
                 self.flush()
 

@@ -95,7 +95,12 @@ def test_execution_info_json(iflow):
     )
     assert info["tool_results"] == [{"tool": "run_shell_command", "ok": True, "exit_code": 0}]
     kinds = [e["type"] for e in run.trajectory]
-    assert kinds[:2] == ["session", "message"] and run.trajectory[0]["system_prompt"].startswith("You are iFlow") and kinds.count("model_call") == 2 and kinds[-1] == "result"
+    assert (
+        kinds[:2] == ["session", "message"]
+        and run.trajectory[0]["system_prompt"].startswith("You are iFlow")
+        and kinds.count("model_call") == 2
+        and kinds[-1] == "result"
+    )
 
 
 def test_max_turns_ends_with_max_turns(iflow):
