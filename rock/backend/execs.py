@@ -35,6 +35,15 @@ async def kill_marked(engine: Engine, container: str, marker: str) -> None:
     writer.close()
 
 
+_pending: set[asyncio.Task] = set()
+
+
+def _background(coro) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _pending.add(task)  # keep a reference until done, or the task may be collected mid-way
+    task.add_done_callback(_pending.discard)
+
+
 async def _exit_code(engine: Engine, exec_id: str) -> int | None:
     # The attach stream can close a moment before the daemon records the exit.
     for _ in range(200):
@@ -66,7 +75,7 @@ async def exec_events(
         await writer.drain()
         writer.write_eof()  # closes the process's stdin, as the docker CLI does at EOF
     deadline = None if timeout is None else t0 + timeout
-    timed_out = False
+    timed_out = finished = False
     it = frames(reader).__aiter__()
     try:
         while True:
@@ -82,8 +91,11 @@ async def exec_events(
                 await kill_marked(engine, container, marker)
                 continue
             yield STREAMS.get(stream, "stdout"), data
+        finished = True
     finally:
         writer.close()
+        if not finished:  # the caller went away (a streaming client disconnected): stop the command too
+            _background(kill_marked(engine, container, marker))
     code = await _exit_code(engine, exec_id)
     yield "exit", {"exit_code": code, "duration_s": time.monotonic() - t0, "timed_out": timed_out}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 
 import httpx
 import pytest
@@ -149,3 +150,15 @@ def test_archive_with_escaping_member_is_refused(rock_server, sandbox):
     r = httpx.put(f"{rock_server.url}/v1/sandboxes/{sandbox.id}/archive", params={"path": "/tmp"},
                   content=tar_with("../escape"), headers={"Authorization": f"Bearer {rock_server.token}"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_path"
+
+
+def test_stream_client_disconnect_stops_the_command(sandbox):
+    stream = sandbox.exec_stream("echo started; sleep 120")
+    assert next(stream).data == "started\n"
+    stream.close()  # leaves the `with` block of the HTTP stream: the connection is closed
+    for _ in range(50):
+        if "sleep 120" not in sandbox.exec("ps -eo args").stdout:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the command outlived its streaming client")
