@@ -1,4 +1,4 @@
-"""pytest tests/iflow/test_config.py — settings layers, validation, and bad-input messages at startup."""
+"""pytest tests/iflow/test_iflow_config.py — settings layers, validation, and bad-input messages at startup."""
 
 from __future__ import annotations
 

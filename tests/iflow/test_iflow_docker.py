@@ -1,4 +1,4 @@
-"""pytest tests/iflow/test_docker.py -m docker — iflow on the bare python3 of rock/base:bookworm, and through ROCK.
+"""pytest tests/iflow/test_iflow_docker.py -m docker — iflow on the bare python3 of rock/base:bookworm, and through ROCK.
 
 1. `python3 -m iflow_cli -p ...` inside a `rock/base:bookworm` container with no network and only
    the iflow_cli source mounted read-only; the scripted model server runs in the same container

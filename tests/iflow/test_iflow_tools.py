@@ -1,4 +1,4 @@
-"""pytest tests/iflow/test_tools.py — the tools on the local executor, called directly."""
+"""pytest tests/iflow/test_iflow_tools.py — the tools on the local executor, called directly."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""pytest tests/iflow/test_agent.py — sessions of `iflow -p` against the scripted model server."""
+"""pytest tests/iflow/test_iflow_agent.py — sessions of `iflow -p` against the scripted model server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""pytest tests/iflow/test_modes.py — streaming, text tool calls, memory files, the REPL and `python3 -m iflow_cli`."""
+"""pytest tests/iflow/test_iflow_modes.py — streaming, text tool calls, memory files, the REPL and `python3 -m iflow_cli`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""pytest tests/iflow/test_scripted_server.py — the scripted OpenAI-compatible backend."""
+"""pytest tests/iflow/test_iflow_scripted_server.py — the scripted OpenAI-compatible backend."""
 
 from __future__ import annotations
 
