@@ -96,7 +96,9 @@ class Run:
         t = time.monotonic()
         # Actor output (vLLM and DeepSpeed start-up chatter) goes to Ray's session logs, not the console;
         # an actor's failure still reaches the driver as the exception of the ray.get that awaited it.
-        ctx = ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False, configure_logging=False)
+        # address="local": always a fresh cluster of our own, never one a `ray start` left running here.
+        ctx = ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+                       configure_logging=False)  # fmt: skip
         self.ray_started = True
         log(f"ray started; worker logs in {ctx.address_info.get('session_dir', '?')}/logs")
         env = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(cfg.inference.kvcache_gb),
