@@ -149,3 +149,15 @@ def test_sigterm_ends_the_run_kills_tools_and_writes_info(tmp_path):
     assert json.loads((tmp_path / "info.json").read_text())["termination_reason"] == "interrupted"
     time.sleep(4)
     assert not (tmp_path / "survived").exists()
+
+
+def test_core_imports_only_the_standard_library():
+    # -S drops site-packages: any third-party import (or rock/roll/rome) in the core would fail here.
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import iflow_cli.cli, iflow_cli.repl, iflow_cli.executors.local, iflow_cli.executors.rock, iflow_cli.testing.scripted_server;"
+        "bad = {m.split('.')[0] for m in sys.modules} & {'rock', 'roll', 'rome', 'rich', 'prompt_toolkit', 'httpx', 'pydantic'};"
+        "sys.exit(f'non-stdlib imports: {bad}' if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-S", "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
