@@ -91,6 +91,7 @@ class Agent:
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         self.model_seconds = self.tool_seconds = 0.0
         self.tool_results: list[dict] = []
+        self.task_message: dict | None = None  # the task being worked on: never folded into a note
         self.start = time.monotonic()
         self.deadline = self.start + settings.timeout if settings.timeout else None
 
@@ -101,7 +102,8 @@ class Agent:
             tools = [t["function"]["name"] for t in self.toolbox.schemas()]
             meta = {"session_id": self.session_id, "model": self.model.model, "tools": tools}
             self.record("session", {**meta, "system_prompt": self.messages[0]["content"]})
-        self.add({"role": "user", "content": task})
+        self.task_message = {"role": "user", "content": task}
+        self.add(self.task_message)
         while True:
             try:
                 self.step()
@@ -206,7 +208,7 @@ class Agent:
         if not self.compressor.needed(self.messages, self.tools):
             return
         before = self.counter.count(self.messages, self.tools)
-        folded = self.compressor.compress(self.messages, self.tools)
+        folded = self.compressor.compress(self.messages, self.task_message)
         if folded:
             self.messages = folded[0]
         limit = self.settings.tokens_limit

@@ -59,10 +59,12 @@ def load_memory(cwd: Path, home: Path | None = None) -> list[tuple[Path, str]]:
 
 
 def split_turns(messages: list[dict]) -> tuple[list[dict], list[list[dict]]]:
-    """(head, turns): head is the system prompt and task; a turn starts at each assistant message."""
+    """(head, turns): head is the system prompt and first task; a turn starts at an assistant message or
+    at a user message that is not a tool response (a new task, a format error, a state note)."""
     head, turns = messages[:2], []
     for m in messages[2:]:
-        if m["role"] == "assistant" or not turns:
+        starts = m["role"] == "assistant" or (m["role"] == "user" and "<tool_response" not in (m.get("content") or ""))
+        if starts or not turns:
             turns.append([m])
         else:
             turns[-1].append(m)
@@ -132,7 +134,7 @@ class Compressor:
     def needed(self, messages: list[dict], tools: list[dict] | None) -> bool:
         return self.counter.count(messages, tools) > self.threshold * self.limit
 
-    def keep_recent(self, turns: list[list[dict]], tools: list[dict] | None) -> int:
+    def keep_recent(self, turns: list[list[dict]]) -> int:
         """How many recent turns fit in RECENT_SHARE of the budget (at least one)."""
         kept, used, budget = 0, 0, RECENT_SHARE * self.limit
         for turn in reversed(turns):
@@ -142,16 +144,21 @@ class Compressor:
             kept, used = kept + 1, used + cost
         return kept
 
-    def compress(self, messages: list[dict], tools: list[dict] | None) -> tuple[list[dict], str] | None:
-        """New message list with a state note replacing older turns, or None when nothing can be folded."""
+    def compress(self, messages: list[dict], pinned: dict | None = None) -> tuple[list[dict], str] | None:
+        """New message list with a state note replacing older turns, or None when nothing can be folded.
+
+        `pinned` (the task being worked on, in an interactive session) stays verbatim after the note.
+        """
         head, turns = split_turns(messages)
-        keep = self.keep_recent(turns, tools)
+        keep = self.keep_recent(turns)
         old, recent = turns[: len(turns) - keep], turns[len(turns) - keep :]
         if not old:
             return None
         self.facts.add_turns(old)
         note = self.state_note(head, old)
-        return head + [{"role": "user", "content": note}] + [m for t in recent for m in t], note
+        kept = [m for t in recent for m in t]
+        folded_pin = [pinned] if pinned is not None and any(m is pinned for t in old for m in t) else []
+        return head + [{"role": "user", "content": note}] + folded_pin + kept, note
 
     def state_note(self, head: list[dict], old: list[list[dict]]) -> str:
         task = head[1].get("content") or "" if len(head) > 1 else ""
