@@ -4,4 +4,6 @@ The core (agent loop, model client, tools, config, executors) imports only the P
 library, so the package runs on a bare python3 mounted read-only into any sandbox image.
 """
 
-__version__ = "0.1.0"
+from iflow_cli.version import __version__
+
+__all__ = ["__version__"]

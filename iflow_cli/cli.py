@@ -12,7 +12,6 @@ import signal
 import sys
 from pathlib import Path
 
-from iflow_cli import __version__
 from iflow_cli.agent import Agent, RunResult, Trajectory
 from iflow_cli.config import ConfigError, Settings, coerce, describe_keys, load_settings
 from iflow_cli.context import load_memory
@@ -21,6 +20,7 @@ from iflow_cli.executors.rock import RockError
 from iflow_cli.models import ModelError, OpenAIModel, get_model
 from iflow_cli.prompts import system_prompt
 from iflow_cli.tools import Toolbox
+from iflow_cli.version import __version__
 
 EPILOG = f"""settings (JSON keys of ~/.iflow/settings.json and ./.iflow/settings.json; env IFLOW_<key>):
 {describe_keys()}
