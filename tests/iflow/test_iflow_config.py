@@ -98,3 +98,25 @@ def test_help_lists_settings(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "--yolo" in out and "compressionTokenThreshold" in out and "OPENAI_BASE_URL" in out
+
+
+@pytest.mark.parametrize(
+    "spec, words", [("no-hash", "must look like"), ("http://127.0.0.1:9#sb1", "cannot reach ROCK")]
+)
+def test_bad_sandbox_is_one_line(workdir, capsys, spec, words):
+    from tests.conftest import free_port
+
+    spec = spec.replace(":9#", f":{free_port()}#")
+    assert main(["-p", "hi", "--base-url", "http://127.0.0.1:1/v1", "--sandbox", spec]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err
+
+
+def test_console_script_help():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "iflow"
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60, cwd="/")
+    assert proc.returncode == 0 and "usage: iflow" in proc.stdout
