@@ -50,12 +50,13 @@ def one():
         assert json.loads(r.read())["choices"][0]["message"]["content"]
 for _ in range(warm):
     one()
+ready = time.time()
 while time.time() < start_at:
     time.sleep(0.0005)
 lat, t0 = [], time.time()
 for _ in range(n):
     s = time.perf_counter(); one(); lat.append(time.perf_counter() - s)
-print(json.dumps({"lat": lat, "t0": t0, "t1": time.time()}))
+print(json.dumps({"lat": lat, "t0": t0, "t1": time.time(), "ready": ready}))
 """
 
 UPSTREAM = r"""
@@ -65,6 +66,7 @@ from iflow_cli.testing.scripted_server import ScriptedServer
 # Real model servers (uvicorn, vLLM) set TCP_NODELAY; http.server does not, and its separate head
 # and body writes then stall ~40 ms on a pooled keep-alive connection (Nagle + delayed ACK).
 scripted_server._Handler.disable_nagle_algorithm = True
+scripted_server.ThreadingHTTPServer.request_queue_size = 512  # and they accept more than 5 connects at once
 text = " ".join(str(i) for i in range(1, 21)) + " and that is twenty, counted one by one for the benchmark."
 with ScriptedServer(lambda body: {"content": text, "delay": float(sys.argv[1]) / 1000}) as s:
     s.requests = type("Discard", (list,), {"append": lambda self, x: None})()  # a long run must not grow memory
@@ -86,9 +88,9 @@ def start_upstream(decode_ms: float) -> tuple[subprocess.Popen, str]:
 
 def host_client(upstream: str, n: int, start_at: float, warm: int) -> dict:
     argv = [sys.executable, "-c", CLIENT, str(n), str(start_at), str(warm), str(MAX_TOKENS)]
-    out = subprocess.run(
-        argv, capture_output=True, text=True, env={**os.environ, "OPENAI_BASE_URL": upstream}, check=True
-    )
+    out = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "OPENAI_BASE_URL": upstream})
+    if out.returncode != 0:
+        raise RuntimeError(f"host client failed: {out.stderr[-500:]}")
     return json.loads(out.stdout)
 
 
@@ -119,9 +121,14 @@ def throughput(results: list[dict]) -> float:
 
 
 def concurrent(clients: int, run) -> float:
-    start_at = time.time() + 3 + clients * 0.05  # every client is warmed up and waiting by then
+    """All clients start together at `start_at`; one that was not ready by then would skew the window."""
+    start_at = time.time() + 5 + clients * 0.1
     with ThreadPoolExecutor(clients) as pool:
-        return throughput(list(pool.map(lambda i: run(i, start_at), range(clients))))
+        results = list(pool.map(lambda i: run(i, start_at), range(clients)))
+    late = [r["ready"] - start_at for r in results if r["ready"] > start_at]
+    if late:
+        raise RuntimeError(f"{len(late)} clients were not ready at the common start (up to {max(late):.2f} s late)")
+    return throughput(results)
 
 
 def main() -> int:
@@ -130,7 +137,7 @@ def main() -> int:
     ap.add_argument("--decode-ms", type=float, default=40.0, help="scripted upstream's time per completion")
     ap.add_argument("--sandboxes", type=int, default=64)
     ap.add_argument("--requests", type=int, default=20, help="per client in the throughput run")
-    ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="asked of the upstream per completion")
+    ap.add_argument("--max-tokens", type=int, default=64, help="asked of the upstream per completion")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--per-round", type=int, default=30)
     args = ap.parse_args()

@@ -182,10 +182,14 @@ def read_head(sock: socket.socket) -> tuple[bytes | None, bytes]:
     return head, rest
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # the stdlib's 5 drops SYNs when an agent opens many calls at once
+
+
 def serve(socket_path: str, host: str, port: int) -> ThreadingHTTPServer:
     handler = type("BoundHandler", (Handler,), {"socket_path": socket_path})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    server = Server((host, port), handler)
     return server
 
 

@@ -134,10 +134,18 @@ class ModelGateway:
         sandbox_id: str,
         upstream: str | None = None,
         trajectory_id: str | None = None,
-        replay: list[dict[str, Any]] | None = None,
+        replay: list[dict[str, Any]] | str | None = None,
         upstream_api_key: str | None = None,
     ) -> ModelAttachment:
-        """Create the sandbox's socket and token. Idempotent: attaching again returns the same attachment."""
+        """Create the sandbox's socket and token. Idempotent: attaching again returns the same attachment.
+
+        `replay`: answer the sandbox's calls from these recorded chunks (or from those recorded
+        for the sandbox of that id) instead of asking an upstream.
+        """
+        if isinstance(replay, str):
+            source, replay = replay, self.trajectory(replay)
+            if not replay:
+                raise GatewayError(f"nothing recorded for sandbox {source!r} to replay")
         if sandbox_id in self.attached:
             return self.attached[sandbox_id].att
         if not sandbox_id or "/" in sandbox_id or sandbox_id.startswith("."):
@@ -160,6 +168,16 @@ class ModelGateway:
         (self.root / "attachments" / f"{sandbox_id}.json").unlink(missing_ok=True)
         if live:
             await self.close_listener(live)
+
+    async def reconcile(self, live_sandbox_ids: set[str]) -> None:
+        """Detach every attachment whose sandbox is gone (after a manager restart re-adopted the rest)."""
+        for sandbox_id in set(self.attached) - set(live_sandbox_ids):
+            await self.detach(sandbox_id)
+
+    def attachment(self, sandbox_id: str) -> ModelAttachment | None:
+        """The live attachment, e.g. to run its `command` again in a container that was restarted."""
+        live = self.attached.get(sandbox_id)
+        return live.att if live else None
 
     def trajectory(self, sandbox_id: str, trajectory_id: str | None = None) -> list[dict[str, Any]]:
         """The sandbox's recorded chunks in the order they were recorded (also after detach and restart)."""

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from gwtools import (
@@ -23,6 +24,7 @@ from gwtools import (
 )
 
 from iflow_cli.testing.scripted_server import ScriptedServer, render_prompt
+from rock.gateway import GatewayError
 
 # ---- the happy paths -------------------------------------------------------------------------
 
@@ -340,11 +342,15 @@ def test_replay_answers_from_the_record_without_an_upstream(harness):
     replayed = h.gw.trajectory("rep")
     keys = ("prompt_token_ids", "response_token_ids", "response_logprobs", "response", "finish_reason")
     assert [{k: c[k] for k in keys} for c in replayed] == [{k: c[k] for k in keys} for c in recorded]
+    # By sandbox id, as rock's create body can name it: the same record, from the start.
+    again = h.attach("rep2", replay="rec")
+    status, reply = post(h.proxy(again), "/chat/completions", {"messages": MESSAGES}, again.token)
+    assert status == 200 and reply["choices"][0]["message"]["content"] == "first answer"
+    with pytest.raises(GatewayError):
+        h.attach("rep3", replay="never-recorded")
 
 
 def test_attach_refuses_without_upstream_and_is_idempotent(harness):
-    from rock.gateway import GatewayError
-
     h = harness(None)
     with pytest.raises(GatewayError):
         h.attach("sbx1")
@@ -354,6 +360,16 @@ def test_attach_refuses_without_upstream_and_is_idempotent(harness):
     assert h.attach("sbx1").token == att.token
     assert att.env["OPENAI_API_KEY"] == att.token and att.env["OPENAI_BASE_URL"] == "http://127.0.0.1:8765/v1"
     assert (att.socket_path.rsplit("/", 1)[0], "/run/rock", True) in att.mounts
+    assert h.gw.attachment("sbx1") == att and h.gw.attachment("nope") is None
+
+
+def test_reconcile_detaches_sandboxes_that_are_gone(harness):
+    h = harness("http://127.0.0.1:9/v1")
+    gone, kept = h.attach("gone"), h.attach("kept")
+    h.restart()
+    h.run(h.gw.reconcile({"kept"}))
+    assert h.gw.attachments() == ["kept"] and h.gw.attachment("kept").token == kept.token
+    assert not Path(gone.socket_path).exists() and Path(kept.socket_path).is_socket()
 
 
 def test_32_sandboxes_at_once_each_get_and_record_their_own_answer(harness):
