@@ -44,4 +44,5 @@ class ServerConfig(BaseModel):
     warm_pool: int = Field(default=0, ge=0, description="containers kept started per pooled spec; 0 disables")
     pool_specs: list[str] = Field(default_factory=list, description="images pooled from start-up")
     reap_interval_s: float = 5.0
+    ray_address: str | None = Field(default=None, description="place sandboxes on the nodes of this Ray cluster")
     limits: Limits = Field(default_factory=Limits)

@@ -93,6 +93,7 @@ class Sandbox(Strict):
     snapshot: str | None = None
     model_upstream: str | None = None
     container_id: str
+    node: str | None = Field(default=None, description="Ray node id of the owning host (cluster mode)")
     warm: bool = False
 
 
@@ -166,6 +167,7 @@ class Snapshot(Strict):
     sandbox_id: str
     image: str
     created_at: float
+    node: str | None = None
 
 
 class SnapshotList(Strict):

@@ -42,8 +42,10 @@ class WarmPool:
     def take(self, key: PoolKey) -> tuple[str, str] | None:
         """(sandbox_id, container_id) of a started container for `key`, or None."""
         items = self.ready.get(key)
+        if items is None:  # not a pooled spec (yet): the cold create registers it once it worked
+            return None
         got = items.pop(0) if items else None
-        self.want(key)
+        self._refill(key)
         return got
 
     def _refill(self, key: PoolKey) -> None:

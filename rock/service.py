@@ -20,8 +20,7 @@ from pathlib import Path
 from rock import errors
 from rock.backend.docker import ContainerSpec, DockerBackend, file_from_tar, single_file_tar
 from rock.backend.engine import EngineError
-from rock.backend.execs import Utf8Stream, exec_collect, exec_events
-from rock.backend.session import ShellSession
+from rock.backend.execs import Utf8Stream
 from rock.config import ServerConfig
 from rock.metrics import Metrics
 from rock.models import (
@@ -79,7 +78,7 @@ class SandboxService:
         self.metrics = Metrics()
         self.pool = WarmPool(config.warm_pool, self._spawn_pooled, self.backend.remove)
         self.metrics.pool_ready.set_function(self.pool.count)
-        self.sessions: dict[str, dict[str, ShellSession]] = {}
+        self.sessions: dict[str, set[str]] = {}  # sandbox id -> its session ids
         self.gateway = None
         self._gateway_lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
@@ -97,9 +96,6 @@ class SandboxService:
     async def stop(self) -> None:
         if self._reaper:
             self._reaper.cancel()
-        for sessions in self.sessions.values():
-            for s in sessions.values():
-                await s.close()
         await self.pool.drain()
         if self.config.on_exit == "remove":
             await asyncio.gather(*(self.delete(sb.id) for sb in self.store.list_sandboxes()), return_exceptions=True)
@@ -153,7 +149,7 @@ class SandboxService:
     async def _spawn_pooled(self, key: PoolKey) -> tuple[str, str]:
         sid = new_id("sb")
         spec = ContainerSpec(key[0], key[1], key[2], key[3], self.limits.nofile)
-        return sid, await self.backend.run(sid, spec)
+        return sid, await self.backend.run(sid, spec, self.backend.place(key[1], key[2]))
 
     def _validate(self, req: CreateSandbox) -> None:
         lim = self.limits
@@ -185,22 +181,25 @@ class SandboxService:
     async def create(self, req: CreateSandbox) -> Sandbox:
         t0 = time.monotonic()
         self._validate(req)
-        image = req.image
+        image, snap = req.image, None
         if req.snapshot:
             snap = self.store.get_snapshot(req.snapshot)
             if snap is None:
                 raise errors.SnapshotNotFound(f"no snapshot {req.snapshot}")
             image = snap.image
-        elif not await self.backend.image_exists(image):
-            raise errors.ImageNotFound(f"image {image} not found (rock never pulls; build it with `rock image build`)")
         key = self._pool_key(image, req.cpus, req.memory, req.pids_limit)
         pooled = not (req.snapshot or req.mounts or req.network == "model")
         taken = self.pool.take(key) if pooled else None
         if taken:
             sid, cid = taken
         else:
+            # Mounts and model sockets are paths of this machine; a fork needs its snapshot's daemon.
+            local = bool(req.mounts) or req.network == "model"
+            node = self.backend.place(key[1], key[2], local=local, node=snap.node if snap else None)
+            if not snap and not await self.backend.image_exists(image, node):
+                raise errors.ImageNotFound(f"image {image} not found (rock never pulls; build it with `rock image build`)")
             sid = new_id("sb")
-            cid = await self._run_cold(sid, req, image, key)
+            cid = await self._run_cold(sid, req, image, key, node)
         now = time.time()
         sb = Sandbox(
             id=sid, status="running", image=image, cpus=key[1], memory=key[2], pids_limit=key[3],
@@ -208,7 +207,7 @@ class SandboxService:
             created_at=now, expires_at=now + req.ttl_seconds if req.ttl_seconds else None,
             trajectory_id=req.trajectory_id or sid, snapshot=req.snapshot,
             model_upstream=req.model_upstream or (self.config.model_upstream if req.network == "model" else None),
-            container_id=cid, warm=bool(taken),
+            container_id=cid, node=self.backend.node_of(cid), warm=bool(taken),
         )
         self.store.put_sandbox(sb)
         kind = "warm" if taken else "fork" if req.snapshot else "cold"
@@ -216,13 +215,13 @@ class SandboxService:
         self.metrics.active.inc()
         return sb
 
-    async def _run_cold(self, sid: str, req: CreateSandbox, image: str, key: PoolKey) -> str:
+    async def _run_cold(self, sid: str, req: CreateSandbox, image: str, key: PoolKey, node: str | None) -> str:
         spec = ContainerSpec(image, key[1], key[2], key[3], self.limits.nofile, dict(req.env),
                              [(m.source, m.target, m.read_only) for m in req.mounts])
         if req.network != "model":
             if not (req.snapshot or req.mounts):
                 self.pool.want(key)
-            return await self.backend.run(sid, spec)
+            return await self.backend.run(sid, spec, node)
         gw = await self._gateway()
         try:
             att = await gw.attach(sid, upstream=req.model_upstream, trajectory_id=req.trajectory_id or sid)
@@ -232,7 +231,7 @@ class SandboxService:
         spec.env.update(att.env)
         cid = None
         try:
-            cid = await self.backend.run(sid, spec)
+            cid = await self.backend.run(sid, spec, node)
             await self._start_proxy(cid, list(att.command), spec.env)
         except BaseException:
             await gw.detach(sid)
@@ -243,7 +242,7 @@ class SandboxService:
 
     async def _start_proxy(self, container_id: str, argv: list[str], env: dict[str, str]) -> None:
         """Run the gateway's start command; it forks the proxy and returns once the proxy listens."""
-        out = await exec_collect(self.backend.engine, container_id, argv, env, None, None, 30.0, 4096)
+        out = await self.backend.exec(container_id, argv, env, None, None, 30.0, 4096)
         if out["exit_code"] != 0:
             raise errors.BackendError(f"model proxy did not start (exit {out['exit_code']}): {out['stderr'].strip()}")
 
@@ -281,10 +280,13 @@ class SandboxService:
 
     async def delete(self, sandbox_id: str) -> None:
         sb = self.record(sandbox_id)
-        self.store.delete_sandbox(sandbox_id)
-        for s in self.sessions.pop(sandbox_id, {}).values():
-            await s.close()
+        for ssid in self.sessions.pop(sandbox_id, set()):
+            await self.backend.close_session(ssid)
+        # Container first, record last: a failed removal leaves the record, so nothing leaks.
         await self.backend.remove(sb.container_id)
+        if self.store.get_sandbox(sandbox_id) is None:
+            return  # a concurrent delete (the reaper, another client) finished first
+        self.store.delete_sandbox(sandbox_id)
         if sb.network == "model" and self.gateway is not None:
             await self.gateway.detach(sandbox_id)
         self.metrics.active.dec()
@@ -300,7 +302,7 @@ class SandboxService:
     async def exec(self, sandbox_id: str, req: ExecRequest) -> ExecResult:
         sb = self.record(sandbox_id)
         try:
-            out = await exec_collect(self.backend.engine, *self._exec_args(sb, req), self.limits.max_output_bytes)
+            out = await self.backend.exec(*self._exec_args(sb, req), self.limits.max_output_bytes)
         except EngineError as e:
             raise _engine_errors(e, sandbox_id) from e
         self.metrics.exec_total.labels("oneshot").inc()
@@ -311,7 +313,7 @@ class SandboxService:
         """NDJSON lines of ExecChunk; validation errors surface before the first byte is sent."""
         sb = self.record(sandbox_id)
         args = self._exec_args(sb, req)
-        events = exec_events(self.backend.engine, *args)
+        events = self.backend.exec_events(*args)
         try:
             first = await anext(events)
         except EngineError as e:
@@ -341,31 +343,30 @@ class SandboxService:
         sb = self.record(sandbox_id)
         if req.cwd:
             check_path(req.cwd)
-        s = ShellSession(self.backend.engine, sb.container_id, new_id("ss"))
+        ssid = new_id("ss")
         try:
-            await s.open({**sb.env, **req.env}, req.cwd)
+            await self.backend.open_session(sb.container_id, ssid, {**sb.env, **req.env}, req.cwd)
         except EngineError as e:
             raise _engine_errors(e, sandbox_id) from e
-        self.sessions.setdefault(sandbox_id, {})[s.id] = s
-        return SessionInfo(id=s.id, sandbox_id=sandbox_id)
+        self.sessions.setdefault(sandbox_id, set()).add(ssid)
+        return SessionInfo(id=ssid, sandbox_id=sandbox_id)
 
-    def _session(self, sandbox_id: str, session_id: str) -> ShellSession:
+    def _session(self, sandbox_id: str, session_id: str) -> str:
         self.record(sandbox_id)
-        s = self.sessions.get(sandbox_id, {}).get(session_id)
-        if s is None:
+        if session_id not in self.sessions.get(sandbox_id, set()):
             raise errors.SessionNotFound(f"no session {session_id} in sandbox {sandbox_id}")
-        return s
+        return session_id
 
     async def run_session(self, sandbox_id: str, session_id: str, req: SessionRun) -> ExecResult:
-        out = await self._session(sandbox_id, session_id).run(req.cmd, req.timeout, self.limits.max_output_bytes)
+        ssid = self._session(sandbox_id, session_id)
+        out = await self.backend.run_session(ssid, req.cmd, req.timeout, self.limits.max_output_bytes)
         self.metrics.exec_total.labels("session").inc()
         self.metrics.exec_seconds.labels("session").observe(out["duration_s"])
         return ExecResult(**out)
 
     async def delete_session(self, sandbox_id: str, session_id: str) -> None:
-        s = self._session(sandbox_id, session_id)
-        await s.close()
-        del self.sessions[sandbox_id][session_id]
+        await self.backend.close_session(self._session(sandbox_id, session_id))
+        self.sessions[sandbox_id].discard(session_id)
 
     # ---- files ------------------------------------------------------------------------------
 
@@ -403,7 +404,7 @@ class SandboxService:
         sb = self.record(sandbox_id)
         sid = new_id("snap")
         image = await self.backend.commit(sb.container_id, sid)
-        snap = Snapshot(snapshot_id=sid, sandbox_id=sandbox_id, image=image, created_at=time.time())
+        snap = Snapshot(snapshot_id=sid, sandbox_id=sandbox_id, image=image, created_at=time.time(), node=sb.node)
         self.store.put_snapshot(snap)
         return snap
 
@@ -414,7 +415,7 @@ class SandboxService:
         snap = self.store.get_snapshot(snapshot_id)
         if snap is None:
             raise errors.SnapshotNotFound(f"no snapshot {snapshot_id}")
-        await self.backend.remove_image(snap.image)
+        await self.backend.remove_image(snap.image, snap.node)
         self.store.delete_snapshot(snapshot_id)
 
     # ---- model calls ------------------------------------------------------------------------

@@ -34,6 +34,8 @@ from docker.types import Mount, Ulimit
 
 from rock import errors
 from rock.backend.engine import Engine
+from rock.backend.execs import exec_collect, exec_events
+from rock.backend.session import ShellSession
 
 LABEL = "ale.rock"
 LABEL_SANDBOX = "ale.rock.sandbox"
@@ -55,17 +57,49 @@ class ContainerSpec:
 
 
 class DockerBackend:
+    """The Docker daemon of this machine. `node` arguments exist for the Ray cluster backend
+    (rock.cluster) that has the same methods; here there is one node, `None`."""
+
     def __init__(self, manager_id: str, threads: int = 32):
         self.manager_id = manager_id
         self.client = docker.from_env(timeout=300)
         self.engine = Engine()
+        self.sessions: dict[str, ShellSession] = {}
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rock-docker")
+
+    def place(self, cpus: float, memory: int, local: bool = False, node: str | None = None) -> str | None:
+        return None
+
+    def node_of(self, container_id: str) -> str | None:
+        return None
+
+    async def exec(self, container_id: str, cmd, env, cwd, stdin, timeout, limit: int) -> dict:
+        return await exec_collect(self.engine, container_id, cmd, env, cwd, stdin, timeout, limit)
+
+    def exec_events(self, container_id: str, cmd, env, cwd, stdin, timeout):
+        return exec_events(self.engine, container_id, cmd, env, cwd, stdin, timeout)
+
+    async def open_session(self, container_id: str, session_id: str, env: dict[str, str], cwd: str | None) -> None:
+        s = ShellSession(self.engine, container_id, session_id)
+        await s.open(env, cwd)
+        self.sessions[session_id] = s
+
+    async def run_session(self, session_id: str, cmd: str, timeout: float | None, limit: int) -> dict:
+        s = self.sessions.get(session_id)
+        if s is None:
+            raise errors.SessionNotFound(f"no session {session_id}")
+        return await s.run(cmd, timeout, limit)
+
+    async def close_session(self, session_id: str) -> None:
+        s = self.sessions.pop(session_id, None)
+        if s is not None:
+            await s.close()
 
     async def _call(self, fn, *args, **kwargs):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
-    async def image_exists(self, image: str) -> bool:
+    async def image_exists(self, image: str, node: str | None = None) -> bool:
         try:
             await self._call(self.client.images.get, image)
             return True
@@ -76,7 +110,7 @@ class DockerBackend:
                 return False
             raise
 
-    async def run(self, sandbox_id: str, spec: ContainerSpec) -> str:
+    async def run(self, sandbox_id: str, spec: ContainerSpec, node: str | None = None) -> str:
         """Create and start the container; returns its id."""
         return await self._call(self._run_sync, sandbox_id, spec)
 
@@ -133,7 +167,8 @@ class DockerBackend:
         """Every container of this manager (running or not): {id, sandbox_id, state}."""
         flt = f'{{"label":["{LABEL_MANAGER}={self.manager_id}"]}}'
         rows = await self.engine.call("GET", f"/containers/json?all=1&filters={quote(flt)}")
-        return [{"id": r["Id"], "sandbox_id": r["Labels"].get(LABEL_SANDBOX), "state": r["State"]} for r in rows]
+        return [{"id": r["Id"], "sandbox_id": r["Labels"].get(LABEL_SANDBOX), "state": r["State"], "node": None}
+                for r in rows]
 
     async def commit(self, container_id: str, snapshot_id: str) -> str:
         def commit():
@@ -143,7 +178,7 @@ class DockerBackend:
 
         return await self._call(commit)
 
-    async def remove_image(self, ref: str) -> None:
+    async def remove_image(self, ref: str, node: str | None = None) -> None:
         try:
             await self._call(self.client.images.remove, ref, force=True)
         except NotFound:
@@ -180,6 +215,8 @@ class DockerBackend:
             raise errors.BadRequest(f"cannot read {path}: {e.explanation}") from e
 
     async def close(self) -> None:
+        for s in list(self.sessions.values()):
+            await s.close()
         await self.engine.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()

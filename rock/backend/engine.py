@@ -20,9 +20,12 @@ API = "/v1.41"  # Docker 20.10's API; newer daemons still serve it
 
 class EngineError(Exception):
     def __init__(self, status: int, message: str):
-        super().__init__(f"docker engine {status}: {message}")
+        super().__init__(status, message)  # both in args, so the error pickles (Ray hosts raise it)
         self.status = status
         self.message = message
+
+    def __str__(self) -> str:
+        return f"docker engine {self.status}: {self.message}"
 
 
 def _address() -> tuple[str, str | tuple[str, int]]:
