@@ -16,7 +16,9 @@ OVERRIDES_HELP = "dotted overrides applied after the file, e.g. train.iterations
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     # Errors the user can fix; anything else is a bug and keeps its traceback.
-    errors: list[type[BaseException]] = [ConfigError, ValueError, FileNotFoundError]
+    from roll.driver import PreflightError
+
+    errors: list[type[BaseException]] = [ConfigError, PreflightError, ValueError, FileNotFoundError]
     for module, name in (("rock.errors", "RockError"), ("rome.errors", "RomeError")):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))

@@ -50,6 +50,27 @@ def ensure_model(cfg: RunConfig) -> Path:
     return model_dir
 
 
+class PreflightError(Exception):
+    """Something the run needs is missing; the message says how to provide it."""
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Fail in a second, before minutes of model loading, when Docker or the sandbox image is missing."""
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:
+        raise PreflightError(f"no Docker engine answers ({type(e).__name__}); start one with `make docker`") from e
+    try:
+        client.images.get(cfg.sandbox.image)
+    except docker.errors.ImageNotFound as e:
+        raise PreflightError(f"sandbox image {cfg.sandbox.image} is missing; build it with `make images`") from e
+    finally:
+        client.close()
+
+
 def _raise_keyboard_interrupt(signum, frame):
     # SIGTERM takes the same path as Ctrl-C, so the `finally` blocks remove what the run started.
     raise KeyboardInterrupt(f"signal {signum}")
@@ -116,6 +137,7 @@ class Run:
             .options(**opts)
             .remote(str(model_dir), tc.lr, tc.zero_stage, tc.grad_clip, tc.clip_low, tc.clip_high, tc.seed)
         )
+        log(f"starting the inference worker ({cfg.inference.engine}) and the trainer worker (DeepSpeed) ...")
         url = ray.get(self.inference.url.remote(), timeout=cfg.inference.startup_timeout_s)
         log(f"inference worker ({cfg.inference.engine}) serving {url}")
         ray.get(self.trainer.__ray_ready__.remote())
@@ -224,6 +246,7 @@ def train(cfg: RunConfig) -> int:
                  if t.split == "train"]  # fmt: skip
         if len(tasks) < cfg.rollout.tasks_per_iteration:
             raise ValueError(f"only {len(tasks)} train tasks for rollout.tasks_per_iteration")
+        preflight(cfg)
         model_dir = ensure_model(cfg)
         run.start(model_dir)
         rng = random.Random(cfg.tasks.seed)
