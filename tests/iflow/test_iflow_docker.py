@@ -133,3 +133,51 @@ def test_iflow_with_sandbox_flag(rock, sandbox, iflow, monkeypatch):
     assert sandbox.exec("cat /tmp/made.txt").stdout == "in the sandbox"
     assert not Path("/tmp/made.txt").exists() or Path("/tmp/made.txt").read_text() != "in the sandbox"
     assert "Stdout:\nin the sandbox" in run.server.requests[2]["messages"][-1]["content"]
+
+
+TRAINING_SCRIPT = [
+    call("write_file", path="answer.txt", content="42\n"),
+    call("run_shell_command", command="cat answer.txt"),
+    "answer.txt holds 42",
+]
+
+
+@pytest.mark.docker
+def test_training_path_agent_in_model_sandbox_records_one_chunk_per_call(tmp_path_factory, base_image):
+    """As roll runs it: iflow mounted read-only in a network=model sandbox, its calls recorded as chunks."""
+    from iflow_cli.testing.scripted_server import ScriptedServer, render_prompt
+    from rock.launch import RockProcess
+
+    with (
+        ScriptedServer(TRAINING_SCRIPT) as upstream,
+        RockProcess(
+            model_upstream=upstream.url, allow_mounts=[ROOT], state_dir=tmp_path_factory.mktemp("rock")
+        ) as rock,
+        rock.client() as client,
+    ):
+        mount = {"source": str(ROOT / "iflow_cli"), "target": "/opt/ale/iflow_cli", "read_only": True}
+        with client.create_sandbox(
+            image=base_image, network="model", mounts=[mount], labels={"ale.test": "iflow"}
+        ) as sb:
+            argv = [
+                "python3",
+                "-m",
+                "iflow_cli",
+                "-p",
+                "write 42 to answer.txt",
+                "--yolo",
+                "--max-turns",
+                "5",
+                "-o",
+                "/tmp/i.json",
+            ]
+            run = sb.exec(argv, timeout=120, cwd="/root", env={"PYTHONPATH": "/opt/ale", "IFLOW_MAX_TOKENS": "64"})
+            info = json.loads(sb.exec("cat /tmp/i.json").stdout)
+            answer = sb.exec("cat /root/answer.txt").stdout
+            chunks = sb.trajectory()
+        requests = upstream.requests
+    assert run.exit_code == 0 and run.stdout.strip() == "answer.txt holds 42", run.stderr
+    assert info["rounds"] == 3 and answer == "42\n" and all(r["max_tokens"] == 64 for r in requests)
+    assert len(chunks) == 3 and [c["index"] for c in chunks] == [0, 1, 2]
+    for chunk, request in zip(chunks, requests, strict=True):
+        assert bytes(chunk["prompt_token_ids"]).decode() == render_prompt(request["messages"], request.get("tools"))
