@@ -69,6 +69,7 @@ def cmd_serve(args) -> int:
         host=args.host, port=args.port, token=_serve_token(args, state_dir), model_upstream=args.model_upstream,
         state_dir=state_dir, allow_mounts=[Path(d) for d in args.allow_mount or []], on_exit=args.on_exit,
         warm_pool=args.warm_pool, pool_specs=args.pool_image or [], reap_interval_s=args.reap_interval, limits=limits,
+        ray_address=args.ray,
     )
     (state_dir / "url").write_text(f"http://{args.host}:{args.port}")
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level,
@@ -235,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep K started containers per (image, resources) spec in use; 0 disables (default)")
     s.add_argument("--pool-image", action="append", metavar="IMAGE",
                    help="keep this image warm from start-up with default resources (repeat)")
+    s.add_argument("--ray", metavar="ADDRESS", help="place sandboxes on the nodes of this Ray cluster ('auto' or HOST:PORT)")
     s.add_argument("--reap-interval", type=float, default=5.0, metavar="S", help="how often expired sandboxes are removed")
     s.add_argument("--max-cpus", type=float, help="largest cpus a sandbox may ask for (default: host cores)")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])

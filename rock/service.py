@@ -69,12 +69,20 @@ def _engine_errors(e: EngineError, sandbox_id: str) -> errors.RockError:
     return errors.BackendError(e.message)
 
 
+def _backend(config: ServerConfig):
+    if config.ray_address:
+        from rock.cluster import ClusterBackend  # Ray is only imported for a cluster
+
+        return ClusterBackend(_manager_id(config.state_dir), config.ray_address)
+    return DockerBackend(_manager_id(config.state_dir))
+
+
 class SandboxService:
     def __init__(self, config: ServerConfig):
         self.config, self.limits = config, config.limits
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.state_dir / "rock.db")
-        self.backend = DockerBackend(_manager_id(config.state_dir))
+        self.backend = _backend(config)
         self.metrics = Metrics()
         self.pool = WarmPool(config.warm_pool, self._spawn_pooled, self.backend.remove)
         self.metrics.pool_ready.set_function(self.pool.count)
