@@ -23,8 +23,9 @@ from iflow_cli.tools import fsops
 FSOPS_SOURCE = Path(fsops.__file__).read_text(encoding="utf-8")
 
 
-class RockError(Exception):
-    """The ROCK manager refused or failed a call; carries its message."""
+class RockError(OSError):
+    """The ROCK manager refused or failed a call; carries its message. An OSError, so that a failing
+    sandbox call inside a tool becomes an observation for the model, like a local I/O error."""
 
 
 class RockExecutor(Executor):

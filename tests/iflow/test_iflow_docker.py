@@ -181,3 +181,12 @@ def test_training_path_agent_in_model_sandbox_records_one_chunk_per_call(tmp_pat
     assert len(chunks) == 3 and [c["index"] for c in chunks] == [0, 1, 2]
     for chunk, request in zip(chunks, requests, strict=True):
         assert bytes(chunk["prompt_token_ids"]).decode() == render_prompt(request["messages"], request.get("tools"))
+
+
+@pytest.mark.docker
+def test_sandbox_errors_become_observations(rock, sandbox):
+    box = Toolbox(RockExecutor(rock.url, sandbox.id, rock.token, cwd="/tmp"), "yolo")
+    missing = box.call("read_file", {"path": "/nonexistent/file.txt"})
+    directory = box.call("read_file", {"path": "/tmp"})
+    assert not missing.ok and "no such file" in missing.output.lower()
+    assert not directory.ok and directory.output.startswith("read_file failed")
