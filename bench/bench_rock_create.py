@@ -17,15 +17,32 @@ import time
 from rock.launch import RockProcess
 
 IMAGE = "rock/base:bookworm"
-RAW_FLAGS = ["--init", "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-             "--pids-limit", "512", "--memory", "1g", "--memory-swap", "1g", "--cpus", "1",
-             "--label", "ale.rock.bench=1"]
+RAW_FLAGS = [
+    "--init",
+    "--network",
+    "none",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+    "--pids-limit",
+    "512",
+    "--memory",
+    "1g",
+    "--memory-swap",
+    "1g",
+    "--cpus",
+    "1",
+    "--label",
+    "ale.rock.bench=1",
+]
 
 
 def raw_once() -> float:
     t = time.perf_counter()
-    cid = subprocess.run(["docker", "run", "-d", *RAW_FLAGS, IMAGE, "sleep", "infinity"],
-                         check=True, capture_output=True, text=True).stdout.strip()
+    cid = subprocess.run(
+        ["docker", "run", "-d", *RAW_FLAGS, IMAGE, "sleep", "infinity"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     subprocess.run(["docker", "exec", cid, "true"], check=True)
     took = time.perf_counter() - t
     subprocess.run(["docker", "rm", "-f", cid], check=True, capture_output=True)
@@ -54,8 +71,11 @@ def main() -> None:
     r50, d50 = statistics.median(rock_t), statistics.median(raw_t)
     print(f"ROCK create + first exec        : p50 {r50 * 1000:.0f} ms  (n={args.n})")
     print(f"docker run -d + docker exec CLI : p50 {d50 * 1000:.0f} ms  (n={args.n})")
-    print(json.dumps({"bench": "rock_create_cold", "rock_p50_s": r50, "raw_p50_s": d50, "ratio": r50 / d50,
-                      "target": 1.15}))
+    print(
+        json.dumps(
+            {"bench": "rock_create_cold", "rock_p50_s": r50, "raw_p50_s": d50, "ratio": r50 / d50, "target": 1.15}
+        )
+    )
 
 
 if __name__ == "__main__":

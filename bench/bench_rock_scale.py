@@ -43,7 +43,9 @@ async def create_many(c, n: int, limit: int) -> tuple[list, list]:
             return await c.create_sandbox(**SPEC)
 
     results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
-    return [r for r in results if not isinstance(r, BaseException)], [r for r in results if isinstance(r, BaseException)]
+    return [r for r in results if not isinstance(r, BaseException)], [
+        r for r in results if isinstance(r, BaseException)
+    ]
 
 
 async def delete_all(boxes, limit: int = 16) -> None:
@@ -95,9 +97,20 @@ def main() -> None:
         res = asyncio.run(run(rock, args))
     a, b = p99(res["lat1"]), p99(res["latn"])
     print(f"exec p99 with 1 alive: {a * 1000:.0f} ms; with {res['alive']} alive: {b * 1000:.0f} ms")
-    print(json.dumps({"bench": "rock_scale", "concurrent_creates": args.concurrent,
-                      "concurrent_success_rate": res["ok"] / args.concurrent, "alive": res["alive"],
-                      "exec_p99_1_s": a, "exec_p99_n_s": b, "ratio": b / a, "target": 3.0}))
+    print(
+        json.dumps(
+            {
+                "bench": "rock_scale",
+                "concurrent_creates": args.concurrent,
+                "concurrent_success_rate": res["ok"] / args.concurrent,
+                "alive": res["alive"],
+                "exec_p99_1_s": a,
+                "exec_p99_n_s": b,
+                "ratio": b / a,
+                "target": 3.0,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,9 +19,25 @@ import httpx
 from rock.launch import RockProcess
 
 IMAGE = "rock/base:bookworm"
-RAW_FLAGS = ["--init", "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-             "--pids-limit", "512", "--memory", "1g", "--memory-swap", "1g", "--cpus", "1",
-             "--label", "ale.rock.bench=1"]
+RAW_FLAGS = [
+    "--init",
+    "--network",
+    "none",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+    "--pids-limit",
+    "512",
+    "--memory",
+    "1g",
+    "--memory-swap",
+    "1g",
+    "--cpus",
+    "1",
+    "--label",
+    "ale.rock.bench=1",
+]
 
 
 def pool_ready(rock) -> float:
@@ -42,8 +58,9 @@ def wait_pool(rock, want: int, timeout: float = 60) -> None:
 
 def raw_run() -> float:
     t = time.perf_counter()
-    cid = subprocess.run(["docker", "run", "-d", *RAW_FLAGS, IMAGE, "sleep", "infinity"],
-                         check=True, capture_output=True, text=True).stdout.strip()
+    cid = subprocess.run(
+        ["docker", "run", "-d", *RAW_FLAGS, IMAGE, "sleep", "infinity"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     took = time.perf_counter() - t
     subprocess.run(["docker", "rm", "-f", cid], check=True, capture_output=True)
     return took
@@ -67,8 +84,17 @@ def main() -> None:
     w50, r50 = statistics.median(warm), statistics.median(raw)
     print(f"ROCK warm-pool create : p50 {w50 * 1000:.1f} ms  (n={args.n})")
     print(f"docker run -d (CLI)   : p50 {r50 * 1000:.0f} ms  (n={args.n})")
-    print(json.dumps({"bench": "rock_create_warm", "warm_p50_s": w50, "docker_run_p50_s": r50, "ratio": w50 / r50,
-                      "target": 0.10}))
+    print(
+        json.dumps(
+            {
+                "bench": "rock_create_warm",
+                "warm_p50_s": w50,
+                "docker_run_p50_s": r50,
+                "ratio": w50 / r50,
+                "target": 0.10,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

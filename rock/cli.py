@@ -66,14 +66,23 @@ def cmd_serve(args) -> int:
         if not Path(d).is_dir():
             raise SystemExit(f"error: --allow-mount {d}: not a directory")
     config = ServerConfig(
-        host=args.host, port=args.port, token=_serve_token(args, state_dir), model_upstream=args.model_upstream,
-        state_dir=state_dir, allow_mounts=[Path(d) for d in args.allow_mount or []], on_exit=args.on_exit,
-        warm_pool=args.warm_pool, pool_specs=args.pool_image or [], reap_interval_s=args.reap_interval, limits=limits,
+        host=args.host,
+        port=args.port,
+        token=_serve_token(args, state_dir),
+        model_upstream=args.model_upstream,
+        state_dir=state_dir,
+        allow_mounts=[Path(d) for d in args.allow_mount or []],
+        on_exit=args.on_exit,
+        warm_pool=args.warm_pool,
+        pool_specs=args.pool_image or [],
+        reap_interval_s=args.reap_interval,
+        limits=limits,
         ray_address=args.ray,
     )
     (state_dir / "url").write_text(f"http://{args.host}:{args.port}")
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
+    uvicorn.run(
+        create_app(config), host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5
+    )
     return 0
 
 
@@ -99,14 +108,20 @@ def _mounts(items: list[str] | None) -> list[dict]:
         parts = item.split(":")
         if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
             raise SystemExit(f"error: --mount wants SRC:TARGET[:ro|rw], got {item!r}")
-        out.append({"source": os.path.abspath(parts[0]), "target": parts[1],
-                    "read_only": len(parts) == 2 or parts[2] == "ro"})
+        out.append(
+            {"source": os.path.abspath(parts[0]), "target": parts[1], "read_only": len(parts) == 2 or parts[2] == "ro"}
+        )
     return out
 
 
 def cmd_create(args) -> int:
-    body = {"image": args.image, "network": args.network, "env": _kv(args.env, "--env"),
-            "labels": _kv(args.label, "--label"), "mounts": _mounts(args.mount)}
+    body = {
+        "image": args.image,
+        "network": args.network,
+        "env": _kv(args.env, "--env"),
+        "labels": _kv(args.label, "--label"),
+        "mounts": _mounts(args.mount),
+    }
     for key in ("cpus", "memory", "pids_limit", "model_upstream", "ttl_seconds", "snapshot", "trajectory_id"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
@@ -221,23 +236,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rock", description="ROCK: isolated Docker sandboxes for agents, over REST.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the sandbox manager (REST v1 on FastAPI/uvicorn)",
-                       description="Run the sandbox manager. OpenAPI at /openapi.json; all routes but /healthz "
-                                   "need 'Authorization: Bearer TOKEN'.")
+    s = sub.add_parser(
+        "serve",
+        help="run the sandbox manager (REST v1 on FastAPI/uvicorn)",
+        description="Run the sandbox manager. OpenAPI at /openapi.json; all routes but /healthz "
+        "need 'Authorization: Bearer TOKEN'.",
+    )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--token", help="API token (default: $ROCK_API_TOKEN, else generated and saved in the state dir)")
     s.add_argument("--model-upstream", help="default OpenAI-compatible URL for sandboxes with network=model")
     s.add_argument("--state-dir", default=str(default_state_dir()), help="SQLite db, sockets, trajectories (~/.rock)")
     s.add_argument("--allow-mount", action="append", metavar="DIR", help="host directory sandboxes may mount (repeat)")
-    s.add_argument("--on-exit", choices=["remove", "keep"], default="remove",
-                   help="on shutdown remove every sandbox (default) or keep them for the next start to re-adopt")
-    s.add_argument("--warm-pool", type=int, default=0, metavar="K",
-                   help="keep K started containers per (image, resources) spec in use; 0 disables (default)")
-    s.add_argument("--pool-image", action="append", metavar="IMAGE",
-                   help="keep this image warm from start-up with default resources (repeat)")
-    s.add_argument("--ray", metavar="ADDRESS", help="place sandboxes on the nodes of this Ray cluster ('auto' or HOST:PORT)")
-    s.add_argument("--reap-interval", type=float, default=5.0, metavar="S", help="how often expired sandboxes are removed")
+    s.add_argument(
+        "--on-exit",
+        choices=["remove", "keep"],
+        default="remove",
+        help="on shutdown remove every sandbox (default) or keep them for the next start to re-adopt",
+    )
+    s.add_argument(
+        "--warm-pool",
+        type=int,
+        default=0,
+        metavar="K",
+        help="keep K started containers per (image, resources) spec in use; 0 disables (default)",
+    )
+    s.add_argument(
+        "--pool-image",
+        action="append",
+        metavar="IMAGE",
+        help="keep this image warm from start-up with default resources (repeat)",
+    )
+    s.add_argument(
+        "--ray", metavar="ADDRESS", help="place sandboxes on the nodes of this Ray cluster ('auto' or HOST:PORT)"
+    )
+    s.add_argument(
+        "--reap-interval", type=float, default=5.0, metavar="S", help="how often expired sandboxes are removed"
+    )
     s.add_argument("--max-cpus", type=float, help="largest cpus a sandbox may ask for (default: host cores)")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=cmd_serve)
@@ -248,8 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cpus", type=float)
     c.add_argument("--memory", help="e.g. 512m, 2g")
     c.add_argument("--pids-limit", type=int)
-    c.add_argument("--network", choices=["none", "model"], default="none",
-                   help="none (default): only loopback; model: also the model proxy on loopback")
+    c.add_argument(
+        "--network",
+        choices=["none", "model"],
+        default="none",
+        help="none (default): only loopback; model: also the model proxy on loopback",
+    )
     c.add_argument("--model-upstream", help="OpenAI-compatible URL for network=model")
     c.add_argument("--env", action="append", metavar="K=V")
     c.add_argument("--label", action="append", metavar="K=V")

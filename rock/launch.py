@@ -1,9 +1,9 @@
 """Start a `rock serve` subprocess on a free loopback port (used by roll and the tests).
 
-    from rock.launch import RockProcess
-    with RockProcess(model_upstream="http://127.0.0.1:8000/v1") as rock:
-        with rock.client() as c:
-            sb = c.create_sandbox(network="model")
+from rock.launch import RockProcess
+with RockProcess(model_upstream="http://127.0.0.1:8000/v1") as rock:
+    with rock.client() as c:
+        sb = c.create_sandbox(network="model")
 """
 
 from __future__ import annotations
@@ -51,8 +51,22 @@ class RockProcess:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.on_exit = on_exit
-        self.argv = [sys.executable, "-m", "rock", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                     "--state-dir", str(self.state_dir), "--on-exit", on_exit, "--warm-pool", str(warm_pool)]
+        self.argv = [
+            sys.executable,
+            "-m",
+            "rock",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--state-dir",
+            str(self.state_dir),
+            "--on-exit",
+            on_exit,
+            "--warm-pool",
+            str(warm_pool),
+        ]
         if model_upstream:
             self.argv += ["--model-upstream", model_upstream]
         for d in allow_mounts:

@@ -15,12 +15,17 @@ class Metrics:
     def __init__(self):
         r = self.registry = CollectorRegistry()
         self.create_seconds = Histogram(
-            "rock_create_seconds", "Sandbox create latency, by kind (cold, warm, fork)", ["kind"],
-            registry=r, buckets=LATENCY_BUCKETS,
+            "rock_create_seconds",
+            "Sandbox create latency, by kind (cold, warm, fork)",
+            ["kind"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
         )
         self.active = Gauge("rock_active_sandboxes", "Sandboxes currently owned by this manager", registry=r)
         self.pool_ready = Gauge("rock_warm_pool_ready", "Started containers waiting in the warm pool", registry=r)
-        self.exec_total = Counter("rock_exec_total", "Execs run, by mode (oneshot, stream, session)", ["mode"], registry=r)
+        self.exec_total = Counter(
+            "rock_exec_total", "Execs run, by mode (oneshot, stream, session)", ["mode"], registry=r
+        )
         self.exec_seconds = Histogram(
             "rock_exec_seconds", "Exec wall time, by mode", ["mode"], registry=r, buckets=LATENCY_BUCKETS
         )

@@ -92,20 +92,29 @@ class _Calls:
 
     @staticmethod
     def exec(sid: str, body: dict) -> _Call:
-        return _Call("POST", f"/v1/sandboxes/{sid}/exec", json=body,
-                     parse=lambda r: m.ExecResult.model_validate_json(r.content))
+        return _Call(
+            "POST", f"/v1/sandboxes/{sid}/exec", json=body, parse=lambda r: m.ExecResult.model_validate_json(r.content)
+        )
 
     @staticmethod
     def open_session(sid: str, cwd, env) -> _Call:
         body = {k: v for k, v in (("cwd", cwd), ("env", env)) if v is not None}
-        return _Call("POST", f"/v1/sandboxes/{sid}/sessions", json=body,
-                     parse=lambda r: m.SessionInfo.model_validate_json(r.content))
+        return _Call(
+            "POST",
+            f"/v1/sandboxes/{sid}/sessions",
+            json=body,
+            parse=lambda r: m.SessionInfo.model_validate_json(r.content),
+        )
 
     @staticmethod
     def run(sid: str, ssid: str, cmd: str, timeout) -> _Call:
         body = {"cmd": cmd} | ({"timeout": timeout} if timeout is not None else {})
-        return _Call("POST", f"/v1/sandboxes/{sid}/sessions/{ssid}/run", json=body,
-                     parse=lambda r: m.ExecResult.model_validate_json(r.content))
+        return _Call(
+            "POST",
+            f"/v1/sandboxes/{sid}/sessions/{ssid}/run",
+            json=body,
+            parse=lambda r: m.ExecResult.model_validate_json(r.content),
+        )
 
     @staticmethod
     def close_session(sid: str, ssid: str) -> _Call:
@@ -131,7 +140,9 @@ class _Calls:
 
     @staticmethod
     def snapshot(sid: str) -> _Call:
-        return _Call("POST", f"/v1/sandboxes/{sid}/snapshots", parse=lambda r: m.Snapshot.model_validate_json(r.content))
+        return _Call(
+            "POST", f"/v1/sandboxes/{sid}/snapshots", parse=lambda r: m.Snapshot.model_validate_json(r.content)
+        )
 
     @staticmethod
     def list_snapshots() -> _Call:
@@ -143,8 +154,11 @@ class _Calls:
 
     @staticmethod
     def trajectory(sid: str) -> _Call:
-        return _Call("GET", f"/v1/sandboxes/{sid}/trajectory",
-                     parse=lambda r: [json.loads(line) for line in r.text.splitlines() if line.strip()])
+        return _Call(
+            "GET",
+            f"/v1/sandboxes/{sid}/trajectory",
+            parse=lambda r: [json.loads(line) for line in r.text.splitlines() if line.strip()],
+        )
 
     @staticmethod
     def health() -> _Call:
@@ -218,16 +232,29 @@ class Sandbox:
     def __init__(self, client: Client, info: m.Sandbox):
         self.client, self.info, self.id = client, info, info.id
 
-    def exec(self, cmd: str | list[str], timeout: float | None = None, env: dict | None = None,
-             cwd: str | None = None, stdin: str | None = None) -> m.ExecResult:
+    def exec(
+        self,
+        cmd: str | list[str],
+        timeout: float | None = None,
+        env: dict | None = None,
+        cwd: str | None = None,
+        stdin: str | None = None,
+    ) -> m.ExecResult:
         return self.client._do(_Calls.exec(self.id, _exec_body(cmd, timeout, env, cwd, stdin)))
 
-    def exec_stream(self, cmd: str | list[str], timeout: float | None = None, env: dict | None = None,
-                    cwd: str | None = None, stdin: str | None = None) -> Iterator[m.ExecChunk]:
+    def exec_stream(
+        self,
+        cmd: str | list[str],
+        timeout: float | None = None,
+        env: dict | None = None,
+        cwd: str | None = None,
+        stdin: str | None = None,
+    ) -> Iterator[m.ExecChunk]:
         """Output chunks as they are produced; the last one has type 'exit' and the exit code."""
         body = _exec_body(cmd, timeout, env, cwd, stdin)
-        with self.client._http.stream("POST", f"/v1/sandboxes/{self.id}/exec", params={"stream": "true"},
-                                      json=body) as r:
+        with self.client._http.stream(
+            "POST", f"/v1/sandboxes/{self.id}/exec", params={"stream": "true"}, json=body
+        ) as r:
             if r.status_code >= 400:
                 r.read()
                 _raise_for_error(r)
@@ -340,15 +367,28 @@ class AsyncSandbox:
     def __init__(self, client: AsyncClient, info: m.Sandbox):
         self.client, self.info, self.id = client, info, info.id
 
-    async def exec(self, cmd: str | list[str], timeout: float | None = None, env: dict | None = None,
-                   cwd: str | None = None, stdin: str | None = None) -> m.ExecResult:
+    async def exec(
+        self,
+        cmd: str | list[str],
+        timeout: float | None = None,
+        env: dict | None = None,
+        cwd: str | None = None,
+        stdin: str | None = None,
+    ) -> m.ExecResult:
         return await self.client._do(_Calls.exec(self.id, _exec_body(cmd, timeout, env, cwd, stdin)))
 
-    async def exec_stream(self, cmd: str | list[str], timeout: float | None = None, env: dict | None = None,
-                          cwd: str | None = None, stdin: str | None = None) -> AsyncIterator[m.ExecChunk]:
+    async def exec_stream(
+        self,
+        cmd: str | list[str],
+        timeout: float | None = None,
+        env: dict | None = None,
+        cwd: str | None = None,
+        stdin: str | None = None,
+    ) -> AsyncIterator[m.ExecChunk]:
         body = _exec_body(cmd, timeout, env, cwd, stdin)
-        async with self.client._http.stream("POST", f"/v1/sandboxes/{self.id}/exec", params={"stream": "true"},
-                                            json=body) as r:
+        async with self.client._http.stream(
+            "POST", f"/v1/sandboxes/{self.id}/exec", params={"stream": "true"}, json=body
+        ) as r:
             if r.status_code >= 400:
                 await r.aread()
                 _raise_for_error(r)

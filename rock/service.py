@@ -205,17 +205,32 @@ class SandboxService:
             local = bool(req.mounts) or req.network == "model"
             node = self.backend.place(key[1], key[2], local=local, node=snap.node if snap else None)
             if not snap and not await self.backend.image_exists(image, node):
-                raise errors.ImageNotFound(f"image {image} not found (rock never pulls; build it with `rock image build`)")
+                raise errors.ImageNotFound(
+                    f"image {image} not found (rock never pulls; build it with `rock image build`)"
+                )
             sid = new_id("sb")
             cid = await self._run_cold(sid, req, image, key, node)
         now = time.time()
         sb = Sandbox(
-            id=sid, status="running", image=image, cpus=key[1], memory=key[2], pids_limit=key[3],
-            network=req.network, env=req.env, labels=req.labels, mounts=req.mounts, ttl_seconds=req.ttl_seconds,
-            created_at=now, expires_at=now + req.ttl_seconds if req.ttl_seconds else None,
-            trajectory_id=req.trajectory_id or sid, snapshot=req.snapshot,
+            id=sid,
+            status="running",
+            image=image,
+            cpus=key[1],
+            memory=key[2],
+            pids_limit=key[3],
+            network=req.network,
+            env=req.env,
+            labels=req.labels,
+            mounts=req.mounts,
+            ttl_seconds=req.ttl_seconds,
+            created_at=now,
+            expires_at=now + req.ttl_seconds if req.ttl_seconds else None,
+            trajectory_id=req.trajectory_id or sid,
+            snapshot=req.snapshot,
             model_upstream=req.model_upstream or (self.config.model_upstream if req.network == "model" else None),
-            container_id=cid, node=self.backend.node_of(cid), warm=bool(taken),
+            container_id=cid,
+            node=self.backend.node_of(cid),
+            warm=bool(taken),
         )
         self.store.put_sandbox(sb)
         kind = "warm" if taken else "fork" if req.snapshot else "cold"
@@ -224,8 +239,15 @@ class SandboxService:
         return sb
 
     async def _run_cold(self, sid: str, req: CreateSandbox, image: str, key: PoolKey, node: str | None) -> str:
-        spec = ContainerSpec(image, key[1], key[2], key[3], self.limits.nofile, dict(req.env),
-                             [(m.source, m.target, m.read_only) for m in req.mounts])
+        spec = ContainerSpec(
+            image,
+            key[1],
+            key[2],
+            key[3],
+            self.limits.nofile,
+            dict(req.env),
+            [(m.source, m.target, m.read_only) for m in req.mounts],
+        )
         if req.network != "model":
             if not (req.snapshot or req.mounts):
                 self.pool.want(key)

@@ -167,8 +167,10 @@ class DockerBackend:
         """Every container of this manager (running or not): {id, sandbox_id, state}."""
         flt = f'{{"label":["{LABEL_MANAGER}={self.manager_id}"]}}'
         rows = await self.engine.call("GET", f"/containers/json?all=1&filters={quote(flt)}")
-        return [{"id": r["Id"], "sandbox_id": r["Labels"].get(LABEL_SANDBOX), "state": r["State"], "node": None}
-                for r in rows]
+        return [
+            {"id": r["Id"], "sandbox_id": r["Labels"].get(LABEL_SANDBOX), "state": r["State"], "node": None}
+            for r in rows
+        ]
 
     async def commit(self, container_id: str, snapshot_id: str) -> str:
         def commit():

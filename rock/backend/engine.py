@@ -138,7 +138,9 @@ class Engine:
         """Start an exec on a hijacked connection; read frames with `frames()`, write stdin to the writer."""
         reader, writer = await self._connect()
         body = b'{"Detach":false,"Tty":false}'
-        writer.write(self._request_bytes("POST", f"/exec/{exec_id}/start", body, "Connection: Upgrade\r\nUpgrade: tcp\r\n"))
+        writer.write(
+            self._request_bytes("POST", f"/exec/{exec_id}/start", body, "Connection: Upgrade\r\nUpgrade: tcp\r\n")
+        )
         await writer.drain()
         status, headers = await _read_head(reader)
         if status not in (101, 200):

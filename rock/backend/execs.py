@@ -66,9 +66,7 @@ async def exec_events(
     """Yield ("stdout"|"stderr", bytes) as output arrives, then ("exit", {exit_code, duration_s, timed_out})."""
     t0 = time.monotonic()
     marker = uuid.uuid4().hex
-    exec_id = await engine.exec_create(
-        container, argv_of(cmd), {**env, "ROCK_EXEC_ID": marker}, cwd, stdin is not None
-    )
+    exec_id = await engine.exec_create(container, argv_of(cmd), {**env, "ROCK_EXEC_ID": marker}, cwd, stdin is not None)
     reader, writer = await engine.exec_start(exec_id)
     if stdin is not None:
         writer.write(stdin)

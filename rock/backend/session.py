@@ -70,9 +70,7 @@ class ShellSession:
         self.pid = 0
 
     async def open(self, env: dict[str, str], cwd: str | None) -> None:
-        exec_id = await self.engine.exec_create(
-            self.container, ["bash", "--noprofile", "--norc"], env, cwd, stdin=True
-        )
+        exec_id = await self.engine.exec_create(self.container, ["bash", "--noprofile", "--norc"], env, cwd, stdin=True)
         reader, self._writer = await self.engine.exec_start(exec_id)
         self.alive = True
         self._reader_task = asyncio.create_task(self._pump(reader))

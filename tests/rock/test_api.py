@@ -1,6 +1,6 @@
 """REST v1 behaviour of a real `rock serve`: create/list/get/delete, exec, streaming, sessions, files.
 
-    .venv/bin/pytest tests/rock/test_api.py -q
+.venv/bin/pytest tests/rock/test_api.py -q
 """
 
 from __future__ import annotations
@@ -147,8 +147,12 @@ def tar_with(name: str) -> bytes:
 
 
 def test_archive_with_escaping_member_is_refused(rock_server, sandbox):
-    r = httpx.put(f"{rock_server.url}/v1/sandboxes/{sandbox.id}/archive", params={"path": "/tmp"},
-                  content=tar_with("../escape"), headers={"Authorization": f"Bearer {rock_server.token}"})
+    r = httpx.put(
+        f"{rock_server.url}/v1/sandboxes/{sandbox.id}/archive",
+        params={"path": "/tmp"},
+        content=tar_with("../escape"),
+        headers={"Authorization": f"Bearer {rock_server.token}"},
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_path"
 
 

@@ -1,6 +1,6 @@
 """Every bad input of issue 3 gets a clear 4xx JSON error, never a 5xx.
 
-    .venv/bin/pytest tests/rock/test_bad_input.py -q
+.venv/bin/pytest tests/rock/test_bad_input.py -q
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture(scope="module")
 def http(rock_server):
-    with httpx.Client(base_url=rock_server.url, headers={"Authorization": f"Bearer {rock_server.token}"},
-                      timeout=60) as h:
+    with httpx.Client(
+        base_url=rock_server.url, headers={"Authorization": f"Bearer {rock_server.token}"}, timeout=60
+    ) as h:
         yield h
 
 
@@ -37,14 +38,26 @@ def test_unknown_image_is_404_naming_it(http):
     assert err["code"] == "image_not_found" and "nosuch/image:1" in err["message"]
 
 
-@pytest.mark.parametrize("body", [{"memory": "lots"}, {"memory": "12q"}, {"memory": -5}, {"cpus": "two"},
-                                  {"cpus": -1}, {"cpus": True}, {"pids_limit": 0}, {"network": "host"}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"memory": "lots"},
+        {"memory": "12q"},
+        {"memory": -5},
+        {"cpus": "two"},
+        {"cpus": -1},
+        {"cpus": True},
+        {"pids_limit": 0},
+        {"network": "host"},
+    ],
+)
 def test_malformed_resources_are_422(http, body):
     assert error_of(http.post("/v1/sandboxes", json=body), 422)["code"] == "validation_error"
 
 
-@pytest.mark.parametrize("body,maximum", [({"memory": "1000g"}, "8589934592"), ({"cpus": 64}, "maximum"),
-                                          ({"pids_limit": 100000}, "4096")])
+@pytest.mark.parametrize(
+    "body,maximum", [({"memory": "1000g"}, "8589934592"), ({"cpus": 64}, "maximum"), ({"pids_limit": 100000}, "4096")]
+)
 def test_over_the_maximum_is_422_saying_it(http, body, maximum):
     err = error_of(http.post("/v1/sandboxes", json=body), 422)
     assert "maximum" in err["message"] and maximum in err["message"]
@@ -53,7 +66,7 @@ def test_over_the_maximum_is_422_saying_it(http, body, maximum):
 def test_unknown_fields_are_422(http, box):
     assert "privileged" in error_of(http.post("/v1/sandboxes", json={"privileged": True}), 422)["message"]
     error_of(http.post(f"/v1/sandboxes/{box}/exec", json={"cmd": "true", "user": "root"}), 422)
-    error_of(http.post(f"/v1/sandboxes", json={"mounts": [{"source": "/tmp", "target": "/x", "mode": "rw"}]}), 422)
+    error_of(http.post("/v1/sandboxes", json={"mounts": [{"source": "/tmp", "target": "/x", "mode": "rw"}]}), 422)
 
 
 def test_mount_outside_allowed_roots_is_422(http):
@@ -62,29 +75,35 @@ def test_mount_outside_allowed_roots_is_422(http):
 
 
 def test_unknown_sandbox_is_404(http):
-    for r in (http.get("/v1/sandboxes/sb-nope"), http.delete("/v1/sandboxes/sb-nope"),
-              http.post("/v1/sandboxes/sb-nope/exec", json={"cmd": "true"}),
-              http.get("/v1/sandboxes/sb-nope/files", params={"path": "/etc/hostname"})):
+    for r in (
+        http.get("/v1/sandboxes/sb-nope"),
+        http.delete("/v1/sandboxes/sb-nope"),
+        http.post("/v1/sandboxes/sb-nope/exec", json={"cmd": "true"}),
+        http.get("/v1/sandboxes/sb-nope/files", params={"path": "/etc/hostname"}),
+    ):
         assert error_of(r, 404)["code"] == "sandbox_not_found"
 
 
 def test_unknown_snapshot_and_session_are_404(http, box):
     assert error_of(http.post("/v1/sandboxes", json={"snapshot": "snap-nope"}), 404)["code"] == "snapshot_not_found"
     assert error_of(http.post(f"/v1/sandboxes/{box}/sessions/ss-nope/run", json={"cmd": "true"}), 404)["code"] == (
-        "session_not_found")
+        "session_not_found"
+    )
 
 
 @pytest.mark.parametrize("path", ["relative/file", "/tmp/../etc/passwd", "..", "/a/.."])
 def test_relative_or_dotdot_paths_are_400(http, box, path):
     assert error_of(http.put(f"/v1/sandboxes/{box}/files", params={"path": path}, content=b"x"), 400)["code"] == (
-        "invalid_path")
+        "invalid_path"
+    )
     error_of(http.get(f"/v1/sandboxes/{box}/files", params={"path": path}), 400)
     error_of(http.post(f"/v1/sandboxes/{box}/exec", json={"cmd": "true", "cwd": path}), 400)
 
 
 def test_missing_file_is_404(http, box):
     assert error_of(http.get(f"/v1/sandboxes/{box}/files", params={"path": "/no/such"}), 404)["code"] == (
-        "file_not_found")
+        "file_not_found"
+    )
 
 
 def test_oversized_upload_is_413(http, box):

@@ -11,6 +11,7 @@ so the test checks placement and routing, not separate daemons.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 
 import pytest
@@ -25,17 +26,21 @@ def ray_cluster():
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="rockray-", dir="/tmp")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp,
-                                                            "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp, "include_dashboard": False}
+    )
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     yield cluster
     cluster.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_sandboxes_spread_over_nodes_and_calls_reach_their_host(ray_cluster, tmp_path, docker_client):
-    with RockProcess(state_dir=tmp_path / "s", extra_args=["--ray", ray_cluster.address],
-                     start_timeout=120) as rock, rock.client() as c:
+    with (
+        RockProcess(state_dir=tmp_path / "s", extra_args=["--ray", ray_cluster.address], start_timeout=120) as rock,
+        rock.client() as c,
+    ):
         boxes = [c.create_sandbox(memory="256m") for _ in range(4)]
         nodes = {b.info.node for b in boxes}
         assert len(nodes) == 2 and None not in nodes

@@ -1,6 +1,6 @@
 """Isolation by default, against the real daemon: pids and memory limits, no network, no mount.
 
-    .venv/bin/pytest tests/rock/test_isolation.py -q
+.venv/bin/pytest tests/rock/test_isolation.py -q
 """
 
 from __future__ import annotations

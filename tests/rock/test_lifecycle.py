@@ -1,6 +1,6 @@
 """Life cycle of the manager: SIGKILL and restart, orphans, --on-exit keep, ttl reaper, warm pool.
 
-    .venv/bin/pytest tests/rock/test_lifecycle.py -q
+.venv/bin/pytest tests/rock/test_lifecycle.py -q
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ def test_sigkill_and_restart_keeps_sandboxes_usable_and_removes_orphans(tmp_path
     first.kill()
     manager = (state / "manager_id").read_text().strip()
     orphan = docker_client.containers.run(
-        base_image, ["sleep", "infinity"], detach=True, network_mode="none",
+        base_image,
+        ["sleep", "infinity"],
+        detach=True,
+        network_mode="none",
         labels={"ale.rock": "1", "ale.rock.sandbox": "sb-orphan", "ale.rock.manager": manager},
     )
     with RockProcess(state_dir=state, token=first.token) as second, second.client() as c:
