@@ -114,6 +114,9 @@ class Run:
         from roll.workers.trainer import Trainer
 
         cfg = self.cfg
+        # A run's records start afresh; re-running a name overwrites its policies too (the initial model stays).
+        for name in ("metrics.jsonl", "trajectories.jsonl"):
+            (self.run_dir / name).unlink(missing_ok=True)
         t = time.monotonic()
         # Actor output (vLLM and DeepSpeed start-up chatter) goes to Ray's session logs, not the console;
         # an actor's failure still reaches the driver as the exception of the ray.get that awaited it.
@@ -166,9 +169,10 @@ class Run:
                 f"{len(traj.chunks)} chunks, agent exit {traj.agent_exit_code}, {traj.seconds:.0f}s")  # fmt: skip
 
         t0 = time.monotonic()
-        trajectories = run_attempts(
-            self.rock.client(), attempts, cfg.sandbox, cfg.agent, iflow_source_dir(), self.tracker, progress
-        )
+        with self.rock.client() as client:
+            trajectories = run_attempts(
+                client, attempts, cfg.sandbox, cfg.agent, iflow_source_dir(), self.tracker, progress
+            )
         t1 = time.monotonic()
         chunks, advantages = chunk_advantages(trajectories)
         metrics = {
