@@ -51,12 +51,3 @@ def iflow(workdir, capsys):
         return Run(code, out, err, server, info, traj)
 
     return run
-
-
-def call(name: str, **arguments) -> dict:
-    """One scripted reply holding one native tool call."""
-    return {"tool_calls": [{"name": name, "arguments": arguments}]}
-
-
-def tool_messages(request: dict) -> list[str]:
-    return [m["content"] for m in request["messages"] if m["role"] == "tool"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import time
 
+from iflow_helpers import call, tool_messages
+
 from iflow_cli.context import NOTE_MARK, SUMMARY_PROMPT
-from tests.iflow.conftest import call, tool_messages
 
 
 def test_multi_turn_session_creates_edits_and_runs(iflow, workdir):

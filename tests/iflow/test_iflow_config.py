@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from iflow_helpers import free_port
 
 from iflow_cli.cli import main
 from iflow_cli.config import ConfigError, load_settings
@@ -73,8 +74,6 @@ def test_invalid_settings_json_names_file_and_line(workdir, capsys):
 
 
 def test_unreachable_base_url_is_one_line(workdir, capsys):
-    from tests.conftest import free_port
-
     assert main(["-p", "hi", "--base-url", f"http://127.0.0.1:{free_port()}/v1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unreachable" in err and "refused" in err.lower()
@@ -104,8 +103,6 @@ def test_help_lists_settings(capsys):
     "spec, words", [("no-hash", "must look like"), ("http://127.0.0.1:9#sb1", "cannot reach ROCK")]
 )
 def test_bad_sandbox_is_one_line(workdir, capsys, spec, words):
-    from tests.conftest import free_port
-
     spec = spec.replace(":9#", f":{free_port()}#")
     assert main(["-p", "hi", "--base-url", "http://127.0.0.1:1/v1", "--sandbox", spec]) == 2
     err = capsys.readouterr().err.strip()

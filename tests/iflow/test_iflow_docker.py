@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 
 import pytest
+from iflow_helpers import call
 
 from iflow_cli.executors.local import LocalExecutor
 from iflow_cli.executors.rock import RockExecutor
 from iflow_cli.tools import Toolbox
-from tests.iflow.conftest import call
 
 ROOT = Path(__file__).resolve().parents[2]
 

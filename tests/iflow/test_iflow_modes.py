@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from iflow_helpers import call, tool_messages
+
 from iflow_cli.testing.scripted_server import ScriptedServer
-from tests.iflow.conftest import call, tool_messages
 
 ROOT = Path(__file__).resolve().parents[2]
 
