@@ -92,8 +92,8 @@ class Agent:
         self.model_seconds = self.tool_seconds = 0.0
         self.tool_results: list[dict] = []
         self.task_message: dict | None = None  # the task being worked on: never folded into a note
-        self.start = time.monotonic()
-        self.deadline = self.start + settings.timeout if settings.timeout else None
+        self.created = self.start = time.monotonic()
+        self.deadline: float | None = None
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self, task: str) -> RunResult:
@@ -102,6 +102,9 @@ class Agent:
             tools = [t["function"]["name"] for t in self.toolbox.schemas()]
             meta = {"session_id": self.session_id, "model": self.model.model, "tools": tools}
             self.record("session", {**meta, "system_prompt": self.messages[0]["content"]})
+        # The timeout and the reported seconds are per task: an interactive session runs many.
+        self.start = time.monotonic()
+        self.deadline = self.start + self.settings.timeout if self.settings.timeout else None
         self.task_message = {"role": "user", "content": task}
         self.add(self.task_message)
         while True:
@@ -313,7 +316,7 @@ class Agent:
 
     def record(self, kind: str, data: dict) -> None:
         if self.trajectory is not None:
-            self.trajectory.add({"type": kind, "t": round(time.monotonic() - self.start, 4), **data})
+            self.trajectory.add({"type": kind, "t": round(time.monotonic() - self.created, 4), **data})
 
     def flush(self) -> None:
         if self.trajectory is not None:
