@@ -26,7 +26,8 @@ class Executor(ABC):
     cwd: str  # absolute working directory; relative tool paths resolve against it
 
     @abstractmethod
-    def run(self, command: str, timeout: float) -> ExecResult: ...
+    def run(self, command: str, timeout: float, cwd: str | None = None) -> ExecResult:
+        """Run `command` under bash in `cwd` (default: the working directory)."""
 
     @abstractmethod
     def read_bytes(self, path: str) -> bytes:

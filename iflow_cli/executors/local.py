@@ -33,12 +33,12 @@ class LocalExecutor(Executor):
     def __init__(self, cwd: str | None = None):
         self.cwd = str(Path(cwd or os.getcwd()).resolve())
 
-    def run(self, command: str, timeout: float) -> ExecResult:
+    def run(self, command: str, timeout: float, cwd: str | None = None) -> ExecResult:
         start = time.monotonic()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
                 [*shell(), command],
-                cwd=self.cwd,
+                cwd=self.resolve(cwd or "."),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,

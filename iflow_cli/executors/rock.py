@@ -57,8 +57,8 @@ class RockExecutor(Executor):
         except (urllib.error.URLError, OSError) as e:
             raise RockError(f"cannot reach ROCK at {self.url}: {getattr(e, 'reason', e)}") from e
 
-    def exec(self, cmd: str | list[str], timeout: float, stdin: str | None = None) -> ExecResult:
-        body = {"cmd": cmd, "cwd": getattr(self, "cwd", None), "env": {}, "timeout": timeout, "stdin": stdin}
+    def exec(self, cmd: str | list[str], timeout: float, cwd: str | None = None) -> ExecResult:
+        body = {"cmd": cmd, "cwd": cwd or getattr(self, "cwd", None), "env": {}, "timeout": timeout}
         start = time.monotonic()
         # The HTTP timeout leaves the manager time to kill the command and answer.
         out = json.loads(self.call("POST", "/exec", json.dumps(body).encode(), timeout=timeout + 30))
@@ -70,8 +70,8 @@ class RockExecutor(Executor):
             bool(out.get("timed_out", False)),
         )
 
-    def run(self, command: str, timeout: float) -> ExecResult:
-        return self.exec(command, timeout)
+    def run(self, command: str, timeout: float, cwd: str | None = None) -> ExecResult:
+        return self.exec(command, timeout, self.resolve(cwd) if cwd else None)
 
     def file_route(self, path: str) -> str:
         return "/files?" + urllib.parse.urlencode({"path": self.resolve(path)})

@@ -38,12 +38,14 @@ I = {"type": "integer"}  # noqa: E741
 SCHEMAS = {
     "run_shell_command": schema(
         "run_shell_command",
-        "Run a bash command in the working directory (a fresh shell each time: cd does not persist). "
+        "Run a bash command in the working directory, or in `directory` (a fresh shell each time: cd does "
+        "not persist). "
         "Returns exit code, stdout and stderr; long output is cut in the middle.",
         {
             "command": S,
             "timeout": {"type": "number", "description": "seconds (default from settings)"},
             "description": S,
+            "directory": {"type": "string", "description": "where to run it, relative to the working directory"},
         },
         ["command"],
     ),
@@ -175,12 +177,12 @@ class Toolbox:
             return ToolResult(str(e), ok=False)
 
     def do_run_shell_command(
-        self, command: str, timeout: float | None = None, description: str | None = None
+        self, command: str, timeout: float | None = None, description: str | None = None, directory: str | None = None
     ) -> ToolResult:
         limit = float(timeout) if timeout and timeout > 0 else self.shell_timeout
         if self.deadline is not None:
             limit = max(0.1, min(limit, self.deadline - time.monotonic()))
-        res = self.executor.run(command, limit)
+        res = self.executor.run(command, limit, directory)
         status = (
             f"Timed out after {limit:g}s (process group killed)" if res.timed_out else f"Exit code: {res.exit_code}"
         )

@@ -80,3 +80,9 @@ def test_auto_edit_allows_edits_not_shell_in_batch(tmp_path):
     box = Toolbox(LocalExecutor(str(tmp_path)), "autoEdit")
     assert box.call("write_file", {"path": "f", "content": "1"}).ok
     assert "refused" in box.call("run_shell_command", {"command": "true"}).output
+
+
+def test_shell_directory_argument(box, tmp_path):
+    assert box.call("run_shell_command", {"command": "ls", "directory": "src"}).output.endswith("a.py\nb.txt\n")
+    res = box.call("run_shell_command", {"command": "true", "directory": "missing"})
+    assert not res.ok and "missing" in res.output
