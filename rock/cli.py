@@ -25,7 +25,7 @@ import httpx
 
 from rock import errors
 from rock.config import Limits, ServerConfig, default_state_dir
-from rock.models import DEFAULT_IMAGE
+from rock.models import DEFAULT_IMAGE, parse_memory
 
 
 def _kv(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -36,6 +36,13 @@ def _kv(items: list[str] | None, flag: str) -> dict[str, str]:
         k, v = item.split("=", 1)
         out[k] = v
     return out
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_memory(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # ---- serve ------------------------------------------------------------------------------------
@@ -61,7 +68,7 @@ def cmd_serve(args) -> int:
     from rock.server import create_app
 
     state_dir = Path(args.state_dir).expanduser()
-    limits = Limits(max_cpus=args.max_cpus) if args.max_cpus else Limits()
+    limits = Limits(**{k: v for k, v in (("max_cpus", args.max_cpus), ("max_upload_bytes", args.max_upload)) if v})
     for d in args.allow_mount or []:
         if not Path(d).is_dir():
             raise SystemExit(f"error: --allow-mount {d}: not a directory")
@@ -274,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--reap-interval", type=float, default=5.0, metavar="S", help="how often expired sandboxes are removed"
     )
     s.add_argument("--max-cpus", type=float, help="largest cpus a sandbox may ask for (default: host cores)")
+    s.add_argument(
+        "--max-upload", type=_size, metavar="SIZE", help="largest file or tar upload, e.g. 64m (default 256m)"
+    )
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=cmd_serve)
 

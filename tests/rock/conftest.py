@@ -12,13 +12,16 @@ import pytest
 
 from rock.launch import RockProcess
 
+UPLOAD_LIMIT = 8 << 20
+
 
 @pytest.fixture(scope="module")
 def rock_server(docker_client, tmp_path_factory):
     allowed = tmp_path_factory.mktemp("allowed")
     (allowed / "hello.txt").write_text("from the host\n")
-    with RockProcess(allow_mounts=[allowed]) as rock:
-        rock.allowed_dir = allowed
+    # A small upload limit keeps the 413 test from shipping hundreds of megabytes.
+    with RockProcess(allow_mounts=[allowed], extra_args=["--max-upload", f"{UPLOAD_LIMIT}"]) as rock:
+        rock.allowed_dir, rock.upload_limit = allowed, UPLOAD_LIMIT
         yield rock
 
 

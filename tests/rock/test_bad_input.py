@@ -106,10 +106,16 @@ def test_missing_file_is_404(http, box):
     )
 
 
-def test_oversized_upload_is_413(http, box):
-    big = b"\0" * ((256 << 20) + 1)
+def test_oversized_upload_is_413(http, box, rock_server):
+    big = b"\0" * (rock_server.upload_limit + 1)
     err = error_of(http.put(f"/v1/sandboxes/{box}/files", params={"path": "/tmp/big"}, content=big), 413)
     assert err["code"] == "payload_too_large"
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(rock_server.upload_limit // (1 << 20) + 1):
+            yield b"\0" * (1 << 20)
+
+    error_of(http.put(f"/v1/sandboxes/{box}/archive", params={"path": "/tmp"}, content=chunks()), 413)
 
 
 def test_wrong_or_missing_token_is_401(rock_server):
