@@ -195,11 +195,25 @@ def parse_completion(body: dict) -> Completion:
         {
             "id": c.get("id") or f"call_{i}",
             "name": c["function"].get("name", ""),
-            "arguments": c["function"].get("arguments") or "",
+            "arguments": as_text(c["function"].get("arguments")),
         }
         for i, c in enumerate(msg.get("tool_calls") or [])
     ]
-    return Completion(msg.get("content") or "", calls, choice.get("finish_reason"), body.get("usage") or {})
+    return Completion(content_text(msg.get("content")), calls, choice.get("finish_reason"), body.get("usage") or {})
+
+
+def as_text(arguments) -> str:
+    """Arguments are a JSON string by the spec; some servers send the object itself."""
+    if arguments is None:
+        return ""
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+def content_text(content) -> str:
+    """Content is a string by the spec; some servers send a list of typed parts."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""
 
 
 def sse_events(resp) -> Iterator[dict]:
@@ -240,4 +254,4 @@ def merge_tool_delta(calls: dict[int, dict], tc: dict) -> None:
     slot["id"] = tc.get("id") or slot["id"] or f"call_{len(calls) - 1}"
     fn = tc.get("function") or {}
     slot["name"] += fn.get("name") or ""
-    slot["arguments"] += fn.get("arguments") or ""
+    slot["arguments"] += as_text(fn.get("arguments"))

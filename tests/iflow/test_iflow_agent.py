@@ -193,3 +193,29 @@ def test_session_timeout_caps_a_long_command(iflow):
     start = time.monotonic()
     run = iflow([call("run_shell_command", command="sleep 20"), "never reached"], "--yolo", "--timeout", "1.5")
     assert run.info["termination_reason"] == "timeout" and time.monotonic() - start < 6
+
+
+def test_lenient_with_object_arguments_and_content_parts(iflow, workdir):
+    # Off-spec but seen in the wild: arguments as an object, content as a list of parts.
+    reply = {
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": [{"type": "text", "text": "ok"}],
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "write_file", "arguments": {"path": "o.txt", "content": "obj"}},
+                        }
+                    ],
+                },
+            }
+        ]
+    }
+    run = iflow([{"status": 200, "body": reply}, "done"], "--yolo")
+    assert run.code == 0 and (workdir / "o.txt").read_text() == "obj"
+    assert run.server.requests[1]["messages"][2]["content"] == "ok"
