@@ -124,6 +124,8 @@ class Run:
         ctx = ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False,
                        configure_logging=False)  # fmt: skip
         self.ray_started = True
+        # ray.init installs a native SIGTERM handler that aborts the process; put ours back on top.
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         log(f"ray started; worker logs in {ctx.address_info.get('session_dir', '?')}/logs")
         env = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(cfg.inference.kvcache_gb),
                "OMP_NUM_THREADS": str(os.cpu_count() or 1), "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip

@@ -50,7 +50,8 @@ def test_one_iteration_records_chunks_trains_and_cleans_up(tmp_path, docker_clie
     assert containers_of_run(docker_client, run_dir) == []
 
 
-def test_sigint_during_rollout_removes_every_sandbox(tmp_path, docker_client):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_interrupt_during_rollout_removes_every_sandbox(tmp_path, docker_client, sig):
     # The HF engine starts in seconds; the cleanup path under test is the same as with vLLM.
     argv = run_argv(tmp_path, "train.iterations=1", "inference.engine=hf", "agent.max_turns=3")
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -63,7 +64,7 @@ def test_sigint_during_rollout_removes_every_sandbox(tmp_path, docker_client):
         while not containers_of_run(docker_client, run_dir):
             assert time.monotonic() < deadline and proc.poll() is None, "no sandbox appeared"
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
