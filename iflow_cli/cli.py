@@ -10,13 +10,13 @@ import argparse
 import json
 import signal
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from iflow_cli.agent import Agent, RunResult, Trajectory
 from iflow_cli.config import ConfigError, Settings, coerce, describe_keys, load_settings
 from iflow_cli.context import load_memory
 from iflow_cli.executors import Executor, get_executor
-from iflow_cli.executors.rock import RockError
 from iflow_cli.models import ModelError, OpenAIModel, get_model
 from iflow_cli.prompts import system_prompt
 from iflow_cli.tools import Toolbox
@@ -112,7 +112,7 @@ def build_agent(settings: Settings, args, executor: Executor, model: OpenAIModel
         approve,
     )
     where = f"ROCK sandbox {settings.sandbox}" if settings.sandbox else "local machine"
-    memory = load_memory(Path(executor.cwd)) if not settings.sandbox else load_memory(Path.cwd())
+    memory = load_memory(Path.cwd() if settings.sandbox else Path(executor.cwd))
     text_schemas = toolbox.schemas() if settings.tool_call_mode == "text" else None
     prompt = system_prompt(executor.cwd, where, memory, text_schemas)
     trajectory = Trajectory(args.trajectory) if args.trajectory else None
@@ -122,21 +122,10 @@ def build_agent(settings: Settings, args, executor: Executor, model: OpenAIModel
 def info(result: RunResult | None, model: OpenAIModel | None, error: str = "", reason: str = "") -> dict:
     """Execution info for -o: what a script or the trainer needs to judge the run."""
     base = {"model": model.model if model else "", "base_url": model.base_url if model else ""}
-    if result is None:
-        return {
-            **base,
-            "session_id": "",
-            "termination_reason": reason,
-            "finished": False,
-            "rounds": 0,
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-            "seconds": 0.0,
-            "answer": "",
-            "error": error,
-            "tool_results": [],
-        }
-    data = {**base, **result.__dict__, "finished": result.finished}
-    return data
+    if result is None:  # the session never started
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        result = RunResult("", "", reason, 0, usage, 0.0, 0.0, 0.0, [], error)
+    return {**base, **asdict(result), "finished": result.finished}
 
 
 def write_info(path: str | None, data: dict) -> None:
@@ -145,7 +134,7 @@ def write_info(path: str | None, data: dict) -> None:
 
 
 def setup(args) -> tuple[Settings, Executor, OpenAIModel]:
-    """Settings, executor and a probed model; raises ConfigError, RockError or ModelError."""
+    """Settings, executor and a probed model; raises ConfigError, OSError (ROCK, --cwd) or ModelError."""
     settings = load_settings(flag_settings(args))
     executor = get_executor(settings.sandbox, args.cwd)
     model = get_model(settings, log=err)
@@ -162,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     model = None
     try:
         settings, executor, model = setup(args)
-    except (ConfigError, RockError) as e:
+    except (ConfigError, OSError) as e:  # RockError is an OSError too
         err(f"iflow: {e}")
         write_info(args.output, info(None, model, str(e), "config_error"))
         return 2

@@ -32,6 +32,8 @@ def kill_group(proc: subprocess.Popen) -> None:
 class LocalExecutor(Executor):
     def __init__(self, cwd: str | None = None):
         self.cwd = str(Path(cwd or os.getcwd()).resolve())
+        if not os.path.isdir(self.cwd):
+            raise NotADirectoryError(f"working directory {self.cwd} does not exist")
 
     def run(self, command: str, timeout: float, cwd: str | None = None) -> ExecResult:
         start = time.monotonic()

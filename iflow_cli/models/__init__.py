@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from iflow_cli.config import Settings
+from iflow_cli.config import ConfigError, Settings
 from iflow_cli.models.openai_api import Completion, ModelError, OpenAIModel
 
 __all__ = ["Completion", "ModelError", "OpenAIModel", "get_model"]
@@ -19,7 +19,11 @@ def get_model(settings: Settings, log: Callable[[str], None]) -> OpenAIModel:
         # Imported lazily: only this provider needs the server code.
         from iflow_cli.testing.scripted_server import ScriptedServer, load_script
 
-        server = ScriptedServer(load_script(settings.script_file)).start()
+        try:
+            script = load_script(settings.script_file)
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"scriptFile {settings.script_file}: {e}") from e
+        server = ScriptedServer(script).start()
         base_url = server.url
     return OpenAIModel(
         base_url,

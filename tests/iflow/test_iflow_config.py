@@ -117,3 +117,17 @@ def test_console_script_help():
     script = Path(sys.executable).parent / "iflow"
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60, cwd="/")
     assert proc.returncode == 0 and "usage: iflow" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--cwd", "/nonexistent/dir"], "working directory /nonexistent/dir does not exist"),
+        (["--set", "modelProvider=scripted", "--set", "scriptFile=missing.json"], "scriptFile missing.json"),
+        (["--max-turns", "0"], "key 'maxSessionTurns' must be > 0"),
+    ],
+)
+def test_bad_setup_is_one_line(workdir, capsys, flags, words):
+    assert main(["-p", "hi", "--base-url", "http://127.0.0.1:1/v1", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err
