@@ -126,11 +126,14 @@ def test_mount_under_allowed_root_is_read_only(client, rock_server):
         assert sb.exec("touch /host/x").exit_code != 0
 
 
-def test_metrics_count_creates_and_execs(rock_server, sandbox):
+def test_metrics_count_creates_execs_and_errors(rock_server, client, sandbox):
     sandbox.exec("true")
+    with pytest.raises(errors.ImageNotFound):
+        client.create_sandbox(image="nosuch/image:2")
     text = httpx.get(f"{rock_server.url}/metrics", headers={"Authorization": f"Bearer {rock_server.token}"}).text
     assert 'rock_create_seconds_count{kind="cold"}' in text
     assert 'rock_exec_total{mode="oneshot"}' in text and "rock_active_sandboxes" in text
+    assert 'rock_errors_total{code="image_not_found"}' in text
 
 
 def test_trajectory_of_a_plain_sandbox_is_empty(sandbox):

@@ -68,3 +68,25 @@ def test_bad_input_is_one_line(rock):
     ):
         p = rock(*args, check=False)
         assert p.returncode != 0 and p.stderr.startswith("error:") and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_serve_without_a_token_generates_one_for_local_clients(tmp_path, docker_client):
+    from rock.launch import free_port
+
+    port, state = free_port(), tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if k not in ("ROCK_API_TOKEN", "ROCK_URL")}
+    env["ROCK_STATE_DIR"] = str(state)
+    server = subprocess.Popen([sys.executable, "-m", "rock", "serve", "--port", str(port)], env=env,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert "generated API token" in server.stderr.readline()
+        token = (state / "token").read_text().strip()
+        assert len(token) > 20 and oct((state / "token").stat().st_mode)[-3:] == "600"
+        for _ in range(100):
+            p = subprocess.run([sys.executable, "-m", "rock", "sandbox", "ls"], env=env, capture_output=True, text=True)
+            if p.returncode == 0 or "cannot reach" not in p.stderr:
+                break
+        assert p.returncode == 0 and p.stdout.startswith("ID"), p.stderr
+    finally:
+        server.terminate()
+        server.wait(30)

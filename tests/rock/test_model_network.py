@@ -50,3 +50,19 @@ def test_model_network_without_an_upstream_is_422(rock_server, client):
         client.create_sandbox(network="model")
     with pytest.raises(errors.ValidationFailed, match="not-a-url"):
         client.create_sandbox(network="model", model_upstream="not-a-url")
+
+
+@pytest.mark.slow
+def test_model_sandbox_survives_a_manager_sigkill(tmp_path):
+    with ScriptedServer(["before", "after"]) as up:
+        state = tmp_path / "s"
+        first = RockProcess(state_dir=state, model_upstream=up.url).start()
+        with first.client() as c:
+            sb = c.create_sandbox(network="model")
+            assert sb.exec(["python3", "-c", CALL], timeout=60).stdout == "before\n"
+        first.kill()
+        with RockProcess(state_dir=state, model_upstream=up.url, token=first.token) as second, second.client() as c:
+            again = c.sandbox(sb.id)
+            r = again.exec(["python3", "-c", CALL], timeout=60)
+            assert (r.exit_code, r.stdout) == (0, "after\n"), r.stderr
+            assert len(again.trajectory()) == 2
