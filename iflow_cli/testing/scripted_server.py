@@ -405,7 +405,10 @@ def load_script(path: str) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python3 -m iflow_cli.testing.scripted_server", description=__doc__.split("\n\n")[1]
+        prog="python3 -m iflow_cli.testing.scripted_server",
+        description=__doc__.split("\n\n")[1],
+        epilog="\n\n".join(__doc__.split("\n\n")[2:4]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--script", required=True, help="JSON file: a list of responses (see module doc)")
     ap.add_argument("--port", type=int, default=0, help="TCP port (0 = a free one; the URL is printed)")
