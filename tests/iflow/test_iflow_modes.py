@@ -131,7 +131,7 @@ def test_sigterm_ends_the_run_kills_tools_and_writes_info(tmp_path):
     import signal
     import time
 
-    cmd = "(sleep 4; touch survived) & sleep 60"
+    cmd = "touch started; (sleep 4; touch survived) & sleep 60"
     with ScriptedServer([call("run_shell_command", command=cmd)]) as s:
         proc = subprocess.Popen(
             [sys.executable, "-m", "iflow_cli", "-p", "wait", "--yolo", "-o", "info.json"],
@@ -142,9 +142,9 @@ def test_sigterm_ends_the_run_kills_tools_and_writes_info(tmp_path):
             text=True,
         )
         deadline = time.monotonic() + 20
-        while len(s.requests) < 1 and time.monotonic() < deadline:
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)  # the command is running now
+        assert (tmp_path / "started").exists(), "the command never started"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 1
     assert json.loads((tmp_path / "info.json").read_text())["termination_reason"] == "interrupted"
