@@ -17,8 +17,11 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -62,6 +65,28 @@ def _serve_token(args, state_dir: Path) -> str:
     return token
 
 
+def _watch_parent(pid: int) -> None:
+    """SIGTERM ourselves (a clean shutdown, honouring --on-exit) once process `pid` is gone.
+
+    RockProcess starts the server in its own session so that a Ctrl-C of the driver does not
+    kill it before the driver's cleanup; this makes sure a driver that dies hard still takes
+    the server and its sandboxes with it.
+    """
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:
+                pass  # alive, owned by another user
+
+    threading.Thread(target=watch, name="rock-parent-watch", daemon=True).start()
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -87,6 +112,8 @@ def cmd_serve(args) -> int:
         ray_address=args.ray,
     )
     (state_dir / "url").write_text(f"http://{args.host}:{args.port}")
+    if args.exit_with:
+        _watch_parent(args.exit_with)
     uvicorn.run(
         create_app(config), host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5
     )
@@ -284,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--max-upload", type=_size, metavar="SIZE", help="largest file or tar upload, e.g. 64m (default 256m)"
     )
+    s.add_argument("--exit-with", type=int, metavar="PID", help="shut down cleanly once process PID has exited")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=cmd_serve)
 

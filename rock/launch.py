@@ -66,6 +66,8 @@ class RockProcess:
             on_exit,
             "--warm-pool",
             str(warm_pool),
+            "--exit-with",
+            str(os.getpid()),
         ]
         if model_upstream:
             self.argv += ["--model-upstream", model_upstream]

@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -91,3 +94,35 @@ def test_warm_pool_serves_matching_creates(tmp_path, docker_client):
         hc = docker_client.containers.get(warm.info.container_id).attrs["HostConfig"]
         assert hc["Memory"] == 256 << 20 and hc["NetworkMode"] == "none"
     assert ours(docker_client, tmp_path / "s") == []  # the pool is drained on exit
+
+
+@pytest.mark.slow
+def test_server_of_a_dead_driver_removes_its_sandboxes(tmp_path, docker_client):
+    state = tmp_path / "state"
+    driver = (
+        "import sys, time\n"
+        "from rock.launch import RockProcess\n"
+        f"rock = RockProcess(state_dir={str(state)!r}).start()\n"
+        "rock.client().create_sandbox()\n"
+        "print(rock.proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True)
+    server_pid = int(proc.stdout.readline())
+    assert len(ours(docker_client, state)) == 1
+    proc.kill()  # the driver dies without any cleanup
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (ours(docker_client, state) or running(server_pid)):
+        time.sleep(0.2)
+    assert ours(docker_client, state) == []
+    assert not running(server_pid)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (the orphaned server is reaped by whoever adopted it, maybe late)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
