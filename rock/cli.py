@@ -65,6 +65,15 @@ def _serve_token(args, state_dir: Path) -> str:
     return token
 
 
+def _check_docker() -> None:
+    import docker
+
+    try:
+        docker.from_env(timeout=10).ping()
+    except Exception as e:
+        raise SystemExit(f"error: no Docker engine answers ({e}); start one with `make docker`") from None
+
+
 def _watch_parent(pid: int) -> None:
     """SIGTERM ourselves (a clean shutdown, honouring --on-exit) once process `pid` is gone.
 
@@ -111,6 +120,8 @@ def cmd_serve(args) -> int:
         limits=limits,
         ray_address=args.ray,
     )
+    _check_docker()
+    state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "url").write_text(f"http://{args.host}:{args.port}")
     if args.exit_with:
         _watch_parent(args.exit_with)
