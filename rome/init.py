@@ -2,16 +2,14 @@
 
 Trains the tokenizer on the corpus (by default the built-in agentic corpus), random-initialises
 the weights from a seed, and saves a Hugging Face model dir (safetensors, config.json, tokenizer with
-chat template, generation_config.json). The dir is written under a temporary name and renamed into
-place, so a crash never leaves a half-written model that later loads as garbage.
+chat template, generation_config.json), atomically (rome.checkpoint.write_model_dir).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
+from rome.checkpoint import write_model_dir
 from rome.configs import load_config
 from rome.errors import RomeError
 
@@ -49,20 +47,4 @@ def init_model(out_dir: str | Path, config: str = "tiny", corpus: list[str | Pat
     generation = GenerationConfig(
         eos_token_id=[ids["eos_token_id"], ids["pad_token_id"]], pad_token_id=ids["pad_token_id"], do_sample=True
     )
-    out = Path(out_dir).resolve()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    generation.save_pretrained(tmp)
-    _swap_into_place(tmp, out)
-    return out
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    # rename() cannot replace a non-empty dir: move the old one aside first, drop it after.
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    return write_model_dir(out_dir, model, tokenizer=tokenizer, generation_config=generation)

@@ -13,7 +13,7 @@ import pytest
 from rome.tokenizer.corpus import TOOLS
 
 # The one exchange the overfit model learns: with these tools and this request it calls write_file.
-TOOL_SPECS = [{"type": "function", "function": t} for t in TOOLS]
+TOOL_SPECS = [{"type": "function", "function": t} for t in TOOLS if t["name"] in ("write_file", "read_file")]
 TOOL_PROMPT = [
     {"role": "system", "content": "You are a terminal agent."},
     {"role": "user", "content": "Create hello.txt containing hi."},
@@ -21,7 +21,7 @@ TOOL_PROMPT = [
 TOOL_CALL = {"name": "write_file", "arguments": {"path": "hello.txt", "content": "hi"}}
 
 
-def overfit_tool_call(src: Path, dst: Path, steps: int = 60) -> float:
+def overfit_tool_call(src: Path, dst: Path, steps: int = 50) -> float:
     """Train src's weights on TOOL_PROMPT -> TOOL_CALL until it reproduces it; save to dst. Returns the loss."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -37,15 +37,22 @@ def overfit_tool_call(src: Path, dst: Path, steps: int = 60) -> float:
     labels[0, : len(p_ids)] = -100  # learn the reply only
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     for _ in range(steps):
         loss = model(input_ids=ids, labels=labels).loss
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     shutil.copytree(src, dst)
     model.save_pretrained(dst, safe_serialization=True)
     return loss.item()
+
+
+@pytest.fixture(scope="session")
+def tool_case() -> dict:
+    """The exchange toolcall_dir was overfit on: prompt messages, tool specs, the expected call."""
+    return {"messages": TOOL_PROMPT, "tools": TOOL_SPECS, "call": TOOL_CALL}
 
 
 @pytest.fixture(scope="session")
