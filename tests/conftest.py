@@ -36,6 +36,9 @@ def docker_client():
 
 
 def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return  # importing torch costs ~10 s; only pay it when a gpu test was collected
     try:
         import torch
 
@@ -45,6 +48,5 @@ def pytest_collection_modifyitems(config, items):
     if has_gpu:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    for item in gpu_items:
+        item.add_marker(skip)
