@@ -124,7 +124,12 @@ async def exec_collect(engine: Engine, container: str, cmd, env, cwd, stdin, tim
             result = data
         else:
             (out if kind == "stdout" else err).add(data)
-    return {**result, "stdout": out.text(), "stderr": err.text(), "truncated": out.truncated or err.truncated}
+    stdout, stderr = out.text(), err.text()
+    if result.get("exit_code") in (126, 127) and stdout.startswith("OCI runtime exec failed") and not stderr:
+        # The daemon reports a command that could not start (missing binary, bad cwd) on the
+        # stdout stream; it is an error message, and an agent reading stdout must not take it for output.
+        stdout, stderr = "", stdout.strip() + "\n"
+    return {**result, "stdout": stdout, "stderr": stderr, "truncated": out.truncated or err.truncated}
 
 
 class Utf8Stream:

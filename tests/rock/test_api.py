@@ -169,3 +169,8 @@ def test_stream_client_disconnect_stops_the_command(sandbox):
         time.sleep(0.1)
     else:
         pytest.fail("the command outlived its streaming client")
+
+
+def test_command_that_cannot_start_reports_on_stderr(sandbox):
+    for r in (sandbox.exec(["no-such-binary"]), sandbox.exec("true", cwd="/no/such/dir")):
+        assert r.exit_code in (126, 127) and r.stdout == "" and "OCI runtime exec failed" in r.stderr
