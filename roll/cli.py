@@ -9,16 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from roll.config import ConfigError, load_config
+from roll.config import load_config
+from roll.errors import RollError
 
 OVERRIDES_HELP = "dotted overrides applied after the file, e.g. train.iterations=1 agent.max_tokens=32"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     # Errors the user can fix; anything else is a bug and keeps its traceback.
-    from roll.driver import PreflightError
-
-    errors: list[type[BaseException]] = [ConfigError, PreflightError, ValueError, FileNotFoundError]
+    errors: list[type[BaseException]] = [RollError, ValueError, FileNotFoundError]
     for module, name in (("rock.errors", "RockError"), ("rome.errors", "RomeError")):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
@@ -76,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        return 130  # a run reports and cleans up itself; this is Ctrl-C before or after one
     except _user_errors() as e:
         print(f"roll: error: {e}", file=sys.stderr)
         return 2

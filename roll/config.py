@@ -13,9 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-
-class ConfigError(Exception):
-    """A config that cannot be used; the message is one line meant for the user."""
+from roll.errors import ConfigError
 
 
 class _Strict(BaseModel):

@@ -20,6 +20,7 @@ import torch
 
 from roll.algo import group_advantages
 from roll.config import RunConfig
+from roll.errors import PreflightError
 from roll.rollout import Attempt, SandboxTracker, Trajectory, run_attempts
 from roll.tasks import make_tasks
 
@@ -50,10 +51,6 @@ def ensure_model(cfg: RunConfig) -> Path:
     return model_dir
 
 
-class PreflightError(Exception):
-    """Something the run needs is missing; the message says how to provide it."""
-
-
 def preflight(cfg: RunConfig) -> None:
     """Fail in a second, before minutes of model loading, when Docker or the sandbox image is missing."""
     import docker
@@ -69,6 +66,23 @@ def preflight(cfg: RunConfig) -> None:
         raise PreflightError(f"sandbox image {cfg.sandbox.image} is missing; build it with `make images`") from e
     finally:
         client.close()
+
+
+def _start_ray(attempts: int = 3):
+    """ray.init of a fresh local cluster, retried: Ray gives its raylet a fixed 30 s to register, which a
+    loaded 2-core machine sometimes misses ("The current node timed out during startup")."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            # address="local": always a cluster of our own, never one a `ray start` left running here.
+            return ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+                            configure_logging=False)  # fmt: skip
+        except Exception as e:
+            if "timed out during startup" not in str(e) or attempt == attempts:
+                raise
+            log(f"ray start-up timed out (attempt {attempt}/{attempts}); retrying")
+            ray.shutdown()
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -103,6 +117,7 @@ class Run:
         self.run_dir = cfg.run_dir.resolve()
         self.tracker = SandboxTracker()
         self.rock = None
+        self.client = None
         self.inference = None
         self.trainer = None
         self.ray_started = False
@@ -120,9 +135,7 @@ class Run:
         t = time.monotonic()
         # Actor output (vLLM and DeepSpeed start-up chatter) goes to Ray's session logs, not the console;
         # an actor's failure still reaches the driver as the exception of the ray.get that awaited it.
-        # address="local": always a fresh cluster of our own, never one a `ray start` left running here.
-        ctx = ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-                       configure_logging=False)  # fmt: skip
+        ctx = _start_ray()
         self.ray_started = True
         # ray.init installs a native SIGTERM handler that aborts the process; put ours back on top.
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -155,6 +168,7 @@ class Run:
             on_exit="remove",
         )  # fmt: skip
         self.rock.__enter__()
+        self.client = self.rock.client()  # one for the run: `close` still needs it to delete sandboxes
         log(f"rock server at {self.rock.url}")
 
     def iteration(self, it: int, tasks, rng: random.Random) -> dict:
@@ -171,10 +185,9 @@ class Run:
                 f"{len(traj.chunks)} chunks, agent exit {traj.agent_exit_code}, {traj.seconds:.0f}s")  # fmt: skip
 
         t0 = time.monotonic()
-        with self.rock.client() as client:
-            trajectories = run_attempts(
-                client, attempts, cfg.sandbox, cfg.agent, iflow_source_dir(), self.tracker, progress
-            )
+        trajectories = run_attempts(
+            self.client, attempts, cfg.sandbox, cfg.agent, iflow_source_dir(), self.tracker, progress
+        )
         t1 = time.monotonic()
         chunks, advantages = chunk_advantages(trajectories)
         metrics = {
@@ -213,6 +226,8 @@ class Run:
         left = self.tracker.delete_all()
         if left:
             log(f"could not delete sandboxes {left}; the rock server removes them on exit")
+        if self.client is not None:
+            self.client.close()
         if self.rock is not None:
             try:
                 self.rock.stop()
@@ -223,7 +238,7 @@ class Run:
 
             if self.inference is not None:
                 try:
-                    ray.get(self.inference.stop.remote(), timeout=30)
+                    ray.get(self.inference.stop.remote(), timeout=10)
                 except Exception:
                     pass  # the actor is killed next anyway
             for actor in (self.inference, self.trainer):
