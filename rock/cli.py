@@ -102,7 +102,9 @@ def cmd_serve(args) -> int:
     from rock.server import create_app
 
     state_dir = Path(args.state_dir).expanduser()
-    limits = Limits(**{k: v for k, v in (("max_cpus", args.max_cpus), ("max_upload_bytes", args.max_upload)) if v})
+    given = {"max_cpus": args.max_cpus, "max_memory": args.max_memory, "max_pids_limit": args.max_pids,
+             "max_upload_bytes": args.max_upload}  # fmt: skip
+    limits = Limits(**{k: v for k, v in given.items() if v})
     for d in args.allow_mount or []:
         if not Path(d).is_dir():
             raise SystemExit(f"error: --allow-mount {d}: not a directory")
@@ -119,6 +121,7 @@ def cmd_serve(args) -> int:
         reap_interval_s=args.reap_interval,
         limits=limits,
         ray_address=args.ray,
+        db=Path(args.db).expanduser() if args.db else None,
     )
     _check_docker()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -319,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--reap-interval", type=float, default=5.0, metavar="S", help="how often expired sandboxes are removed"
     )
     s.add_argument("--max-cpus", type=float, help="largest cpus a sandbox may ask for (default: host cores)")
+    s.add_argument("--max-memory", type=_size, metavar="SIZE", help="largest memory a sandbox may ask for (default 8g)")
+    s.add_argument("--max-pids", type=int, metavar="N", help="largest pids_limit a sandbox may ask for (default 4096)")
+    s.add_argument("--db", metavar="PATH", help="SQLite file of the records (default: STATE_DIR/rock.db)")
     s.add_argument(
         "--max-upload", type=_size, metavar="SIZE", help="largest file or tar upload, e.g. 64m (default 256m)"
     )

@@ -39,6 +39,7 @@ class ServerConfig(BaseModel):
     token: str
     model_upstream: str | None = None
     state_dir: Path = Field(default_factory=default_state_dir)
+    db: Path | None = Field(default=None, description="SQLite records; default <state_dir>/rock.db")
     allow_mounts: list[Path] = Field(default_factory=list)
     on_exit: Literal["remove", "keep"] = "remove"
     warm_pool: int = Field(default=0, ge=0, description="containers kept started per pooled spec; 0 disables")

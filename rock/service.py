@@ -81,7 +81,7 @@ class SandboxService:
     def __init__(self, config: ServerConfig):
         self.config, self.limits = config, config.limits
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(config.state_dir / "rock.db")
+        self.store = Store(config.db or config.state_dir / "rock.db")
         self.backend = _backend(config)
         self.metrics = Metrics()
         self.pool = WarmPool(config.warm_pool, self._spawn_pooled, self.backend.remove)
@@ -168,6 +168,8 @@ class SandboxService:
             ("ttl_seconds", req.ttl_seconds, lim.max_ttl_seconds),
         ):
             if value is not None and value > top:
+                if name == "memory":
+                    value, top = f"{value} ({value / (1 << 30):.2f} GiB)", f"{top} ({top / (1 << 30):.2f} GiB)"
                 raise errors.ValidationFailed(f"{name} {value} is over the maximum {top}")
         if req.model_upstream and req.network != "model":
             raise errors.ValidationFailed('model_upstream needs "network": "model"')
