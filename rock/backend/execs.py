@@ -45,13 +45,17 @@ def _background(coro) -> None:
 
 
 async def _exit_code(engine: Engine, exec_id: str) -> int | None:
-    # The attach stream can close a moment before the daemon records the exit.
-    for _ in range(200):
+    # The attach stream can close a moment before the daemon records the exit; a busy daemon can
+    # take seconds. None only if it never does (the result then says so instead of guessing).
+    delay, deadline = 0.002, time.monotonic() + 10
+    while True:
         info = await engine.exec_inspect(exec_id)
         if not info.get("Running"):
             return info.get("ExitCode")
-        await asyncio.sleep(0.005)
-    return None
+        if time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 async def exec_events(
