@@ -56,9 +56,13 @@ def test_interrupt_during_rollout_removes_every_sandbox(tmp_path, docker_client,
     argv = run_argv(tmp_path, "train.iterations=1", "inference.engine=hf", "agent.max_turns=3")
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        seen = []
         for line in proc.stdout:
+            seen.append(line)
             if "rollout of" in line:
                 break
+        else:
+            pytest.fail("roll train ended before its rollout:\n" + "".join(seen[-40:]))
         run_dir = tmp_path / "e2e"
         deadline = time.monotonic() + 120
         while not containers_of_run(docker_client, run_dir):

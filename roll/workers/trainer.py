@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ def _free_port() -> int:
 
 
 def _single_process_dist_env() -> None:
-    # deepspeed.init_distributed reads the torch.distributed env contract even for one process.
+    # DeepSpeed reads the torch.distributed env contract (RANK, WORLD_SIZE, ...) even for one process.
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
@@ -59,6 +60,11 @@ class Trainer:
         self.clip_low, self.clip_high = clip_low, clip_high
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.pad_id = model.config.pad_token_id or 0
+        if not torch.distributed.is_initialized():
+            # A file rendezvous, not MASTER_PORT: a port picked free can be taken by another process before
+            # the TCP store binds it (seen on a busy machine). DeepSpeed adopts the existing process group.
+            store = Path(tempfile.mkdtemp(prefix="roll-dist-")) / "store"
+            torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
         deepspeed.init_distributed(dist_backend="gloo")
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,
