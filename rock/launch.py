@@ -84,17 +84,23 @@ class RockProcess:
         self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
         deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"rock serve exited with {self.proc.returncode}; see {self.state_dir}/serve.log")
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"rock serve did not answer /healthz within {self.start_timeout}s")
+        why = f"exited with {self.proc.returncode}" if self.proc.poll() is not None else "did not answer /healthz"
+        tail = self._log_tail()
+        self.stop()  # also removes a state dir of our own, so the log is quoted here
+        raise RuntimeError(f"rock serve {why} within {self.start_timeout}s; its log ends:\n{tail}")
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join((self.state_dir / "serve.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
 
     def client(self) -> Client:
         return Client(self.url, self.token)

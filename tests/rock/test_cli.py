@@ -90,3 +90,10 @@ def test_serve_without_a_token_generates_one_for_local_clients(tmp_path, docker_
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_rock_process_quotes_the_server_error_when_it_cannot_start():
+    from rock.launch import RockProcess
+
+    with pytest.raises(RuntimeError, match="--max-memory: memory 'lots' is not a size"):
+        RockProcess(extra_args=["--max-memory", "lots"]).start()
