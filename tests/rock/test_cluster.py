@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 
-from rock.launch import RockProcess
+from rock.launch import RockProcess, free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -26,9 +26,9 @@ def ray_cluster():
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="rockray-", dir="/tmp")
-    cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp, "include_dashboard": False}
-    )
+    # A free GCS port: the default 6379 may belong to another Ray instance on this machine.
+    head = {"num_cpus": 1, "temp_dir": temp, "include_dashboard": False, "gcs_server_port": free_port()}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     yield cluster
