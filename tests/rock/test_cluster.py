@@ -11,8 +11,10 @@ so the test checks placement and routing, not separate daemons.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
 
 import pytest
 
@@ -33,7 +35,11 @@ def ray_cluster():
     cluster.wait_for_nodes()
     yield cluster
     cluster.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+    for _ in range(10):  # Ray's last processes may still be writing their logs into it
+        shutil.rmtree(temp, ignore_errors=True)
+        if not os.path.exists(temp):
+            break
+        time.sleep(0.5)
 
 
 def test_sandboxes_spread_over_nodes_and_calls_reach_their_host(ray_cluster, tmp_path, docker_client):
