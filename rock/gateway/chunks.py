@@ -131,10 +131,8 @@ class Subscription:
         self.hub, self.sandbox_id, self.trajectory_id = hub, sandbox_id, trajectory_id
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
-    def wants(self, chunk: dict[str, Any]) -> bool:
-        return (self.sandbox_id in (None, chunk["sandbox_id"])) and (
-            self.trajectory_id in (None, chunk["trajectory_id"])
-        )
+    def wants(self, sandbox_id: str, trajectory_id: str) -> bool:
+        return self.sandbox_id in (None, sandbox_id) and self.trajectory_id in (None, trajectory_id)
 
     def close(self) -> None:
         if self in self.hub.subscribers:
@@ -181,14 +179,14 @@ class ChunkStore:
         self.counters[key] += 1
         return self.counters[key] - 1
 
-    def append(self, chunk: Chunk) -> dict[str, Any]:
-        record = chunk.model_dump(mode="json")
+    def append(self, chunk: Chunk) -> None:
         with self.path(chunk.sandbox_id).open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        for sub in self.subscribers:
-            if sub.wants(record):
+            f.write(chunk.model_dump_json() + "\n")
+        subs = [sub for sub in self.subscribers if sub.wants(chunk.sandbox_id, chunk.trajectory_id)]
+        if subs:
+            record = chunk.model_dump(mode="json")
+            for sub in subs:
                 sub.queue.put_nowait(record)
-        return record
 
     def subscribe(self, sandbox_id: str | None = None, trajectory_id: str | None = None) -> Subscription:
         sub = Subscription(self, sandbox_id, trajectory_id)
