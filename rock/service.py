@@ -347,20 +347,14 @@ class SandboxService:
         args = self._exec_args(sb, req)
         events = self.backend.exec_events(*args)
         try:
-            first = await anext(events)
+            await anext(events)  # "started": the exec exists and runs
         except EngineError as e:
             raise _engine_errors(e, sandbox_id) from e
-        return self._ndjson(first, events)
+        return self._ndjson(events)
 
-    async def _ndjson(self, first, events) -> AsyncIterator[bytes]:
+    async def _ndjson(self, events) -> AsyncIterator[bytes]:
         dec = Utf8Stream()
-
-        async def all_events():
-            yield first
-            async for ev in events:
-                yield ev
-
-        async for kind, data in all_events():
+        async for kind, data in events:
             if kind == "exit":
                 chunk = ExecChunk(type="exit", truncated=False, **data)
                 self.metrics.exec_total.labels("stream").inc()

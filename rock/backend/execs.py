@@ -67,7 +67,8 @@ async def exec_events(
     stdin: bytes | None,
     timeout: float | None,
 ) -> AsyncIterator[tuple[str, bytes | dict]]:
-    """Yield ("stdout"|"stderr", bytes) as output arrives, then ("exit", {exit_code, duration_s, timed_out})."""
+    """Yield ("started", b"") once the command runs, ("stdout"|"stderr", bytes) as output arrives,
+    then ("exit", {exit_code, duration_s, timed_out})."""
     t0 = time.monotonic()
     marker = uuid.uuid4().hex
     exec_id = await engine.exec_create(container, argv_of(cmd), {**env, "ROCK_EXEC_ID": marker}, cwd, stdin is not None)
@@ -80,6 +81,7 @@ async def exec_events(
     timed_out = finished = False
     it = frames(reader).__aiter__()
     try:
+        yield "started", b""  # lets a streaming response begin (and notice a disconnect) before any output
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             try:
@@ -126,7 +128,7 @@ async def exec_collect(engine: Engine, container: str, cmd, env, cwd, stdin, tim
     async for kind, data in exec_events(engine, container, cmd, env, cwd, stdin, timeout):
         if kind == "exit":
             result = data
-        else:
+        elif kind != "started":
             (out if kind == "stdout" else err).add(data)
     stdout, stderr = out.text(), err.text()
     if result.get("exit_code") in (126, 127) and stdout.startswith("OCI runtime exec failed") and not stderr:
