@@ -1,4 +1,4 @@
-"""python bench/bench_gateway.py [--upstream URL] [--decode-ms 40] [--sandboxes 64] [--requests 20]
+"""python bench/bench_gateway.py [--upstream URL] [--decode-ms 200] [--sandboxes 64] [--requests 20]
 
 The model path's cost, measured side by side in one run against the same upstream:
   1. latency: p50 of a chat completion from an agent inside a sandbox (through the in-sandbox
@@ -15,9 +15,10 @@ Targets (issue 4): latency ratio ≤ 1.05, throughput ratio ≥ 0.9. Ends with o
 "ratio" is the latency ratio (the headline figure), with every other figure beside it.
 
 Without --upstream the upstream is iflow's ScriptedServer in a subprocess, answering each
-request after --decode-ms (a stand-in for the model's decode time, printed with the results, so
-the absolute overhead in ms is reported too); with --upstream URL (e.g. `rome serve`) the real
-model answers and --decode-ms is ignored.
+request after --decode-ms: a stand-in for the model's time per completion (200 ms is a short
+completion of ~64 tokens at ~3 ms/token on a GPU server; ROME-tiny on this CPU takes seconds).
+It is printed with the results, beside the absolute overhead in ms. With --upstream URL (e.g.
+`rome serve`) the real model answers and --decode-ms is ignored.
 """
 
 from __future__ import annotations
