@@ -153,9 +153,11 @@ def throughput(results: list[dict]) -> float:
     return total / (max(r["t1"] for r in results) - min(r["t0"] for r in results))
 
 
-def concurrent(clients: int, run) -> float:
-    """All clients start together at `start_at`; one that was not ready by then would skew the window."""
-    start_at = time.time() + 10 + clients * 0.3  # generous: 64 execs on a loaded 2-core box take a while
+def concurrent(clients: int, run, call_s: float) -> float:
+    """All clients start together at `start_at`; one that was not ready by then would skew the window.
+    Generous: 64 execs on a loaded 2-core box take a while, and a slow upstream may serve the
+    warm-up calls (`call_s` each) one after another."""
+    start_at = time.time() + 10 + clients * (0.3 + call_s)
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(lambda i: run(i, start_at), range(clients)))
     late = [r["ready"] - start_at for r in results if r["ready"] > start_at]
@@ -189,9 +191,12 @@ def main() -> int:
             try:
                 direct, proxied = latency(boxes[0], upstream, args.rounds, args.per_round)
                 n = args.requests
-                tput_host = concurrent(args.sandboxes, lambda i, t: host_client(upstream, n, t, 1))
-                tput_direct = concurrent(args.sandboxes, lambda i, t: direct_box_client(others[i], upstream, n, t, 1))
-                tput_proxy = concurrent(args.sandboxes, lambda i, t: sandbox_client(boxes[i], n, t, 1))
+                call_s = p50(direct)
+                tput_host = concurrent(args.sandboxes, lambda i, t: host_client(upstream, n, t, 1), call_s)
+                tput_direct = concurrent(
+                    args.sandboxes, lambda i, t: direct_box_client(others[i], upstream, n, t, 1), call_s
+                )
+                tput_proxy = concurrent(args.sandboxes, lambda i, t: sandbox_client(boxes[i], n, t, 1), call_s)
                 recorded = sum(len(sb.trajectory()) for sb in boxes)
             finally:
                 with ThreadPoolExecutor(8) as pool:
