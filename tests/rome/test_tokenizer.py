@@ -107,3 +107,31 @@ def test_parser_two_calls_and_missing_close_at_end():
 ])
 def test_parser_malformed_calls_stay_text(bad):
     assert parse_tool_calls(bad) == (bad, [])
+
+
+def test_init_from_corpus_files_loads_with_auto_classes(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rome.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(agentic_corpus(seed=1, n_docs=300)))
+    out = tmp_path / "model"
+    assert main(["init", "--config", "tiny", "--out", str(out), "--corpus", str(corpus), "--seed", "2"]) == 0
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()}
+    assert not list(tmp_path.glob(".model.*"))  # no temp dir left behind
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert len(tok) <= model.config.vocab_size == 1024
+    assert tok.decode(tok.encode("$ cat /app/notes.txt", add_special_tokens=False)) == "$ cat /app/notes.txt"
+
+
+def test_init_bad_input_is_one_line(tmp_path, capsys):
+    from rome.cli import main
+
+    assert main(["init", "--out", str(tmp_path / "m"), "--corpus", str(tmp_path / "missing.txt")]) == 2
+    assert main(["init", "--config", "huge", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "missing.txt" in err[0] and "rome-tiny" in err[1]
+    assert not (tmp_path / "m").exists()
