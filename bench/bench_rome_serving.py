@@ -17,8 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-SYSTEM = ("You are iflow, a terminal agent. Work step by step, run commands with the tools, check results, "
-          "and finish with a short summary. ") * 8
+SYSTEM = (
+    "You are iflow, a terminal agent. Work step by step, run commands with the tools, check results, "
+    "and finish with a short summary. "
+) * 8
 
 
 def _requests(n: int, seed: int = 0) -> list[dict]:
@@ -26,10 +28,17 @@ def _requests(n: int, seed: int = 0) -> list[dict]:
 
     rng = random.Random(seed)
     tools = [{"type": "function", "function": t} for t in TOOLS]
-    return [{"model": "rome-tiny", "tools": tools, "temperature": 1.0, "seed": i,
-             "max_tokens": rng.randint(16, 256),
-             "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": _sentence(rng, 6, 30)}]}
-            for i in range(n)]
+    return [
+        {
+            "model": "rome-tiny",
+            "tools": tools,
+            "temperature": 1.0,
+            "seed": i,
+            "max_tokens": rng.randint(16, 256),
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": _sentence(rng, 6, 30)}],
+        }
+        for i in range(n)
+    ]
 
 
 async def _load(url: str, clients: int, seconds: float) -> dict:
@@ -54,8 +63,12 @@ async def _load(url: str, clients: int, seconds: float) -> dict:
     async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=clients)) as http:
         await asyncio.gather(*(client(i, http) for i in range(clients)))
     elapsed = min(time.perf_counter() - start, seconds)
-    return {"tokens": done_tokens, "requests": done_requests, "seconds": round(elapsed, 1),
-            "tokens_per_s": round(done_tokens / elapsed, 2)}
+    return {
+        "tokens": done_tokens,
+        "requests": done_requests,
+        "seconds": round(elapsed, 1),
+        "tokens_per_s": round(done_tokens / elapsed, 2),
+    }
 
 
 def _measure(model_dir: Path, engine: str, clients: int, seconds: float) -> dict:
@@ -84,7 +97,9 @@ def main() -> None:
             model = init_model(Path(tmp) / "rome-tiny")
         results = {e: _measure(model, e, args.clients, args.seconds) for e in ("vllm", "hf")}
     for engine, r in results.items():
-        print(f"{engine:5s} {r['tokens_per_s']:8.1f} tok/s  ({r['requests']} requests, {r['tokens']} tokens in {r['seconds']} s)")
+        print(
+            f"{engine:5s} {r['tokens_per_s']:8.1f} tok/s  ({r['requests']} requests, {r['tokens']} tokens in {r['seconds']} s)"
+        )
     ratio = results["vllm"]["tokens_per_s"] / max(results["hf"]["tokens_per_s"], 1e-9)
     print(json.dumps({"bench": "rome_serving", "clients": args.clients, "ratio": round(ratio, 2), **results}))
 

@@ -7,12 +7,18 @@ import shutil
 from pathlib import Path
 
 # Files of a model dir that are not weights: copied as they are when only the weights change.
-SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-              "generation_config.json")
+SIDE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 
 
-def write_model_dir(out_dir: str | Path, model, tokenizer=None, generation_config=None,
-                    copy_from: str | Path | None = None) -> Path:
+def write_model_dir(
+    out_dir: str | Path, model, tokenizer=None, generation_config=None, copy_from: str | Path | None = None
+) -> Path:
     """Save model (+ tokenizer, generation config, or the side files of copy_from) to out_dir, atomically.
 
     The dir is written under a temporary name beside out_dir and renamed into place, so a crash

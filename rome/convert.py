@@ -20,8 +20,9 @@ def _strip_prefix(state: dict) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def convert_zero_checkpoint(checkpoint_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
-                            tag: str | None = None) -> Path:
+def convert_zero_checkpoint(
+    checkpoint_dir: str | Path, model_dir: str | Path, out_dir: str | Path, tag: str | None = None
+) -> Path:
     """Write the fp32 weights of a ZeRO checkpoint as an HF model dir at out_dir; returns its path."""
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -31,8 +32,10 @@ def convert_zero_checkpoint(checkpoint_dir: str | Path, model_dir: str | Path, o
     if not ckpt.is_dir():
         raise RomeError(f"checkpoint dir not found: {ckpt}")
     if tag is None and not (ckpt / "latest").is_file():
-        raise RomeError(f"{ckpt}: no `latest` file; pass --tag (one of: "
-                        f"{', '.join(sorted(p.name for p in ckpt.iterdir() if p.is_dir())) or 'none'})")
+        raise RomeError(
+            f"{ckpt}: no `latest` file; pass --tag (one of: "
+            f"{', '.join(sorted(p.name for p in ckpt.iterdir() if p.is_dir())) or 'none'})"
+        )
     ref = check_model_dir(model_dir)
     try:
         state = _strip_prefix(get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag))
@@ -43,8 +46,9 @@ def convert_zero_checkpoint(checkpoint_dir: str | Path, model_dir: str | Path, o
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = _mismatch(model, state)
     if missing or unexpected:
-        raise RomeError(f"{ckpt}: weights do not match {ref}/config.json "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise RomeError(
+            f"{ckpt}: weights do not match {ref}/config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     model.load_state_dict(state, assign=True)
     if config.tie_word_embeddings:
         model.tie_weights()

@@ -26,7 +26,9 @@ def _read_corpus(files: list[str | Path]) -> list[str]:
     return texts
 
 
-def init_model(out_dir: str | Path, config: str = "tiny", corpus: list[str | Path] | None = None, seed: int = 0) -> Path:
+def init_model(
+    out_dir: str | Path, config: str = "tiny", corpus: list[str | Path] | None = None, seed: int = 0
+) -> Path:
     """Write a random-init ROME model dir at out_dir (replacing one that is there) and return its path."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig

@@ -58,8 +58,17 @@ class Engine(ABC):
         """Replace the weights by those of model_dir (same architecture); no request is running."""
 
 
-ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-             "vocab_size", "moe_intermediate_size", "num_local_experts", "num_experts_per_tok")
+ARCH_KEYS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+    "moe_intermediate_size",
+    "num_local_experts",
+    "num_experts_per_tok",
+)
 
 
 def check_model_dir(path: str | Path) -> Path:

@@ -108,8 +108,15 @@ def _free_port(host: str) -> int:
 class ServerHandle:
     """A server running in a background thread; returned by `start_server` once it answers."""
 
-    def __init__(self, service: ModelService, server, thread: threading.Thread, loop: asyncio.AbstractEventLoop,
-                 host: str, port: int):
+    def __init__(
+        self,
+        service: ModelService,
+        server,
+        thread: threading.Thread,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+    ):
         self.service, self._server, self._thread, self._loop = service, server, thread, loop
         self.host, self.port = host, port
         self.url = f"http://{host}:{port}/v1"
@@ -134,8 +141,14 @@ class ServerHandle:
         self.stop()
 
 
-def start_server(model_dir: str | Path, engine: EngineKind = "vllm", host: str = "127.0.0.1", port: int = 0,
-                 admin_token: str | None = None, startup_timeout: float = 900) -> ServerHandle:
+def start_server(
+    model_dir: str | Path,
+    engine: EngineKind = "vllm",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    admin_token: str | None = None,
+    startup_timeout: float = 900,
+) -> ServerHandle:
     """Serve model_dir from a background thread of this process; returns when the server answers.
 
     Raises the start-up error (bad model dir, engine failure) in the caller's thread.
@@ -144,8 +157,7 @@ def start_server(model_dir: str | Path, engine: EngineKind = "vllm", host: str =
 
     service = ModelService(model_dir, engine)
     port = port or _free_port(host)
-    config = uvicorn.Config(create_app(service, admin_token), host=host, port=port, log_level="warning",
-                            lifespan="on")
+    config = uvicorn.Config(create_app(service, admin_token), host=host, port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     loop = asyncio.new_event_loop()
     failure: list[BaseException] = []
@@ -173,8 +185,13 @@ def start_server(model_dir: str | Path, engine: EngineKind = "vllm", host: str =
     return ServerHandle(service, server, thread, loop, host, port)
 
 
-def serve_forever(model_dir: str | Path, engine: EngineKind = "vllm", host: str = "127.0.0.1", port: int = 8000,
-                  admin_token: str | None = None) -> None:
+def serve_forever(
+    model_dir: str | Path,
+    engine: EngineKind = "vllm",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    admin_token: str | None = None,
+) -> None:
     """The `rome serve` command: blocks; Ctrl-C stops it (uvicorn handles the signals)."""
     import uvicorn
 

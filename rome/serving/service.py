@@ -137,13 +137,23 @@ class ModelService:
         await self.engine.stop()
 
     def models(self) -> dict:
-        card = {"id": self.model_name, "object": "model", "created": 0, "owned_by": "rome",
-                "max_model_len": self.engine.max_model_len, "policy_version": self.policy_version}
+        card = {
+            "id": self.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "rome",
+            "max_model_len": self.engine.max_model_len,
+            "policy_version": self.policy_version,
+        }
         return {"object": "list", "data": [card], "policy_version": self.policy_version}
 
     def health(self) -> dict:
-        return {"status": "ok", "engine": self.engine_kind, "model": self.model_name,
-                "policy_version": self.policy_version}
+        return {
+            "status": "ok",
+            "engine": self.engine_kind,
+            "model": self.model_name,
+            "policy_version": self.policy_version,
+        }
 
     async def load_weights(self, path: str | Path, policy_version: int) -> dict:
         new = check_model_dir(path).resolve()
@@ -152,19 +162,32 @@ class ModelService:
             start = time.perf_counter()
             await self.engine.load_weights(new)
             self.policy_version = policy_version
-        return {"status": "ok", "path": str(new), "policy_version": policy_version,
-                "load_s": round(time.perf_counter() - start, 3)}
+        return {
+            "status": "ok",
+            "path": str(new),
+            "policy_version": policy_version,
+            "load_s": round(time.perf_counter() - start, 3),
+        }
 
     # -- shared generation ---------------------------------------------------------------
 
-    def _spec(self, req: SamplingFields, prompt_ids: list[int], max_tokens: int | None, top_logprobs: int) -> SamplingSpec:
+    def _spec(
+        self, req: SamplingFields, prompt_ids: list[int], max_tokens: int | None, top_logprobs: int
+    ) -> SamplingSpec:
         limit = self.engine.max_model_len
         if len(prompt_ids) >= limit:
-            raise ApiError(400, f"This model's maximum context length is {limit} tokens; "
-                                f"the prompt has {len(prompt_ids)} tokens.", param="messages")
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {limit} tokens; the prompt has {len(prompt_ids)} tokens.",
+                param="messages",
+            )
         if max_tokens is not None and len(prompt_ids) + max_tokens > limit:
-            raise ApiError(400, f"This model's maximum context length is {limit} tokens; the request asks for "
-                                f"{len(prompt_ids)} prompt + {max_tokens} completion tokens.", param="max_tokens")
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {limit} tokens; the request asks for "
+                f"{len(prompt_ids)} prompt + {max_tokens} completion tokens.",
+                param="max_tokens",
+            )
         return SamplingSpec(
             max_tokens=max_tokens or limit - len(prompt_ids),
             temperature=req.temperature,
@@ -196,13 +219,25 @@ class ModelService:
 
     def _token_entry(self, token_id: int, logprob: float, top: dict[int, float]) -> dict:
         tok = self.tokenizer.decode([token_id])
-        return {"token": tok, "logprob": logprob, "bytes": list(tok.encode()),
-                "top_logprobs": [{"token": (t := self.tokenizer.decode([i])), "logprob": lp, "bytes": list(t.encode())}
-                                 for i, lp in top.items()]}
+        return {
+            "token": tok,
+            "logprob": logprob,
+            "bytes": list(tok.encode()),
+            "top_logprobs": [
+                {"token": (t := self.tokenizer.decode([i])), "logprob": lp, "bytes": list(t.encode())}
+                for i, lp in top.items()
+            ],
+        }
 
     def _envelope(self, kind: str, rid: str, **extra) -> dict:
-        return {"id": rid, "object": kind, "created": int(time.time()), "model": self.model_name,
-                "policy_version": self.policy_version, **extra}
+        return {
+            "id": rid,
+            "object": kind,
+            "created": int(time.time()),
+            "model": self.model_name,
+            "policy_version": self.policy_version,
+            **extra,
+        }
 
     # -- chat ------------------------------------------------------------------------------
 
@@ -238,14 +273,21 @@ class ModelService:
                 last = p
         content, calls = parse_tool_calls(last.text) if parse_tools else (last.text, [])
         message = {"role": "assistant", "content": content, "tool_calls": calls or None}
-        choice = {"index": 0, "message": message, "finish_reason": "tool_calls" if calls else last.finish_reason,
-                  "logprobs": {"content": entries} if req.logprobs else None}
+        choice = {
+            "index": 0,
+            "message": message,
+            "finish_reason": "tool_calls" if calls else last.finish_reason,
+            "logprobs": {"content": entries} if req.logprobs else None,
+        }
         if req.return_token_ids:
             choice["token_ids"] = ids
             body["prompt_token_ids"] = prompt_ids
         body["choices"] = [choice]
-        body["usage"] = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(ids),
-                         "total_tokens": len(prompt_ids) + len(ids)}
+        body["usage"] = {
+            "prompt_tokens": len(prompt_ids),
+            "completion_tokens": len(ids),
+            "total_tokens": len(prompt_ids) + len(ids),
+        }
         return body
 
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[dict]:
@@ -256,9 +298,13 @@ class ModelService:
     async def _chat_chunks(self, req, prompt_ids, spec, parse_tools) -> AsyncIterator[dict]:
         async with self.gate.read():
             rid = f"chatcmpl-{uuid.uuid4().hex}"
-            first = self._envelope("chat.completion.chunk", rid,
-                                   choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                             "logprobs": None, "finish_reason": None}])
+            first = self._envelope(
+                "chat.completion.chunk",
+                rid,
+                choices=[
+                    {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                ],
+            )
             if req.return_token_ids:
                 first["prompt_token_ids"] = prompt_ids
                 first["choices"][0]["token_ids"] = []
@@ -283,14 +329,20 @@ class ModelService:
                         delta["content"] += p.text[sent:]
                 choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
                 if req.logprobs:
-                    choice["logprobs"] = {"content": [self._token_entry(*x) for x in
-                                                      zip(p.token_ids, p.logprobs, p.top_logprobs, strict=True)]}
+                    choice["logprobs"] = {
+                        "content": [
+                            self._token_entry(*x) for x in zip(p.token_ids, p.logprobs, p.top_logprobs, strict=True)
+                        ]
+                    }
                 if req.return_token_ids:
                     choice["token_ids"] = p.token_ids
                 yield self._envelope("chat.completion.chunk", rid, choices=[choice])
             if req.stream_options and req.stream_options.include_usage:
-                usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": n_tokens,
-                         "total_tokens": len(prompt_ids) + n_tokens}
+                usage = {
+                    "prompt_tokens": len(prompt_ids),
+                    "completion_tokens": n_tokens,
+                    "total_tokens": len(prompt_ids) + n_tokens,
+                }
                 yield self._envelope("chat.completion.chunk", rid, choices=[], usage=usage)
 
     # -- completions -----------------------------------------------------------------------
@@ -313,8 +365,12 @@ class ModelService:
         for t in tokens:
             offsets.append(pos)
             pos += len(t)
-        return {"tokens": tokens, "token_logprobs": logprobs, "text_offset": offsets,
-                "top_logprobs": [{self.tokenizer.decode([i]): lp for i, lp in top.items()} for top in tops]}
+        return {
+            "tokens": tokens,
+            "token_logprobs": logprobs,
+            "text_offset": offsets,
+            "top_logprobs": [{self.tokenizer.decode([i]): lp for i, lp in top.items()} for top in tops],
+        }
 
     async def complete(self, req: CompletionRequest) -> dict:
         prompt_ids, spec = self._completion_setup(req)
@@ -323,14 +379,21 @@ class ModelService:
             ids, lps, tops, last = [], [], [], Progress()
             async for p in self._progress(prompt_ids, spec, req.stop_strings()):
                 ids, lps, tops, last = ids + p.token_ids, lps + p.logprobs, tops + p.top_logprobs, p
-        choice = {"index": 0, "text": last.text, "finish_reason": last.finish_reason,
-                  "logprobs": self._legacy_logprobs(ids, lps, tops, 0) if req.logprobs is not None else None}
+        choice = {
+            "index": 0,
+            "text": last.text,
+            "finish_reason": last.finish_reason,
+            "logprobs": self._legacy_logprobs(ids, lps, tops, 0) if req.logprobs is not None else None,
+        }
         if req.return_token_ids:
             choice["token_ids"] = ids
             body["prompt_token_ids"] = prompt_ids
         body["choices"] = [choice]
-        body["usage"] = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(ids),
-                         "total_tokens": len(prompt_ids) + len(ids)}
+        body["usage"] = {
+            "prompt_tokens": len(prompt_ids),
+            "completion_tokens": len(ids),
+            "total_tokens": len(prompt_ids) + len(ids),
+        }
         return body
 
     async def complete_stream(self, req: CompletionRequest) -> AsyncIterator[dict]:
@@ -341,10 +404,15 @@ class ModelService:
         async with self.gate.read():
             rid, sent, first = f"cmpl-{uuid.uuid4().hex}", 0, True
             async for p in self._progress(prompt_ids, spec, req.stop_strings()):
-                text = p.text[sent:p.safe_len] if p.safe_len > sent else ""
-                choice = {"index": 0, "text": text, "finish_reason": p.finish_reason,
-                          "logprobs": self._legacy_logprobs(p.token_ids, p.logprobs, p.top_logprobs, sent)
-                          if req.logprobs is not None else None}
+                text = p.text[sent : p.safe_len] if p.safe_len > sent else ""
+                choice = {
+                    "index": 0,
+                    "text": text,
+                    "finish_reason": p.finish_reason,
+                    "logprobs": self._legacy_logprobs(p.token_ids, p.logprobs, p.top_logprobs, sent)
+                    if req.logprobs is not None
+                    else None,
+                }
                 sent = max(sent, p.safe_len)
                 chunk = self._envelope("text_completion", rid, choices=[choice])
                 if req.return_token_ids:

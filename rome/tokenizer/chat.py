@@ -28,7 +28,7 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
     "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
-    "{\\\"name\\\": <function-name>, \\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}"
+    '{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\' }}'
     "{%- elif system is not none %}"
     "{{- '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}"
     "{%- endif %}"
@@ -44,7 +44,7 @@ CHAT_TEMPLATE = (
     "{%- for call in (message.tool_calls or []) %}"
     "{%- set fn = call.function if call.function is defined else call %}"
     "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
-    "{{- '<tool_call>\\n{\\\"name\\\": \\\"' + fn.name + '\\\", \\\"arguments\\\": ' }}"
+    '{{- \'<tool_call>\\n{\\"name\\": \\"\' + fn.name + \'\\", \\"arguments\\": \' }}'
     "{%- if fn.arguments is string %}{{- fn.arguments }}{%- else %}{{- fn.arguments | tojson }}{%- endif %}"
     "{{- '}\\n</tool_call>' }}"
     "{%- endfor %}"

@@ -28,7 +28,10 @@ def overfit_tool_call(src: Path, dst: Path, steps: int = 50) -> float:
 
     tok = AutoTokenizer.from_pretrained(src)
     prompt = tok.apply_chat_template(TOOL_PROMPT, tools=TOOL_SPECS, tokenize=False, add_generation_prompt=True)
-    reply = [*TOOL_PROMPT, {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": TOOL_CALL}]}]
+    reply = [
+        *TOOL_PROMPT,
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": TOOL_CALL}]},
+    ]
     full = tok.apply_chat_template(reply, tools=TOOL_SPECS, tokenize=False).rstrip("\n")
     assert full.startswith(prompt)
     p_ids = tok.encode(prompt, add_special_tokens=False)

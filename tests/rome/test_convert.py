@@ -33,10 +33,22 @@ TRAIN = textwrap.dedent("""
 @pytest.mark.slow
 def test_zero2_checkpoint_converts_to_the_trained_weights(tiny_dir, tmp_path, capsys):
     ckpt, expected = tmp_path / "ckpt", tmp_path / "expected.pt"
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_port()),
-           "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
-    subprocess.run([sys.executable, "-c", TRAIN, str(tiny_dir), str(ckpt), str(expected)], env=env, check=True,
-                   capture_output=True, timeout=600)
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_port()),
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+    }
+    subprocess.run(
+        [sys.executable, "-c", TRAIN, str(tiny_dir), str(ckpt), str(expected)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     out = tmp_path / "hf"
     assert main(["convert", "--checkpoint", str(ckpt), "--model", str(tiny_dir), "--out", str(out)]) == 0
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -52,11 +64,19 @@ def test_zero2_checkpoint_converts_to_the_trained_weights(tiny_dir, tmp_path, ca
 
 
 def test_bad_checkpoint_dir_is_one_line(tiny_dir, tmp_path, capsys):
-    assert main(["convert", "--checkpoint", str(tmp_path / "nope"), "--model", str(tiny_dir),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            ["convert", "--checkpoint", str(tmp_path / "nope"), "--model", str(tiny_dir), "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
     (tmp_path / "empty").mkdir()
-    assert main(["convert", "--checkpoint", str(tmp_path / "empty"), "--model", str(tiny_dir),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            ["convert", "--checkpoint", str(tmp_path / "empty"), "--model", str(tiny_dir), "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "checkpoint dir not found" in err[0] and "latest" in err[1]
 

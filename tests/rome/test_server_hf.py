@@ -24,8 +24,15 @@ def test_models_and_health(hf_server, client):
 
 
 def test_chat_completion_with_token_ids_and_logprobs(client, tiny_dir):
-    r = client.chat.completions.create(model="tiny", messages=USER, max_tokens=12, seed=7, logprobs=True,
-                                       top_logprobs=3, extra_body={"return_token_ids": True})
+    r = client.chat.completions.create(
+        model="tiny",
+        messages=USER,
+        max_tokens=12,
+        seed=7,
+        logprobs=True,
+        top_logprobs=3,
+        extra_body={"return_token_ids": True},
+    )
     body = r.model_dump()
     choice = body["choices"][0]
     assert choice["finish_reason"] in ("stop", "length")
@@ -38,14 +45,16 @@ def test_chat_completion_with_token_ids_and_logprobs(client, tiny_dir):
     expected = tok.apply_chat_template(USER, tokenize=False, add_generation_prompt=True)
     assert body["prompt_token_ids"] == tok.encode(expected, add_special_tokens=False)
     # Same seed, same output: sampling is reproducible per request.
-    again = client.chat.completions.create(model="tiny", messages=USER, max_tokens=12, seed=7,
-                                           extra_body={"return_token_ids": True})
+    again = client.chat.completions.create(
+        model="tiny", messages=USER, max_tokens=12, seed=7, extra_body={"return_token_ids": True}
+    )
     assert again.model_dump()["choices"][0]["token_ids"] == choice["token_ids"]
 
 
 def test_logprobs_equal_a_full_forward(client, tiny_dir):
-    r = client.chat.completions.create(model="tiny", messages=USER, max_tokens=16, seed=1, logprobs=True,
-                                       extra_body={"return_token_ids": True}).model_dump()
+    r = client.chat.completions.create(
+        model="tiny", messages=USER, max_tokens=16, seed=1, logprobs=True, extra_body={"return_token_ids": True}
+    ).model_dump()
     prompt, out = r["prompt_token_ids"], r["choices"][0]["token_ids"]
     served = torch.tensor([e["logprob"] for e in r["choices"][0]["logprobs"]["content"]])
     assert (served - forward_logprobs(tiny_dir, prompt, out)).abs().mean() <= 1e-3
@@ -63,17 +72,26 @@ def forward_logprobs(model_dir, prompt: list[int], out: list[int]) -> torch.Tens
 
 
 def test_stream_carries_prompt_ids_first_and_token_ids_per_chunk(client):
-    chunks = list(client.chat.completions.create(model="tiny", messages=USER, max_tokens=10, seed=3, stream=True,
-                                                 stream_options={"include_usage": True},
-                                                 extra_body={"return_token_ids": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny",
+            messages=USER,
+            max_tokens=10,
+            seed=3,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"return_token_ids": True},
+        )
+    )
     dumps = [c.model_dump() for c in chunks]
     assert dumps[0]["prompt_token_ids"] and all("prompt_token_ids" not in d for d in dumps[1:])
     assert all(isinstance(d["policy_version"], int) for d in dumps)
     streamed = [t for d in dumps for c in d["choices"] for t in c.get("token_ids") or []]
     assert dumps[-1]["usage"]["completion_tokens"] == len(streamed)
     text = "".join(c["delta"]["content"] or "" for d in dumps for c in d["choices"])
-    full = client.chat.completions.create(model="tiny", messages=USER, max_tokens=10, seed=3,
-                                          extra_body={"return_token_ids": True}).model_dump()["choices"][0]
+    full = client.chat.completions.create(
+        model="tiny", messages=USER, max_tokens=10, seed=3, extra_body={"return_token_ids": True}
+    ).model_dump()["choices"][0]
     assert streamed == full["token_ids"] and text == full["message"]["content"]
 
 
@@ -92,14 +110,17 @@ def test_stop_string_cuts_the_text(client):
     assert cut.choices[0].text == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
 
 
-@pytest.mark.parametrize("body,needle", [
-    ({"messages": USER, "max_tokens": 9000}, "maximum context length is 8192"),
-    ({"messages": [{"role": "user", "content": "word " * 9000}]}, "maximum context length is 8192"),
-    ({"messages": [{"role": "robot", "content": "x"}]}, "role"),
-    ({"messages": []}, "messages"),
-    ({"messages": USER, "n": 2}, "n"),
-    ({"messages": USER, "temperature": -1}, "temperature"),
-])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ({"messages": USER, "max_tokens": 9000}, "maximum context length is 8192"),
+        ({"messages": [{"role": "user", "content": "word " * 9000}]}, "maximum context length is 8192"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "role"),
+        ({"messages": []}, "messages"),
+        ({"messages": USER, "n": 2}, "n"),
+        ({"messages": USER, "temperature": -1}, "temperature"),
+    ],
+)
 def test_bad_requests_are_openai_style_400s(hf_server, body, needle):
     r = httpx.post(hf_server.url + "/chat/completions", json={"model": "tiny", **body}, timeout=60)
     assert r.status_code == 400
@@ -116,34 +137,45 @@ def test_admin_requires_the_token(hf_server, toolcall_dir):
     body = {"path": str(toolcall_dir), "policy_version": 1}
     assert httpx.post(admin, json=body).status_code == 401
     assert httpx.post(admin, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
-    r = httpx.post(admin, json={"path": "/no/such/dir", "policy_version": 1},
-                   headers={"Authorization": "Bearer admin-secret"})
+    r = httpx.post(
+        admin, json={"path": "/no/such/dir", "policy_version": 1}, headers={"Authorization": "Bearer admin-secret"}
+    )
     assert r.status_code == 400 and "/no/such/dir" in r.json()["error"]["message"]
 
 
 def test_reload_changes_outputs_and_tool_calls_are_parsed(hf_server, client, tiny_dir, toolcall_dir, tool_case):
     TOOL_PROMPT, TOOL_SPECS, TOOL_CALL = tool_case["messages"], tool_case["tools"], tool_case["call"]
-    before = client.chat.completions.create(model="tiny", messages=TOOL_PROMPT, tools=TOOL_SPECS, max_tokens=40,
-                                            temperature=0)
+    before = client.chat.completions.create(
+        model="tiny", messages=TOOL_PROMPT, tools=TOOL_SPECS, max_tokens=40, temperature=0
+    )
     assert not before.choices[0].message.tool_calls
     admin = hf_server.url.removesuffix("/v1") + "/admin/load_weights"
-    r = httpx.post(admin, json={"path": str(toolcall_dir), "policy_version": 5},
-                   headers={"Authorization": "Bearer admin-secret"}, timeout=120)
+    r = httpx.post(
+        admin,
+        json={"path": str(toolcall_dir), "policy_version": 5},
+        headers={"Authorization": "Bearer admin-secret"},
+        timeout=120,
+    )
     assert r.status_code == 200 and hf_server.policy_version == 5
     try:
-        after = client.chat.completions.create(model="tiny", messages=TOOL_PROMPT, tools=TOOL_SPECS, max_tokens=60,
-                                               temperature=0)
+        after = client.chat.completions.create(
+            model="tiny", messages=TOOL_PROMPT, tools=TOOL_SPECS, max_tokens=60, temperature=0
+        )
         assert after.model_dump()["policy_version"] == 5
         assert after.choices[0].finish_reason == "tool_calls"
         (call,) = after.choices[0].message.tool_calls
         assert call.function.name == TOOL_CALL["name"]
         assert json.loads(call.function.arguments) == TOOL_CALL["arguments"]
-        chunks = list(client.chat.completions.create(model="tiny", messages=TOOL_PROMPT, tools=TOOL_SPECS,
-                                                     max_tokens=60, temperature=0, stream=True))
+        chunks = list(
+            client.chat.completions.create(
+                model="tiny", messages=TOOL_PROMPT, tools=TOOL_SPECS, max_tokens=60, temperature=0, stream=True
+            )
+        )
         deltas = [c.choices[0].delta for c in chunks if c.choices]
         streamed = [tc for d in deltas for tc in d.tool_calls or []]
         assert [(tc.function.name, json.loads(tc.function.arguments)) for tc in streamed] == [
-            (TOOL_CALL["name"], TOOL_CALL["arguments"])]
+            (TOOL_CALL["name"], TOOL_CALL["arguments"])
+        ]
         assert "<tool_call>" not in "".join(d.content or "" for d in deltas)
     finally:
         hf_server.load_weights(tiny_dir, policy_version=6)

@@ -45,13 +45,18 @@ def forward_logprobs(model_dir, prompt: list[int], out: list[int]) -> torch.Tens
 
 def test_chat_stream_and_completions(client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
-    r = client.chat.completions.create(model="tiny", messages=USER, max_tokens=8, logprobs=True, top_logprobs=2,
-                                       extra_body={"return_token_ids": True}).model_dump()
+    r = client.chat.completions.create(
+        model="tiny", messages=USER, max_tokens=8, logprobs=True, top_logprobs=2, extra_body={"return_token_ids": True}
+    ).model_dump()
     choice = r["choices"][0]
     assert r["prompt_token_ids"] and len(choice["token_ids"]) == len(choice["logprobs"]["content"]) > 0
     assert r["policy_version"] == 0
-    chunks = [c.model_dump() for c in client.chat.completions.create(
-        model="tiny", messages=USER, max_tokens=8, stream=True, extra_body={"return_token_ids": True})]
+    chunks = [
+        c.model_dump()
+        for c in client.chat.completions.create(
+            model="tiny", messages=USER, max_tokens=8, stream=True, extra_body={"return_token_ids": True}
+        )
+    ]
     assert chunks[0]["prompt_token_ids"] == r["prompt_token_ids"]
     assert sum(len(c["choices"][0].get("token_ids") or []) for c in chunks if c["choices"]) > 0
     done = client.completions.create(model="tiny", prompt="$ cat", max_tokens=4, logprobs=1)
@@ -59,8 +64,15 @@ def test_chat_stream_and_completions(client):
 
 
 def test_sampling_logprobs_equal_a_float32_transformers_forward(client, tiny_dir):
-    r = client.chat.completions.create(model="tiny", messages=USER, max_tokens=32, temperature=1.0, seed=11,
-                                       logprobs=True, extra_body={"return_token_ids": True}).model_dump()
+    r = client.chat.completions.create(
+        model="tiny",
+        messages=USER,
+        max_tokens=32,
+        temperature=1.0,
+        seed=11,
+        logprobs=True,
+        extra_body={"return_token_ids": True},
+    ).model_dump()
     prompt, out = r["prompt_token_ids"], r["choices"][0]["token_ids"]
     served = torch.tensor([e["logprob"] for e in r["choices"][0]["logprobs"]["content"]])
     diff = (served - forward_logprobs(tiny_dir, prompt, out)).abs().mean().item()
@@ -74,13 +86,24 @@ def test_over_context_is_a_400(vllm_server):
 
 def test_admin_reload_changes_outputs(vllm_server, client, tiny_dir, toolcall_dir, tool_case):
     admin = vllm_server.url.removesuffix("/v1") + "/admin/load_weights"
-    ask = {"model": "tiny", "messages": tool_case["messages"], "tools": tool_case["tools"], "temperature": 0,
-           "max_tokens": 60, "logprobs": True, "extra_body": {"return_token_ids": True}}
+    ask = {
+        "model": "tiny",
+        "messages": tool_case["messages"],
+        "tools": tool_case["tools"],
+        "temperature": 0,
+        "max_tokens": 60,
+        "logprobs": True,
+        "extra_body": {"return_token_ids": True},
+    }
     before = client.chat.completions.create(**ask)
     assert not before.choices[0].message.tool_calls
     assert httpx.post(admin, json={"path": str(toolcall_dir), "policy_version": 1}).status_code == 401
-    r = httpx.post(admin, json={"path": str(toolcall_dir), "policy_version": 1},
-                   headers={"Authorization": "Bearer admin-secret"}, timeout=300)
+    r = httpx.post(
+        admin,
+        json={"path": str(toolcall_dir), "policy_version": 1},
+        headers={"Authorization": "Bearer admin-secret"},
+        timeout=300,
+    )
     assert r.status_code == 200, r.text
     after = client.chat.completions.create(**ask)
     assert after.model_dump()["policy_version"] == 1 == vllm_server.policy_version

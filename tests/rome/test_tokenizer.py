@@ -51,8 +51,11 @@ def test_saved_template_renders_like_ours(tiny_dir):
     msgs = [
         {"role": "system", "content": "sys"},
         {"role": "user", "content": "go"},
-        {"role": "assistant", "content": "ok",
-         "tool_calls": [{"type": "function", "function": {"name": "read_file", "arguments": '{"path": "/x"}'}}]},
+        {
+            "role": "assistant",
+            "content": "ok",
+            "tool_calls": [{"type": "function", "function": {"name": "read_file", "arguments": '{"path": "/x"}'}}],
+        },
         {"role": "tool", "content": "X"},
     ]
     tools = [{"type": "function", "function": TOOLS[1]}]
@@ -64,18 +67,28 @@ def test_template_layout():
     msgs = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"type": "function", "function": {"name": "a", "arguments": {"x": 1}}},
-            {"type": "function", "function": {"name": "b", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"type": "function", "function": {"name": "a", "arguments": {"x": 1}}},
+                {"type": "function", "function": {"name": "b", "arguments": "{}"}},
+            ],
+        },
         {"role": "tool", "content": "r1"},
         {"role": "tool", "content": "r2"},
     ]
     out = render_messages(msgs, tools=[TOOLS[0]], add_generation_prompt=True)
     assert out.startswith("<|im_start|>system\nBe brief.\n\n# Tools\n")
     assert "<tools>\n" + json.dumps(TOOLS[0]) + "\n</tools>" in out
-    assert ('<|im_start|>assistant\n<tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call>\n'
-            '<tool_call>\n{"name": "b", "arguments": {}}\n</tool_call><|im_end|>\n') in out
-    assert "<|im_start|>user\n<tool_response>\nr1\n</tool_response>\n<tool_response>\nr2\n</tool_response><|im_end|>\n" in out
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "b", "arguments": {}}\n</tool_call><|im_end|>\n'
+    ) in out
+    assert (
+        "<|im_start|>user\n<tool_response>\nr1\n</tool_response>\n<tool_response>\nr2\n</tool_response><|im_end|>\n"
+        in out
+    )
     assert out.endswith("<|im_start|>assistant\n")
     assert render_messages([{"role": "user", "content": "q"}]) == "<|im_start|>user\nq<|im_end|>\n"
 
@@ -85,7 +98,9 @@ def test_parser_plain_text():
 
 
 def test_parser_one_call_with_content():
-    content, calls = parse_tool_calls('Let me look.\n<tool_call>\n{"name": "read_file", "arguments": {"path": "/a"}}\n</tool_call>')
+    content, calls = parse_tool_calls(
+        'Let me look.\n<tool_call>\n{"name": "read_file", "arguments": {"path": "/a"}}\n</tool_call>'
+    )
     assert content == "Let me look."
     assert [c["function"]["name"] for c in calls] == ["read_file"]
     assert json.loads(calls[0]["function"]["arguments"]) == {"path": "/a"}
@@ -96,15 +111,21 @@ def test_parser_two_calls_and_missing_close_at_end():
     text = '<tool_call>{"name": "a", "arguments": {}}</tool_call>\n<tool_call>\n{"name": "b", "arguments": {"k": [1]}}'
     content, calls = parse_tool_calls(text)
     assert content is None
-    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [("a", {}), ("b", {"k": [1]})]
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+        ("a", {}),
+        ("b", {"k": [1]}),
+    ]
 
 
-@pytest.mark.parametrize("bad", [
-    "<tool_call>\n{not json}\n</tool_call>",
-    '<tool_call>{"arguments": {}}</tool_call>',
-    '<tool_call>{"name": "a", "arguments": "x=1"}</tool_call>',
-    '<tool_call>["a"]</tool_call>',
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "<tool_call>\n{not json}\n</tool_call>",
+        '<tool_call>{"arguments": {}}</tool_call>',
+        '<tool_call>{"name": "a", "arguments": "x=1"}</tool_call>',
+        '<tool_call>["a"]</tool_call>',
+    ],
+)
 def test_parser_malformed_calls_stay_text(bad):
     assert parse_tool_calls(bad) == (bad, [])
 
@@ -119,7 +140,8 @@ def test_init_from_corpus_files_loads_with_auto_classes(tmp_path):
     out = tmp_path / "model"
     assert main(["init", "--config", "tiny", "--out", str(out), "--corpus", str(corpus), "--seed", "2"]) == 0
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     assert not list(tmp_path.glob(".model.*"))  # no temp dir left behind
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
