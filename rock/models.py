@@ -60,6 +60,11 @@ class CreateSandbox(Strict):
     snapshot: str | None = Field(default=None, description="snapshot id to fork from (replaces image)")
     mounts: list[Mount] = Field(default_factory=list)
     trajectory_id: str | None = None
+    replay_from: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description='sandbox id whose recorded model calls answer this one\'s, in order (needs "network": "model")',
+    )
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -92,6 +97,7 @@ class Sandbox(Strict):
     trajectory_id: str
     snapshot: str | None = None
     model_upstream: str | None = None
+    replay_from: str | None = None
     container_id: str
     node: str | None = Field(default=None, description="Ray node id of the owning host (cluster mode)")
     warm: bool = False

@@ -95,8 +95,14 @@ class SandboxService:
 
     async def start(self) -> None:
         await self.reconcile()
-        if any(sb.network == "model" for sb in self.store.list_sandboxes()):
-            await self._gateway()  # re-opens the sockets of re-adopted model sandboxes
+        model = [sb for sb in self.store.list_sandboxes() if sb.network == "model"]
+        if model:
+            # Eagerly: an agent inside a re-adopted sandbox must get answers without waiting for
+            # the next create. The gateway re-opens the persisted sockets; drop those whose sandbox
+            # did not survive, then make sure each container's proxy listens again.
+            gw = await self._gateway()
+            await gw.reconcile({sb.id for sb in self.store.list_sandboxes()})
+            await asyncio.gather(*(self._revive_proxy(sb) for sb in model))
         for image in self.config.pool_specs:
             self.pool.want(self._pool_key(image, None, None, None))
         self._reaper = asyncio.create_task(self._reap_loop())
@@ -129,6 +135,26 @@ class SandboxService:
                     self.store.delete_sandbox(sb.id)
         await self._remove_orphans()
         self.metrics.active.set(len(self.store.list_sandboxes()))
+
+    async def _revive_proxy(self, sb: Sandbox) -> None:
+        """Re-run the proxy's start command in a re-adopted container unless the proxy still listens."""
+        att = self.gateway.attachment(sb.id) if self.gateway is not None else None
+        if att is None:
+            log.warning("sandbox %s: no model attachment survived the restart; its model calls will fail", sb.id)
+            return
+        try:
+            out = await self.backend.exec(
+                sb.container_id, list(att.command), {**sb.env, **att.env}, None, None, 30.0, 4096
+            )
+        except Exception:
+            log.exception("sandbox %s: cannot re-run the model proxy", sb.id)
+            return
+        if out["exit_code"] == 0:
+            log.info("sandbox %s: model proxy started again", sb.id)
+        elif "cannot listen" in out["stderr"]:
+            pass  # the proxy survived (only the manager died): its port is taken by itself
+        else:
+            log.warning("sandbox %s: model proxy did not start (exit %s): %s", sb.id, out["exit_code"], out["stderr"])
 
     async def _remove_orphans(self) -> None:
         known = {sb.container_id for sb in self.store.list_sandboxes()}
@@ -173,7 +199,9 @@ class SandboxService:
                 raise errors.ValidationFailed(f"{name} {value} is over the maximum {top}")
         if req.model_upstream and req.network != "model":
             raise errors.ValidationFailed('model_upstream needs "network": "model"')
-        if req.network == "model" and not (req.model_upstream or self.config.model_upstream):
+        if req.replay_from and req.network != "model":
+            raise errors.ValidationFailed('replay_from needs "network": "model"')
+        if req.network == "model" and not (req.model_upstream or self.config.model_upstream or req.replay_from):
             raise errors.ValidationFailed('"network": "model" needs model_upstream (no --model-upstream default)')
         for m in req.mounts:
             self._check_mount(m.source, m.target)
@@ -191,6 +219,8 @@ class SandboxService:
     async def create(self, req: CreateSandbox) -> Sandbox:
         t0 = time.monotonic()
         self._validate(req)
+        if req.replay_from:
+            await self._check_replay_source(req.replay_from)
         image, snap = req.image, None
         if req.snapshot:
             snap = self.store.get_snapshot(req.snapshot)
@@ -229,6 +259,7 @@ class SandboxService:
             expires_at=now + req.ttl_seconds if req.ttl_seconds else None,
             trajectory_id=req.trajectory_id or sid,
             snapshot=req.snapshot,
+            replay_from=req.replay_from,
             model_upstream=req.model_upstream or (self.config.model_upstream if req.network == "model" else None),
             container_id=cid,
             node=self.backend.node_of(cid),
@@ -239,6 +270,13 @@ class SandboxService:
         self.metrics.create_seconds.labels(kind).observe(time.monotonic() - t0)
         self.metrics.active.inc()
         return sb
+
+    async def _check_replay_source(self, source: str) -> None:
+        """404 unless `source` is a sandbox we know or one whose calls the gateway recorded (also after
+        it was removed); 422 (from the gateway's attach) when it is known but recorded nothing."""
+        gw = await self._gateway()
+        if self.store.get_sandbox(source) is None and not gw.trajectory(source):
+            raise errors.SandboxNotFound(f"replay_from: no sandbox {source} (and no trajectory recorded for it)")
 
     async def _run_cold(self, sid: str, req: CreateSandbox, image: str, key: PoolKey, node: str | None) -> str:
         spec = ContainerSpec(
@@ -256,7 +294,9 @@ class SandboxService:
             return await self.backend.run(sid, spec, node)
         gw = await self._gateway()
         try:
-            att = await gw.attach(sid, upstream=req.model_upstream, trajectory_id=req.trajectory_id or sid)
+            att = await gw.attach(
+                sid, upstream=req.model_upstream, trajectory_id=req.trajectory_id or sid, replay=req.replay_from
+            )
         except ValueError as e:  # the gateway's GatewayError: a bad upstream URL and the like
             raise errors.ValidationFailed(str(e)) from e
         spec.mounts += [tuple(m) for m in att.mounts]

@@ -12,6 +12,7 @@ import pytest
 from gwtools import CLIENT, MESSAGES, MisbehavingUpstream, check_chunk, sse_reply
 
 from iflow_cli.testing.scripted_server import ScriptedServer, render_prompt
+from rock import errors
 from rock.launch import RockProcess
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -115,3 +116,61 @@ def test_32_sandboxes_at_once_each_recorded_under_their_own_trajectory(rock, bas
     finally:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda sb: sb.delete(), boxes))
+
+
+def test_replay_from_answers_from_the_recorded_trajectory_without_the_upstream(rock, base_image):
+    with ScriptedServer(["recorded answer", "a second, different answer"]) as up:
+        with rock.create_sandbox(image=base_image, network="model", model_upstream=up.url) as a:
+            first = call_inside(a, {"model": "m", "messages": MESSAGES})
+            assert first["status"] == 200 and answer_text(first) == "recorded answer"
+            assert len(up.requests) == 1
+            with rock.create_sandbox(image=base_image, network="model", replay_from=a.id) as b:
+                assert b.info.replay_from == a.id
+                again = call_inside(b, {"model": "m", "messages": MESSAGES})
+                assert again["status"] == 200 and answer_text(again) == "recorded answer"
+                assert len(up.requests) == 1  # the upstream saw nothing new
+                [chunk] = b.trajectory()
+                assert chunk["response"]["text"] == "recorded answer"
+        # a removed sandbox's trajectory still replays
+        with rock.create_sandbox(image=base_image, network="model", replay_from=a.id) as c:
+            assert answer_text(call_inside(c, {"model": "m", "messages": MESSAGES})) == "recorded answer"
+        assert len(up.requests) == 1
+
+
+def test_replay_from_bad_input(rock, base_image):
+    with pytest.raises(errors.SandboxNotFound, match="sb-nosuchthing"):
+        rock.create_sandbox(image=base_image, network="model", replay_from="sb-nosuchthing")
+    with pytest.raises(errors.RockError) as e:
+        rock.create_sandbox(image=base_image, replay_from="sb-nosuchthing")
+    assert e.value.status == 422 and "network" in str(e.value)
+    with pytest.raises(errors.RockError) as e:
+        rock.create_sandbox(image=base_image, network="model", replay_from="../../etc")
+    assert e.value.status == 422
+    with rock.create_sandbox(image=base_image, network="model") as quiet:  # known, but nothing recorded
+        with pytest.raises(errors.RockError) as e:
+            rock.create_sandbox(image=base_image, network="model", replay_from=quiet.id)
+        assert e.value.status == 422 and quiet.id in str(e.value)
+
+
+def test_model_calls_work_again_after_the_manager_is_killed_and_restarted(base_image, tmp_path):
+    state = tmp_path / "state"
+    with ScriptedServer(["before the crash", "after the crash", "after the second crash"]) as up:
+        first = RockProcess(model_upstream=up.url, state_dir=state).start()
+        try:
+            with first.client() as c:
+                sb = c.create_sandbox(image=base_image, network="model")
+                assert answer_text(call_inside(sb, {"messages": MESSAGES})) == "before the crash"
+        finally:
+            first.kill()
+        with RockProcess(model_upstream=up.url, state_dir=state, token=first.token) as second, second.client() as c:
+            again = c.sandbox(sb.id)
+            result = call_inside(again, {"messages": MESSAGES})
+            assert result["status"] == 200 and answer_text(result) == "after the crash"
+            assert [ch["response"]["text"] for ch in again.trajectory()] == ["before the crash", "after the crash"]
+            # a proxy that died with its container (restarted) is started again on the next restart
+            again.exec("pkill -f [m]odelproxy")
+            assert again.exec("pgrep -f [m]odelproxy").exit_code == 1
+            second.kill()
+        with RockProcess(model_upstream=up.url, state_dir=state, token=first.token) as third, third.client() as c:
+            result = call_inside(c.sandbox(sb.id), {"messages": MESSAGES})
+            assert result["status"] == 200 and answer_text(result) == "after the second crash"
