@@ -3,8 +3,10 @@
 64 concurrent clients, each sending its next chat request as soon as the last returns; prompts share
 a long common prefix (system prompt + tool schemas) with varied tails; output lengths vary 16-256
 tokens. Each engine serves a fresh ROME-tiny through `rome serve` (start_server) for the same wall
-time after a warm-up; the score is completion tokens per second. Last line: JSON with "ratio"
-(vllm / hf). Options: --clients N --seconds S --model DIR.
+time after a warm-up; the score is completion tokens per second, counting every token streamed
+inside the window, including those of requests still running when it closes (counting only
+requests that finished inside the window overstated the gap against the one-at-a-time hf engine).
+Last line: JSON with "ratio" (vllm / hf). Options: --clients N --seconds S --model DIR.
 """
 
 from __future__ import annotations
@@ -42,32 +44,61 @@ def _requests(n: int, seed: int = 0) -> list[dict]:
 
 
 async def _load(url: str, clients: int, seconds: float) -> dict:
+    """Stream chat completions from `clients` closed-loop clients for `seconds`; count every token.
+
+    Tokens are counted as they arrive (the server's `token_ids` per chunk), so requests still
+    running when the window closes count for what they generated inside it; nothing generated
+    after the window counts. At the end of the window the clients hang up (aborting their
+    requests) rather than wait for them, so an engine that queues requests is not waited on.
+    """
     import httpx
 
     pool = _requests(4096)
-    done_tokens, done_requests = 0, 0
-    deadline = time.perf_counter() + seconds
+    tokens, started, finished = 0, 0, 0
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    async def request(http: httpx.AsyncClient, body: dict) -> None:
+        nonlocal tokens, finished
+        async with http.stream("POST", url + "/chat/completions", json=body) as r:
+            r.raise_for_status()
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    raise RuntimeError(chunk["error"])
+                now = time.perf_counter()
+                if now > deadline:
+                    return
+                for choice in chunk.get("choices", []):
+                    tokens += len(choice.get("token_ids") or [])
+                    if choice.get("finish_reason"):
+                        finished += 1
 
     async def client(i: int, http: httpx.AsyncClient) -> None:
-        nonlocal done_tokens, done_requests
+        nonlocal started
         k = i
         while time.perf_counter() < deadline:
-            r = await http.post(url + "/chat/completions", json=pool[k % len(pool)])
-            r.raise_for_status()
-            if time.perf_counter() <= deadline:
-                done_tokens += r.json()["usage"]["completion_tokens"]
-                done_requests += 1
+            body = {**pool[k % len(pool)], "stream": True, "return_token_ids": True}
+            started += 1
+            await request(http, body)
             k += clients
 
-    start = time.perf_counter()
     async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=clients)) as http:
-        await asyncio.gather(*(client(i, http) for i in range(clients)))
-    elapsed = min(time.perf_counter() - start, seconds)
+        tasks = [asyncio.create_task(client(i, http)) for i in range(clients)]
+        done, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.perf_counter()))
+        for t in pending:  # hang up: the server aborts what these were waiting for
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for t in done:
+            t.result()  # surface client errors
     return {
-        "tokens": done_tokens,
-        "requests": done_requests,
-        "seconds": round(elapsed, 1),
-        "tokens_per_s": round(done_tokens / elapsed, 2),
+        "tokens": tokens,
+        "requests_started": started,
+        "requests_finished": finished,
+        "seconds": round(seconds, 1),
+        "tokens_per_s": round(tokens / seconds, 2),
     }
 
 
@@ -77,6 +108,7 @@ def _measure(model_dir: Path, engine: str, clients: int, seconds: float) -> dict
     handle = start_server(model_dir, engine=engine)
     try:
         asyncio.run(_load(handle.url, min(clients, 4), 5))  # warm-up (compile, caches)
+        time.sleep(2)  # let aborted warm-up requests drain
         return asyncio.run(_load(handle.url, clients, seconds))
     finally:
         handle.stop()
@@ -98,7 +130,8 @@ def main() -> None:
         results = {e: _measure(model, e, args.clients, args.seconds) for e in ("vllm", "hf")}
     for engine, r in results.items():
         print(
-            f"{engine:5s} {r['tokens_per_s']:8.1f} tok/s  ({r['requests']} requests, {r['tokens']} tokens in {r['seconds']} s)"
+            f"{engine:5s} {r['tokens_per_s']:8.1f} tok/s  ({r['tokens']} tokens in {r['seconds']} s; "
+            f"{r['requests_started']} requests started, {r['requests_finished']} finished)"
         )
     ratio = results["vllm"]["tokens_per_s"] / max(results["hf"]["tokens_per_s"], 1e-9)
     print(json.dumps({"bench": "rome_serving", "clients": args.clients, "ratio": round(ratio, 2), **results}))
