@@ -5,7 +5,9 @@ exactly max_new_tokens) on the same fresh ROME-tiny in float32: `vllm.LLM(...).g
 `AutoModelForCausalLM.generate`, each timed after a warm-up call of the same shape (vLLM's first
 call includes its own warm-up). Greedy decoding in both. No target: this is the case where
 continuous batching and prefix caching have nothing to win, reported for honesty next to
-bench_rome_serving.py. Last line: JSON with "ratio" (vllm / hf tokens per second).
+bench_rome_serving.py. Last line: JSON with "ratio" (vllm / hf tokens per second). On a shared
+2-core machine it swings with other load: 1.67 on a quiet machine, 7-11 while a CI run competed
+for the cores (transformers' threads in this process lose more than vLLM's engine core).
 Options: --batch N --prompt-tokens P --max-new-tokens M --model DIR.
 """
 
