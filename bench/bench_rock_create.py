@@ -14,38 +14,17 @@ import statistics
 import subprocess
 import time
 
-from rock.launch import RockProcess
+from rawdocker import IMAGE, docker_rm, docker_run_detached
 
-IMAGE = "rock/base:bookworm"
-RAW_FLAGS = [
-    "--init",
-    "--network",
-    "none",
-    "--cap-drop",
-    "ALL",
-    "--security-opt",
-    "no-new-privileges",
-    "--pids-limit",
-    "512",
-    "--memory",
-    "1g",
-    "--memory-swap",
-    "1g",
-    "--cpus",
-    "1",
-    "--label",
-    "ale.rock.bench=1",
-]
+from rock.launch import RockProcess
 
 
 def raw_once() -> float:
     t = time.perf_counter()
-    cid = subprocess.run(
-        ["docker", "run", "-d", *RAW_FLAGS, IMAGE, "sleep", "infinity"], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    cid = docker_run_detached()
     subprocess.run(["docker", "exec", cid, "true"], check=True)
     took = time.perf_counter() - t
-    subprocess.run(["docker", "rm", "-f", cid], check=True, capture_output=True)
+    docker_rm(cid)
     return took
 
 

@@ -11,33 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
 
 import httpx
+from rawdocker import IMAGE, docker_rm, docker_run_detached
 
 from rock.launch import RockProcess
-
-IMAGE = "rock/base:bookworm"
-RAW_FLAGS = [
-    "--init",
-    "--network",
-    "none",
-    "--cap-drop",
-    "ALL",
-    "--security-opt",
-    "no-new-privileges",
-    "--pids-limit",
-    "512",
-    "--memory",
-    "1g",
-    "--memory-swap",
-    "1g",
-    "--cpus",
-    "1",
-    "--label",
-    "ale.rock.bench=1",
-]
 
 
 def pool_ready(rock) -> float:
@@ -58,11 +37,9 @@ def wait_pool(rock, want: int, timeout: float = 60) -> None:
 
 def raw_run() -> float:
     t = time.perf_counter()
-    cid = subprocess.run(
-        ["docker", "run", "-d", *RAW_FLAGS, IMAGE, "sleep", "infinity"], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    cid = docker_run_detached()
     took = time.perf_counter() - t
-    subprocess.run(["docker", "rm", "-f", cid], check=True, capture_output=True)
+    docker_rm(cid)
     return took
 
 
