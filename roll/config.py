@@ -8,12 +8,14 @@ scalars, so `train.lr=1e-5` is a float and `agent.max_turns=2` an int). One pyda
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from roll.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -112,8 +114,9 @@ def apply_override(data: dict, override: str) -> None:
     node[leaf] = yaml.safe_load(raw) if raw else ""
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read the YAML file, apply the overrides, validate; every failure is a one-line ConfigError."""
+def load_config(path: str | Path, overrides: list[str] = (), schema: type[M] | None = None) -> M:
+    """Read the YAML file, apply the overrides, validate against `schema` (default RunConfig);
+    every failure is a one-line ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -126,7 +129,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     for override in overrides:
         apply_override(data, override)
     try:
-        return RunConfig.model_validate(data)
+        return (schema or RunConfig).model_validate(data)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"{path}: {problems}") from e

@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from roll.config import ConfigError, apply_override
+from roll.config import load_config
 
 GiB = 2**30
 
@@ -52,17 +51,7 @@ class PlanConfig(_Strict):
 
 
 def load_plan_config(path: str | Path, overrides: list[str] = ()) -> PlanConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    for override in overrides:
-        apply_override(data, override)
-    try:
-        return PlanConfig.model_validate(data)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"{path}: {problems}") from e
+    return load_config(path, overrides, schema=PlanConfig)
 
 
 def kv_bytes_per_token(hf) -> int:
