@@ -5,10 +5,14 @@ forwards every call over the unix socket bind-mounted from the host, where rock'
 authenticates, forwards and records it. Standard library only, because it is mounted read-only
 into images that have nothing but a bare `python3`.
 
-Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models (anything else under
-/v1/ is passed on so the gateway answers with its JSON 404). Streaming responses are relayed
-piece by piece as they arrive. The socket is opened per request, so a gateway restart that
-re-creates it is picked up without restarting the proxy.
+It is a byte relay, not an HTTP server: each TCP connection of the agent is joined to a fresh
+connection to the gateway's socket and bytes flow both ways as they arrive, so the gateway
+speaks HTTP/1.1 with the agent itself (POST /v1/chat/completions streamed or not, POST
+/v1/completions, GET /v1/models, keep-alive, JSON errors). Parsing HTTP twice, once here and
+once in the gateway, cost more CPU per call than the model path's whole budget on a busy
+machine; a relay costs a few system calls. One thread multiplexes every connection (epoll).
+The socket is opened per connection, so a gateway restart that re-creates it is picked up
+without restarting the proxy; when it cannot be reached the agent gets a 502 JSON error.
 
 With --daemon the program forks, the child serves and the parent exits 0 only once the port is
 listening (1 with the reason otherwise), so `docker exec` of this command returns when the
@@ -18,225 +22,220 @@ proxy is ready.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import selectors
 import socket
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
-MAX_BODY = 64 * 1024 * 1024
-# Hop-by-hop or re-computed headers are not forwarded; everything else (Authorization,
-# X-Trajectory-Id, ...) goes to the gateway, which decides what it means.
-DROP_HEADERS = {"host", "connection", "keep-alive", "transfer-encoding", "content-length", "expect", "te", "upgrade"}
+BUF = 256 * 1024  # per direction: above this the reading side waits (back-pressure)
+MAX_HEAD = 64 * 1024  # what is read of a request that cannot be forwarded, to answer it
 
 
 def json_error(status: int, code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message, "type": code}}).encode()
+    body = json.dumps({"error": {"code": code, "message": message, "type": code}}).encode()
+    reason = {502: "Bad Gateway", 503: "Service Unavailable"}.get(status, "Error")
+    head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + "Connection: close\r\n\r\n").encode() + body
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "rock-modelproxy"
-    # Head and body go out in separate writes; with Nagle on, a keep-alive client's delayed ACK
-    # would hold the body back ~40 ms on every call after the first few.
-    disable_nagle_algorithm = True
-    socket_path = "/run/rock/model.sock"
+class Pipe:
+    """One direction of a joined connection: bytes read from `src` wait in `buf` until `dst` takes them."""
 
-    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
-        pass  # the gateway records every call; per-request lines here would only fill the agent's terminal
+    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
+        self.src, self.dst = src, dst
+        self.buf = b""
+        self.eof = False  # src has closed its side; shut dst's write side once buf is out
 
-    def send_error(self, code, message=None, explain=None):
-        # The stdlib sends an HTML page; agents show JSON errors better.
-        self.send_json(code, "bad_request" if code < 500 else "proxy_error", message or explain or "error")
 
-    def send_json(self, status: int, code: str, message: str) -> None:
-        body = json_error(status, code, message)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+class Link:
+    """An agent connection joined to a gateway connection; `failed` holds the 502 to send instead
+    when the gateway could not be reached (sent once the agent's request head is in)."""
 
-    def do_GET(self):
-        self.forward(b"")
+    def __init__(self, client: socket.socket, upstream: socket.socket | None, failed: bytes | None) -> None:
+        self.client, self.upstream, self.failed = client, upstream, failed
+        self.up = Pipe(client, upstream) if upstream else None  # agent -> gateway
+        self.down = Pipe(upstream, client) if upstream else None  # gateway -> agent
+        self.head = b""  # what arrived of the request, while failed
+        self.masks: dict[socket.socket, int] = {}  # what each side is registered for
 
-    def do_POST(self):
-        body = self.read_body()
-        if body is not None:
-            self.forward(body)
 
-    def read_body(self) -> bytes | None:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self.read_chunked()
+class Server:
+    """The relay's event loop. The interface of the stdlib's socketserver that callers use:
+    `server_address`, `serve_forever()`, `shutdown()`, `server_close()`."""
+
+    request_queue_size = 512  # an agent may open many calls at once
+
+    def __init__(self, address: tuple[str, int], socket_path: str) -> None:
+        self.socket_path = socket_path
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(address)
+        self.socket.listen(self.request_queue_size)
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.links: dict[socket.socket, Link] = {}
+        self.stopping = False
+
+    # ---- loop -------------------------------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        """Serve until shutdown(); `poll_interval` is accepted for socketserver's signature and unused
+        (shutdown wakes the loop through a socket pair, so an idle proxy never wakes up)."""
+        self.sel.register(self.socket, selectors.EVENT_READ, None)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, None)
         try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            self.send_json(400, "bad_request", "invalid Content-Length")
-            return None
-        if length < 0 or length > MAX_BODY:
-            self.close_connection = True
-            self.send_json(413, "too_large", f"request body over {MAX_BODY} bytes")
-            return None
-        return self.rfile.read(length)
-
-    def read_chunked(self) -> bytes | None:
-        parts, total = [], 0
-        while True:
-            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(parts)
-            total += size
-            if total > MAX_BODY:
-                self.close_connection = True
-                self.send_json(413, "too_large", f"request body over {MAX_BODY} bytes")
-                return None
-            parts.append(self.rfile.read(size))
-            self.rfile.readline()
-
-    def forward(self, body: bytes) -> None:
-        if not self.path.startswith("/v1/"):
-            self.send_json(404, "not_found", f"no route {self.command} {self.path}; the model API is under /v1/")
-            return
-        try:
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            upstream.connect(self.socket_path)
-        except OSError as e:
-            upstream.close()
-            self.send_json(502, "gateway_unavailable", f"model gateway socket {self.socket_path}: {e}")
-            return
-        with upstream:
-            upstream.sendall(self.request_head(len(body)) + body)
-            self.relay(upstream)
-
-    def request_head(self, length: int) -> bytes:
-        lines = [f"{self.command} {self.path} HTTP/1.1", "Host: rock-gateway", "Connection: close"]
-        lines += [f"{k}: {v}" for k, v in self.headers.items() if k.lower() not in DROP_HEADERS]
-        lines.append(f"Content-Length: {length}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-    def relay(self, upstream: socket.socket) -> None:
-        head, rest = read_head(upstream)
-        if head is None:
-            self.send_json(502, "gateway_closed", "the model gateway closed the connection without answering")
-            return
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        status = int(status_line.split(" ", 2)[1])
-        headers = [line.split(":", 1) for line in header_lines if ":" in line]
-        length = next((v.strip() for k, v in headers if k.strip().lower() == "content-length"), None)
-        self.send_response_only(status, status_line.split(" ", 2)[2] if status_line.count(" ") >= 2 else None)
-        for k, v in headers:
-            if k.strip().lower() not in DROP_HEADERS:
-                self.send_header(k.strip(), v.strip())
-        if length is not None:
-            self.send_header("Content-Length", length)
-            self.end_headers()
-            self.relay_fixed(upstream, rest, int(length))
-        else:
-            # A streamed answer: its end is the gateway closing the socket, so the agent gets
-            # it chunk by chunk, each flushed as soon as it arrives.
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            self.relay_chunked(upstream, rest)
-
-    def relay_fixed(self, upstream: socket.socket, data: bytes, length: int) -> None:
-        sent = 0
-        while True:
-            if data:
-                self.wfile.write(data)
-                sent += len(data)
-            if sent >= length:
-                return
-            data = upstream.recv(65536)
-            if not data:
-                self.close_connection = True  # short body: the agent must not reuse this connection
-                return
-
-    def relay_chunked(self, upstream: socket.socket, data: bytes) -> None:
-        try:
-            while True:
-                if data:
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                    self.wfile.flush()
-                data = upstream.recv(65536)
-                if not data:
-                    break
-        except ConnectionResetError:
-            pass  # the gateway dropped us mid-stream; still end the agent's stream properly
-        self.wfile.write(b"0\r\n\r\n")
-
-
-def read_head(sock: socket.socket) -> tuple[bytes | None, bytes]:
-    """The response head and whatever body bytes came with it; (None, b"") if the peer closed first."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            return None, b""
-        buf += data
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    return head, rest
-
-
-class Server(HTTPServer):
-    """Worker threads that each block in accept() and serve the connection they get, with one more
-    started whenever none is left idle. Unlike ThreadingHTTPServer's thread per connection handed
-    over by an accept loop, a call costs no thread start and no extra wake-up, which is what a
-    call's latency is made of on a busy machine."""
-
-    request_queue_size = 512  # the stdlib's 5 drops SYNs when an agent opens many calls at once
-    min_idle = 4
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.idle, self.lock, self.stopped = 0, threading.Lock(), threading.Event()
-
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        for _ in range(self.min_idle):
-            self.spawn()
-        self.stopped.wait()
+            while not self.stopping:
+                for key, mask in self.sel.select():
+                    if key.fileobj is self.socket:
+                        self.accept()
+                    elif key.fileobj is self.wake_r:
+                        self.stopping = True
+                    else:
+                        self.ready(key.fileobj, mask)
+        finally:
+            for link in list(self.links.values()):
+                self.close(link)
+            self.sel.close()
 
     def shutdown(self) -> None:
-        self.stopped.set()
+        self.stopping = True
         try:
-            self.socket.shutdown(socket.SHUT_RDWR)  # wakes the workers blocked in accept()
+            self.wake_w.send(b"x")
         except OSError:
             pass
 
-    def spawn(self) -> None:
-        threading.Thread(target=self.worker, daemon=True).start()
+    def server_close(self) -> None:
+        for s in (self.socket, self.wake_r, self.wake_w):
+            s.close()
 
-    def worker(self) -> None:
-        while not self.stopped.is_set():
-            with self.lock:
-                self.idle += 1
+    # ---- connections ------------------------------------------------------------------------
+
+    def accept(self) -> None:
+        for _ in range(64):  # drain a burst of connects per wake-up
             try:
-                conn, addr = self.socket.accept()
-            except OSError:
+                client, _ = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
                 return
-            finally:
-                with self.lock:
-                    self.idle -= 1
-                    grow = self.idle == 0 and not self.stopped.is_set()
-            if grow:
-                self.spawn()
+            except OSError as e:  # EMFILE and the like: leave the connect queued, try on the next wake-up
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    return
+                raise
+            client.setblocking(False)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            upstream, failed = self.connect()
+            link = Link(client, upstream, failed)
+            self.links[client] = link
+            self.sel.register(client, selectors.EVENT_READ, link)
+            link.masks[client] = selectors.EVENT_READ
+            if upstream:
+                self.links[upstream] = link
+                self.sel.register(upstream, selectors.EVENT_READ, link)
+                link.masks[upstream] = selectors.EVENT_READ
+
+    def connect(self) -> tuple[socket.socket | None, bytes | None]:
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            upstream.setblocking(False)
+            upstream.connect(self.socket_path)  # a unix connect completes at once or fails
+            return upstream, None
+        except OSError as e:
+            upstream.close()
+            why = "the gateway is busy" if e.errno == errno.EAGAIN else e.strerror or str(e)
+            return None, json_error(502, "gateway_unavailable", f"model gateway socket {self.socket_path}: {why}")
+
+    def ready(self, sock: socket.socket, mask: int) -> None:
+        link = self.links.get(sock)
+        if link is None:
+            return
+        try:
+            if link.failed is not None:
+                self.answer_failed(link)
+                return
+            for pipe in (link.up, link.down):
+                if mask & selectors.EVENT_READ and sock is pipe.src:
+                    self.read(pipe)
+                if mask & selectors.EVENT_WRITE and sock is pipe.dst:
+                    self.flush(pipe)
+            if link.down.eof and not link.down.buf:
+                self.close(link)  # the gateway has answered and hung up: nothing more can come
+            elif link.up.eof and link.down.eof:
+                self.close(link)
+            else:
+                self.update(link)
+        except OSError:
+            self.close(link)  # reset by either side: drop both
+
+    def read(self, pipe: Pipe) -> None:
+        if pipe.eof or len(pipe.buf) >= BUF:
+            return
+        data = pipe.src.recv(65536)
+        if not data:
+            pipe.eof = True
+        else:
+            pipe.buf += data
+        self.flush(pipe)
+
+    def flush(self, pipe: Pipe) -> None:
+        if pipe.buf:
             try:
-                self.finish_request(conn, addr)
-            except Exception:
-                self.handle_error(conn, addr)
-            finally:
-                self.shutdown_request(conn)
+                sent = pipe.dst.send(pipe.buf)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            pipe.buf = pipe.buf[sent:]
+        if pipe.eof and not pipe.buf:
+            try:
+                pipe.dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def update(self, link: Link) -> None:
+        """Read from a side while its pipe has room and it is open; wait to write while bytes are queued."""
+        for sock in (link.client, link.upstream):
+            mask = 0
+            for pipe in (link.up, link.down):
+                if sock is pipe.src and not pipe.eof and len(pipe.buf) < BUF:
+                    mask |= selectors.EVENT_READ
+                if sock is pipe.dst and pipe.buf:
+                    mask |= selectors.EVENT_WRITE
+            if mask == link.masks.get(sock, 0):
+                continue  # the common case: nothing to tell epoll
+            if not mask:
+                self.sel.unregister(sock)
+            elif sock in link.masks and link.masks[sock]:
+                self.sel.modify(sock, mask, link)
+            else:
+                self.sel.register(sock, mask, link)
+            link.masks[sock] = mask
+
+    def answer_failed(self, link: Link) -> None:
+        """Read the agent's request head (so that closing does not reset the answer away), then answer."""
+        data = link.client.recv(65536)
+        link.head += data
+        if data and b"\r\n\r\n" not in link.head and len(link.head) < MAX_HEAD:
+            return
+        if data:
+            link.client.setblocking(True)
+            link.client.settimeout(5)
+            link.client.sendall(link.failed)
+            link.client.shutdown(socket.SHUT_WR)
+        self.close(link)
+
+    def close(self, link: Link) -> None:
+        for sock in (link.client, link.upstream):
+            if sock is None:
+                continue
+            self.links.pop(sock, None)
+            if link.masks.pop(sock, 0):
+                self.sel.unregister(sock)
+            sock.close()
 
 
 def serve(socket_path: str, host: str, port: int) -> Server:
-    handler = type("BoundHandler", (Handler,), {"socket_path": socket_path})
-    server = Server((host, port), handler)
-    return server
+    return Server((host, port), socket_path)
 
 
 def daemonize_and_serve(socket_path: str, host: str, port: int) -> int:

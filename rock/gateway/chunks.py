@@ -7,10 +7,11 @@ Tests: `.venv/bin/pytest tests/gateway/test_chunks.py`.
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
 
@@ -108,9 +109,10 @@ class ResponseAggregate:
             slot["function"]["name"] = fn["name"]
         slot["function"]["arguments"] += fn.get("arguments") or ""
 
-    def response(self) -> ChunkResponse:
-        calls = [ToolCall(**self.tool_calls[i]) for i in sorted(self.tool_calls)]
-        return ChunkResponse(text="".join(self.text), tool_calls=calls)
+    def response(self) -> dict[str, Any]:
+        """The chunk's `response` (the shape of ChunkResponse) as plain data, ready to serialise."""
+        calls = [{"id": None, "type": "function", **self.tool_calls[i]} for i in sorted(self.tool_calls)]
+        return {"text": "".join(self.text), "tool_calls": calls}
 
 
 def sampled_logprobs(logprobs: Any) -> list[float] | None:
@@ -169,8 +171,8 @@ class ChunkStore:
         p = self.path(sandbox_id)
         if not p.exists():
             return []
-        with p.open() as f:
-            return [json.loads(line) for line in f if line.strip()]
+        with p.open("rb") as f:
+            return [orjson.loads(line) for line in f if line.strip()]
 
     def next_index(self, sandbox_id: str, trajectory_id: str) -> int:
         key = (sandbox_id, trajectory_id)
@@ -179,13 +181,16 @@ class ChunkStore:
         self.counters[key] += 1
         return self.counters[key] - 1
 
-    def append(self, chunk: Chunk) -> None:
-        with self.path(chunk.sandbox_id).open("a") as f:
-            f.write(chunk.model_dump_json() + "\n")
-        subs = [sub for sub in self.subscribers if sub.wants(chunk.sandbox_id, chunk.trajectory_id)]
-        if subs:
-            record = chunk.model_dump(mode="json")
-            for sub in subs:
+    def append(self, chunk: Chunk | dict[str, Any]) -> None:
+        """Write one chunk as one line (a single O_APPEND write) and hand it to its subscribers."""
+        record = chunk.model_dump(mode="json") if isinstance(chunk, Chunk) else chunk
+        fd = os.open(self.path(record["sandbox_id"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, orjson.dumps(record) + b"\n")
+        finally:
+            os.close(fd)
+        for sub in self.subscribers:
+            if sub.wants(record["sandbox_id"], record["trajectory_id"]):
                 sub.queue.put_nowait(record)
 
     def subscribe(self, sandbox_id: str | None = None, trajectory_id: str | None = None) -> Subscription:

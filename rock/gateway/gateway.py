@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from rock.gateway import replay, wire
-from rock.gateway.chunks import Chunk, ChunkStore, ResponseAggregate, Subscription
+from rock.gateway.chunks import ChunkStore, ResponseAggregate, Subscription
 from rock.gateway.upstream import (
     UpstreamError,
     lines,
@@ -66,6 +67,7 @@ class GatewayConfig(BaseModel):
     retries: int = 3  # extra attempts on 429/5xx/connect failure, before anything reached the agent
     backoff_s: float = 0.25  # doubled per attempt
     max_connections: int = 512  # pooled upstream connections, all upstreams together
+    keepalive_timeout_s: float = 120.0  # an agent's idle connection is closed after this long
     upstream_api_key: str | None = None  # sent upstream as Bearer; the sandbox's token never leaves the host
 
 
@@ -256,58 +258,62 @@ class ModelGateway:
     # ---- one call --------------------------------------------------------------------------------
 
     async def serve_connection(self, live: Attached, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        """Requests on one connection of the agent's (through the proxy's relay) until it closes or
+        an answer cannot be followed by another; idle keep-alive connections close after a while."""
         task = asyncio.current_task()
         live.tasks.add(task)
         try:
-            request = await wire.read_request(reader)
-            if request is not None:
-                await self.handle(live, request, writer)
+            while True:
+                async with asyncio.timeout(self.config.keepalive_timeout_s):
+                    request = await wire.read_request(reader, writer)
+                if request is None:
+                    break
+                out = wire.Responder(writer, request)
+                await self.handle(live, request, out)
+                if not out.reusable:
+                    break
         except wire.BadRequest as e:
-            await wire.send_error(writer, e.status, e.code, e.message)
-        except (ConnectionError, asyncio.CancelledError):
-            pass  # the agent hung up, or the sandbox was detached: nothing left to answer
+            await wire.Responder(writer, None).error(e.status, e.code, e.message)
+        except (ConnectionError, TimeoutError, asyncio.CancelledError):
+            pass  # the agent hung up or went idle, or the sandbox was detached: nothing left to answer
         except Exception:
             log.exception("gateway: call from sandbox %s failed", live.att.sandbox_id)
         finally:
             live.tasks.discard(task)
             writer.close()
 
-    async def handle(self, live: Attached, request: wire.Request, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, live: Attached, request: wire.Request, out: wire.Responder) -> None:
         if not hmac.compare_digest(request.bearer().encode(), live.att.token.encode()):
-            return await wire.send_error(writer, 401, "unauthorized", "missing or wrong API key for this sandbox")
+            return await out.error(401, "unauthorized", "missing or wrong API key for this sandbox")
         method = ROUTES.get(request.path)
         if method is None:
-            return await wire.send_error(
-                writer,
-                404,
-                "not_found",
-                f"no route {request.method} {request.path}; the model API has {', '.join(ROUTES)}",
+            where = "" if request.path.startswith("/v1/") else "; the model API is under /v1/"
+            return await out.error(
+                404, "not_found", f"no route {request.method} {request.path}{where}: it has {', '.join(ROUTES)}"
             )
         if request.method != method:
-            return await wire.send_error(writer, 405, "method_not_allowed", f"{request.path} takes {method}")
+            return await out.error(405, "method_not_allowed", f"{request.path} takes {method}")
         if request.path == "/v1/models":
-            return await self.models(live, writer)
+            return await self.models(live, out)
         try:
-            body = json.loads(request.body)
-        except ValueError as e:
-            return await wire.send_error(writer, 400, "invalid_json", f"request body is not valid JSON: {e}")
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError as e:
+            return await out.error(400, "invalid_json", f"request body is not valid JSON: {e}")
         if not isinstance(body, dict):
-            return await wire.send_error(writer, 400, "invalid_json", "request body must be a JSON object")
+            return await out.error(400, "invalid_json", "request body must be a JSON object")
         call = Call(live, request, body)
         try:
             if body.get("stream"):
-                await self.stream(call, writer)
+                await self.stream(call, out)
             else:
-                await self.whole(call, writer)
+                await self.whole(call, out)
         except UpstreamError as e:
             if e.body is not None and 400 <= e.status < 500:
-                await wire.send_json(
-                    writer, e.status, e.body if is_json(e.body) else wire.error_body(e.code, e.message)
-                )
+                await out.json(e.status, e.body if is_json(e.body) else wire.error_body(e.code, e.message))
             else:
-                await wire.send_error(writer, e.status, e.code, e.message)
+                await out.error(e.status, e.code, e.message)
 
-    async def whole(self, call: Call, writer: asyncio.StreamWriter) -> None:
+    async def whole(self, call: Call, out: wire.Responder) -> None:
         if call.live.att.replay is not None:
             reply = replay.reply(self.next_replay(call.live), call.chat)
         else:
@@ -315,9 +321,9 @@ class ModelGateway:
             reply = parse_json_reply(await read_whole(resp, str(resp.url)))
         call.agg.add(reply)
         self.record(call)
-        await wire.send_json(writer, 200, json.dumps(strip_reply(reply, call.body)).encode())
+        await out.json(200, orjson.dumps(strip_reply(reply, call.body)))
 
-    async def stream(self, call: Call, writer: asyncio.StreamWriter) -> None:
+    async def stream(self, call: Call, out: wire.Responder) -> None:
         """Relay the upstream's events as they come. The first event is read before answering, so
         that an upstream failure is still a proper HTTP error and not a broken stream."""
         events = self.replay_events(call) if call.live.att.replay is not None else self.upstream_events(call)
@@ -325,24 +331,21 @@ class ModelGateway:
             first = await anext(events)
         except StopAsyncIteration:
             raise UpstreamError(502, "bad_upstream_reply", "upstream stream ended without any event") from None
-        writer.write(wire.response_head(200, "text/event-stream", None))
-        done = False
+        out.start_stream()
+        done, ending = False, None  # ending: what closes the stream, written once the chunk is recorded
         try:
             event: dict[str, Any] | None = first
             while event is not None:
                 call.agg.add(event)
-                writer.write(b"data: " + json.dumps(strip_reply(event, call.body)).encode() + b"\n\n")
-                await writer.drain()
+                await out.event(orjson.dumps(strip_reply(event, call.body)))
                 event = await anext(events, None)
-            writer.write(b"data: [DONE]\n\n")
-            await writer.drain()
-            done = True
+            done, ending = True, b""
         except UpstreamError as e:
             call.error = e.message  # bytes already went out: end the stream with an error event
-            writer.write(b"data: " + wire.error_body(e.code, e.message) + b"\n\ndata: [DONE]\n\n")
+            ending = wire.error_body(e.code, e.message)
         except asyncio.CancelledError:
             call.error = "sandbox detached mid-stream"
-            writer.write(b"data: [DONE]\n\n")  # best effort: the proxy may still be there to pass it on
+            ending = b""  # best effort: the proxy may still be there to pass it on
             raise
         except ConnectionError:
             call.error = "client disconnected mid-stream"
@@ -350,7 +353,12 @@ class ModelGateway:
             await events.aclose()
             if not done and call.agg.finish_reason is None:
                 call.agg.finish_reason = "abort"
-            self.record(call)
+            self.record(call)  # before the end goes out: a client that saw the end finds the record
+            if ending is not None:
+                if ending:
+                    out.write_event(ending)
+                out.end_stream()
+        await out.writer.drain()
 
     async def open(self, call: Call) -> aiohttp.ClientResponse:
         live = call.live
@@ -375,8 +383,8 @@ class ModelGateway:
                 if payload == b"[DONE]":
                     return
                 try:
-                    event = json.loads(payload)
-                except ValueError:
+                    event = orjson.loads(payload)
+                except orjson.JSONDecodeError:
                     event = None
                 if not isinstance(event, dict):
                     raise UpstreamError(502, "bad_upstream_reply", f"upstream sent a non-JSON event: {quote(line)}")
@@ -401,46 +409,47 @@ class ModelGateway:
         live.replay_pos += 1
         return chunks[live.replay_pos - 1]
 
-    async def models(self, live: Attached, writer: asyncio.StreamWriter) -> None:
+    async def models(self, live: Attached, out: wire.Responder) -> None:
         if live.att.replay is not None:
             names = sorted({c.get("model") or "replay" for c in live.att.replay}) or ["replay"]
             data = {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "rock-replay"} for n in names]}
-            return await wire.send_json(writer, 200, json.dumps(data).encode())
+            return await out.json(200, orjson.dumps(data))
         headers = {"authorization": f"Bearer {live.upstream_key}"} if live.upstream_key else {}
         try:
             async with self.client.get(url_for(live.att.upstream, "/v1/models"), headers=headers) as resp:
                 status, data = resp.status, await resp.read()
         except aiohttp.ServerTimeoutError:
-            return await wire.send_error(writer, 504, "upstream_timeout", "upstream did not list its models in time")
+            return await out.error(504, "upstream_timeout", "upstream did not list its models in time")
         except aiohttp.ClientError as e:
-            return await wire.send_error(writer, 502, "upstream_unreachable", f"upstream: {type(e).__name__}: {e}")
+            return await out.error(502, "upstream_unreachable", f"upstream: {type(e).__name__}: {e}")
         if status != 200 or not is_json(data):
-            return await wire.send_error(writer, 502, "upstream_error", f"upstream answered {status}: {quote(data)}")
-        await wire.send_json(writer, 200, data)
+            return await out.error(502, "upstream_error", f"upstream answered {status}: {quote(data)}")
+        await out.json(200, data)
 
     def record(self, call: Call) -> None:
-        """Append the call's chunk. Not validated field by field: the token lists run to tens of
-        thousands of ids per call, and a recording failure is logged rather than failing the agent."""
+        """Append the call's chunk (the fields of `Chunk`, in its order). Built as a plain dict and
+        not validated field by field: the token lists run to tens of thousands of ids per call, and
+        a recording failure is logged rather than failing the agent."""
         agg, att = call.agg, call.live.att
-        chunk = Chunk.model_construct(
-            trajectory_id=call.trajectory_id,
-            sandbox_id=att.sandbox_id,
-            index=self.store.next_index(att.sandbox_id, call.trajectory_id),
-            prompt_token_ids=agg.prompt_token_ids,
-            response_token_ids=agg.token_ids,
-            response_logprobs=agg.logprobs,
-            policy_version=agg.policy_version,
-            messages=call.body.get("messages") if call.chat else None,
-            prompt=None if call.chat else call.body.get("prompt"),
-            tools=call.body.get("tools"),
-            response=agg.response(),
-            finish_reason=agg.finish_reason,
-            latency_s=round(time.monotonic() - call.started, 6),
-            endpoint="chat.completions" if call.chat else "completions",
-            model=agg.model or call.body.get("model"),
-            error=call.error,
-            created_at=time.time(),
-        )
+        chunk = {
+            "trajectory_id": call.trajectory_id,
+            "sandbox_id": att.sandbox_id,
+            "index": self.store.next_index(att.sandbox_id, call.trajectory_id),
+            "prompt_token_ids": agg.prompt_token_ids,
+            "response_token_ids": agg.token_ids,
+            "response_logprobs": agg.logprobs,
+            "policy_version": agg.policy_version,
+            "messages": call.body.get("messages") if call.chat else None,
+            "prompt": None if call.chat else call.body.get("prompt"),
+            "tools": call.body.get("tools"),
+            "response": agg.response(),
+            "finish_reason": agg.finish_reason,
+            "latency_s": round(time.monotonic() - call.started, 6),
+            "endpoint": "chat.completions" if call.chat else "completions",
+            "model": agg.model or call.body.get("model"),
+            "error": call.error,
+            "created_at": time.time(),
+        }
         try:
             self.store.append(chunk)
         except Exception:
@@ -481,7 +490,7 @@ def bind_unix(path: Path) -> socket.socket:
 
 def is_json(data: bytes) -> bool:
     try:
-        json.loads(data)
-    except ValueError:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
         return False
     return True

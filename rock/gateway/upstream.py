@@ -6,11 +6,11 @@ did not ask for. Tests: `.venv/bin/pytest tests/gateway/test_gateway.py`.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
@@ -66,8 +66,8 @@ def strip_reply(reply: dict[str, Any], request: dict[str, Any]) -> dict[str, Any
 
 def parse_json_reply(data: bytes) -> dict[str, Any]:
     try:
-        reply = json.loads(data)
-    except ValueError:
+        reply = orjson.loads(data)
+    except orjson.JSONDecodeError:
         reply = None
     if not isinstance(reply, dict):
         raise UpstreamError(
@@ -96,7 +96,7 @@ async def open_upstream(
 ) -> aiohttp.ClientResponse:
     """A response with a 2xx status whose body is not yet read; retried on 429/5xx and connection
     failures, which is safe because nothing has reached the agent yet."""
-    content = json.dumps(body).encode()
+    content = orjson.dumps(body)
     for attempt in range(retries + 1):
         last = attempt == retries
         try:

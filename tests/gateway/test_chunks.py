@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from rock.gateway.chunks import Chunk, ChunkStore, ResponseAggregate
+from rock.gateway.chunks import Chunk, ChunkResponse, ChunkStore, ResponseAggregate
 from rock.gateway.upstream import strip_reply, upstream_body
 
 
@@ -18,12 +18,13 @@ def test_streamed_tool_call_fragments_are_joined():
     for f in frags:
         agg.add({"choices": [{"index": 0, "delta": {"tool_calls": [f]}, "token_ids": [7]}]})
     agg.add({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}], "policy_version": 3})
-    calls = agg.response().tool_calls
-    assert [(c.id, c.function["name"], c.function["arguments"]) for c in calls] == [
+    calls = agg.response()["tool_calls"]
+    assert [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
         ("call_1", "bash", '{"cmd": "ls"}'),
         ("call_2", "read", "{}"),
     ]
     assert agg.token_ids == [7, 7, 7] and agg.finish_reason == "tool_calls" and agg.policy_version == 3
+    assert ChunkResponse(**agg.response()).tool_calls[1].type == "function"  # the recorded shape is the schema's
 
 
 def test_completions_reply_with_per_choice_prompt_ids_and_other_choices_ignored():
@@ -45,7 +46,7 @@ def test_completions_reply_with_per_choice_prompt_ids_and_other_choices_ignored(
         }
     )
     assert (agg.prompt_token_ids, agg.token_ids, agg.logprobs) == ([1, 2], [3, 4], [-0.5, -0.25])
-    assert agg.response().text == "ab" and agg.finish_reason == "length" and agg.model == "tiny"
+    assert agg.response()["text"] == "ab" and agg.finish_reason == "length" and agg.model == "tiny"
 
 
 def test_request_rewrite_and_strip_are_inverse_for_the_client():
