@@ -27,16 +27,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from rock.gateway import replay, wire
 from rock.gateway.chunks import ChunkStore, ResponseAggregate, Subscription
+from rock.gateway.client import ReadTimeout, Response, TransportError, UpstreamPool
 from rock.gateway.upstream import (
     UpstreamError,
     lines,
-    new_session,
     open_upstream,
     parse_json_reply,
     quote,
@@ -105,14 +104,14 @@ class ModelGateway:
         self.root = self.state_dir / "gateway"
         self.store = ChunkStore(self.root / "trajectories")
         self.attached: dict[str, Attached] = {}
-        self.client: aiohttp.ClientSession | None = None
+        self.client: UpstreamPool | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the upstream pool and re-open the sockets of every attachment persisted before a restart."""
         c = self.config
-        self.client = new_session(c.max_connections, c.connect_timeout_s, c.read_timeout_s)
+        self.client = UpstreamPool(c.max_connections, c.connect_timeout_s, c.read_timeout_s)
         (self.root / "attachments").mkdir(parents=True, exist_ok=True)
         for f in sorted((self.root / "attachments").glob("*.json")):
             saved = json.loads(f.read_text())
@@ -360,7 +359,7 @@ class ModelGateway:
                 out.end_stream()
         await out.writer.drain()
 
-    async def open(self, call: Call) -> aiohttp.ClientResponse:
+    async def open(self, call: Call) -> Response:
         live = call.live
         headers = {"content-type": "application/json"}
         if live.upstream_key:
@@ -391,12 +390,12 @@ class ModelGateway:
                 yield event
             if not seen.lstrip().startswith((b"data:", b":", b"event:")):
                 raise UpstreamError(502, "bad_upstream_reply", f"upstream did not answer with a stream: {quote(seen)}")
-        except aiohttp.ServerTimeoutError as e:
+        except ReadTimeout as e:
             raise UpstreamError(504, "upstream_timeout", f"upstream stalled mid-reply ({e})") from e
-        except aiohttp.ClientError as e:
-            raise UpstreamError(502, "upstream_error", f"upstream connection broke: {type(e).__name__}: {e}") from e
+        except TransportError as e:
+            raise UpstreamError(502, "upstream_error", f"upstream connection broke: {e}") from e
         finally:
-            resp.close()  # not release(): a stream cut short must not go back into the pool
+            resp.release()  # pooled again only if the stream was read to its end
 
     async def replay_events(self, call: Call) -> AsyncIterator[dict[str, Any]]:
         for event in replay.events(self.next_replay(call.live), call.chat):
@@ -416,12 +415,15 @@ class ModelGateway:
             return await out.json(200, orjson.dumps(data))
         headers = {"authorization": f"Bearer {live.upstream_key}"} if live.upstream_key else {}
         try:
-            async with self.client.get(url_for(live.att.upstream, "/v1/models"), headers=headers) as resp:
-                status, data = resp.status, await resp.read()
-        except aiohttp.ServerTimeoutError:
+            resp = await self.client.request("GET", url_for(live.att.upstream, "/v1/models"), None, headers)
+            try:
+                status, data = resp.status, await resp.read(1 << 20)
+            finally:
+                resp.release()
+        except ReadTimeout:
             return await out.error(504, "upstream_timeout", "upstream did not list its models in time")
-        except aiohttp.ClientError as e:
-            return await out.error(502, "upstream_unreachable", f"upstream: {type(e).__name__}: {e}")
+        except TransportError as e:
+            return await out.error(502, "upstream_unreachable", f"upstream: {e}")
         if status != 200 or not is_json(data):
             return await out.error(502, "upstream_error", f"upstream answered {status}: {quote(data)}")
         await out.json(200, data)
