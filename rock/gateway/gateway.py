@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rock.gateway import replay, wire
 from rock.gateway.chunks import ChunkStore, ResponseAggregate, Subscription
 from rock.gateway.client import ReadTimeout, Response, TransportError, UpstreamPool
+from rock.gateway.handoff import Listener
 from rock.gateway.upstream import (
     UpstreamError,
     lines,
@@ -91,8 +92,7 @@ class Attached:
     def __init__(self, att: ModelAttachment, upstream_key: str | None) -> None:
         self.att = att
         self.upstream_key = upstream_key
-        self.server: asyncio.AbstractServer | None = None
-        self.tasks: set[asyncio.Task] = set()
+        self.listener: Listener | None = None
         self.replay_pos = 0
 
 
@@ -232,18 +232,18 @@ class ModelGateway:
         path.unlink(missing_ok=True)
         sock = bind_unix(path)
         os.chmod(path, 0o666)  # any user inside the sandbox may call; the token is the credential
-        live.server = await asyncio.start_unix_server(
-            lambda r, w: self.serve_connection(live, r, w), sock=sock, limit=wire.MAX_HEAD
-        )
+        live.listener = Listener(sock, lambda r, w: self.serve_connection(live, r, w), wire.MAX_HEAD)
         self.attached[live.att.sandbox_id] = live
 
     async def close_listener(self, live: Attached) -> None:
-        if live.server:
-            live.server.close()
-        for task in list(live.tasks):
+        if live.listener is None:
+            return
+        live.listener.close()
+        tasks = list(live.listener.tasks)
+        for task in tasks:
             task.cancel()
-        if live.tasks:
-            await asyncio.gather(*live.tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         Path(live.att.socket_path).unlink(missing_ok=True)
 
     def save(self, live: Attached) -> None:
@@ -257,10 +257,8 @@ class ModelGateway:
     # ---- one call --------------------------------------------------------------------------------
 
     async def serve_connection(self, live: Attached, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        """Requests on one connection of the agent's (through the proxy's relay) until it closes or
+        """Requests on one connection of the agent's (handed over by the proxy) until it closes or
         an answer cannot be followed by another; idle keep-alive connections close after a while."""
-        task = asyncio.current_task()
-        live.tasks.add(task)
         try:
             while True:
                 async with asyncio.timeout(self.config.keepalive_timeout_s):
@@ -278,7 +276,6 @@ class ModelGateway:
         except Exception:
             log.exception("gateway: call from sandbox %s failed", live.att.sandbox_id)
         finally:
-            live.tasks.discard(task)
             writer.close()
 
     async def handle(self, live: Attached, request: wire.Request, out: wire.Responder) -> None:
