@@ -4,14 +4,17 @@ and the pooled connections to the upstream. `.venv/bin/pytest tests/gateway/test
 
 from __future__ import annotations
 
+import array
 import asyncio
 import http.client
 import json
+import os
 import socket
+import time
 from urllib.parse import urlsplit
 
 import pytest
-from gwtools import MESSAGES
+from gwtools import MESSAGES, post, raw_socket_call
 
 from iflow_cli.testing.scripted_server import ScriptedServer
 from rock.gateway.client import BrokenReply, ConnectFailed, ReadTimeout, UpstreamPool
@@ -193,3 +196,48 @@ def test_pool_types_its_failures():
         assert pool.slots._value == 8  # every failure gave its slot back
 
     asyncio.run(run())
+
+
+# ---- what the sandbox may pass over its socket ------------------------------------------------
+
+
+def pass_fds(socket_path: str, fds: list[int]) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(socket_path)
+        s.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        time.sleep(0.2)
+
+
+def test_descriptors_other_than_inet_stream_sockets_are_closed_unread(harness, tmp_path):
+    with ScriptedServer(["still fine"]) as up:
+        h = harness(up.url)
+        att = h.attach("sbx1")
+        secret = tmp_path / "file"
+        secret.write_text("GET /v1/models HTTP/1.1\r\n\r\n")
+        r, w = os.pipe()
+        a, b = socket.socketpair()
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with open(secret, "rb") as f, a, b, udp:
+            b.sendall(f"GET /v1/models HTTP/1.1\r\nAuthorization: Bearer {att.token}\r\n\r\n".encode())
+            pass_fds(att.socket_path, [f.fileno(), r, a.fileno(), udp.fileno()])
+            # A request waits on the unix socket, but no answer came: the gateway did not serve it.
+            os.set_blocking(r, False)
+            with pytest.raises(BlockingIOError):
+                os.read(r, 1)
+            b.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                b.recv(1)
+        os.close(r)
+        os.close(w)
+        status, reply = post(h.proxy(att), "/chat/completions", {"messages": MESSAGES}, att.token)
+    assert status == 200 and reply["choices"][0]["message"]["content"] == "still fine"
+
+
+def test_plain_http_over_the_unix_socket_is_served(harness):
+    with ScriptedServer(["over unix"]) as up:
+        h = harness(up.url)
+        att = h.attach("sbx1")
+        body = json.dumps({"messages": MESSAGES}).encode()
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {att.token}\r\n"
+        out = raw_socket_call(att.socket_path, f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert out.startswith(b"HTTP/1.1 200") and b"over unix" in out

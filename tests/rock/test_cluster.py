@@ -28,6 +28,9 @@ def ray_cluster():
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="rockray-", dir="/tmp")
+    # Ray writes the head's address to /tmp/ray/ray_current_cluster whatever the temp dir, and fails
+    # on a fresh machine where nothing has made /tmp/ray yet.
+    os.makedirs("/tmp/ray", exist_ok=True)
     # A free GCS port: the default 6379 may belong to another Ray instance on this machine.
     head = {"num_cpus": 1, "temp_dir": temp, "include_dashboard": False, "gcs_server_port": free_port()}
     cluster = Cluster(initialize_head=True, head_node_args=head)
