@@ -7,11 +7,14 @@ streams, and nothing else.
     resp.release()                    # back to the pool once the body is read, closed otherwise
 
 Every model call of every sandbox pays this client's CPU on a machine that is also running the
-agents: aiohttp took 0.5 ms per call here (httpx 2.2 ms), this takes a fraction of that, because
-an OpenAI-style upstream needs only a request line, a few headers, a Content-Length body, and a
-reply framed by Content-Length, chunks, or the connection's end. Failures are typed so that the
-gateway can tell what may be retried (a connect that failed or timed out; a pooled connection the
-upstream had closed is retried at once on a fresh one). Tests: tests/gateway/test_gateway.py.
+agents, and an OpenAI-style upstream needs only a request line, a few headers, a Content-Length
+body, and a reply framed by Content-Length, chunks, or the connection's end. With aiohttp the
+gateway spent 0.98 ms of CPU per call; with this, 0.59 ms (16 sandboxes x 300 calls against a
+scripted upstream, measured here; httpx had been 2.2 ms for the client alone).
+
+Failures are typed so that the gateway can tell what may be retried (a connect that failed or
+timed out; a pooled connection the upstream had closed is retried at once on a fresh one).
+Tests: tests/gateway/test_http.py.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@
     gw.trajectory("sbx1")                  # the recorded chunks
     await gw.detach("sbx1"); await gw.stop()
 
-The socket a request arrives on names the sandbox; its bearer token must be that sandbox's.
+The in-sandbox proxy hands each of the agent's connections over the sandbox's socket
+(handoff.py), and the gateway speaks HTTP/1.1 with the agent on it (wire.py). The socket a
+connection arrives on names the sandbox; the bearer token must be that sandbox's.
 Each call is forwarded to the sandbox's upstream with token ids and logprobs requested, streamed
 back as it arrives, and recorded as a Chunk. Attachments are persisted, so a restarted manager
 re-opens every socket with the same token. Tests: `.venv/bin/pytest tests/gateway`.
