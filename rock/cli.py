@@ -96,6 +96,20 @@ def _watch_parent(pid: int) -> None:
     threading.Thread(target=watch, name="rock-parent-watch", daemon=True).start()
 
 
+def _raise_nofile_limit() -> None:
+    """Lift the soft open-files limit to the hard one: each model sandbox holds a socket and the
+    proxy's connection, each call an agent connection, and 1024 (a common default) is soon reached."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass  # keep the soft limit; the gateway logs what it cannot accept
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -124,6 +138,7 @@ def cmd_serve(args) -> int:
         db=Path(args.db).expanduser() if args.db else None,
     )
     _check_docker()
+    _raise_nofile_limit()
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "url").write_text(f"http://{args.host}:{args.port}")
     if args.exit_with:
