@@ -70,6 +70,7 @@ class GatewayConfig(BaseModel):
     backoff_s: float = 0.25  # doubled per attempt
     max_connections: int = 512  # pooled upstream connections, all upstreams together
     keepalive_timeout_s: float = 120.0  # an agent's idle connection is closed after this long
+    max_agent_connections: int = 256  # open at once per sandbox; more are closed on arrival
     upstream_api_key: str | None = None  # sent upstream as Bearer; the sandbox's token never leaves the host
 
 
@@ -234,7 +235,9 @@ class ModelGateway:
         path.unlink(missing_ok=True)
         sock = bind_unix(path)
         os.chmod(path, 0o666)  # any user inside the sandbox may call; the token is the credential
-        live.listener = Listener(sock, lambda r, w: self.serve_connection(live, r, w), wire.MAX_HEAD)
+        live.listener = Listener(
+            sock, lambda r, w: self.serve_connection(live, r, w), wire.MAX_HEAD, self.config.max_agent_connections
+        )
         self.attached[live.att.sandbox_id] = live
 
     async def close_listener(self, live: Attached) -> None:

@@ -29,10 +29,11 @@ Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class Listener:
-    """Accepts on `sock` (listening, non-blocking) and runs `serve(reader, writer)` per agent connection."""
+    """Accepts on `sock` (listening, non-blocking) and runs `serve(reader, writer)` per agent connection,
+    at most `max_connections` at once: a sandbox cannot use up the manager's descriptors."""
 
-    def __init__(self, sock: socket.socket, serve: Serve, limit: int) -> None:
-        self.sock, self.serve, self.limit = sock, serve, limit
+    def __init__(self, sock: socket.socket, serve: Serve, limit: int, max_connections: int = 256) -> None:
+        self.sock, self.serve, self.limit, self.max_connections = sock, serve, limit, max_connections
         self.loop = asyncio.get_running_loop()
         self.waiting: set[socket.socket] = set()  # unix connections with a reader callback on them
         self.tasks: set[asyncio.Task] = set()
@@ -73,6 +74,9 @@ class Listener:
         else:
             self.loop.remove_reader(conn.fileno())
             self.waiting.discard(conn)
+            if len(self.tasks) >= self.max_connections:
+                conn.close()
+                return
             self.spawn(self.serve_unix(conn, data))
 
     def passed(self, conn: socket.socket) -> None:
@@ -109,6 +113,10 @@ class Listener:
                 os.close(fd)  # not a socket
                 continue
             if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+                sock.close()
+                continue
+            if len(self.tasks) >= self.max_connections:
+                log.warning("gateway: over %d connections from one sandbox; closing a new one", self.max_connections)
                 sock.close()
                 continue
             sock.setblocking(False)

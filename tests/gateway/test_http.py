@@ -241,3 +241,19 @@ def test_plain_http_over_the_unix_socket_is_served(harness):
         head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {att.token}\r\n"
         out = raw_socket_call(att.socket_path, f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
     assert out.startswith(b"HTTP/1.1 200") and b"over unix" in out
+
+
+def test_connections_per_sandbox_are_capped(harness):
+    with ScriptedServer(["after"]) as up:
+        h = harness(up.url, max_agent_connections=2)
+        att = h.attach("sbx1")
+        port = urlsplit(h.proxy(att)).port
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        time.sleep(0.3)  # both handed over and waiting for a request
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+            assert extra.recv(1) == b""  # closed on arrival
+        for s in idle:
+            s.close()
+        time.sleep(0.3)
+        status, reply = post(h.proxy(att), "/chat/completions", {"messages": MESSAGES}, att.token)
+    assert status == 200 and reply["choices"][0]["message"]["content"] == "after"
