@@ -160,12 +160,6 @@ def pids_matching(needle: str) -> list[int]:
     return out
 
 
-def machine_cpu_s() -> float:
-    """Busy CPU seconds of the whole machine since boot (all cores)."""
-    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
-
-
 class CpuMeter:
     """CPU seconds spent by the named groups of processes between start() and stop()."""
 
@@ -173,9 +167,7 @@ class CpuMeter:
         self.groups = groups
 
     def snapshot(self) -> dict[str, float]:
-        snap = {name: sum(cpu_s(p) for p in pids) for name, pids in self.groups.items()}
-        snap["machine"] = machine_cpu_s()
-        return snap
+        return {name: sum(cpu_s(p) for p in pids) for name, pids in self.groups.items()}
 
     def __enter__(self) -> CpuMeter:
         self.before = self.snapshot()
@@ -240,7 +232,7 @@ class Side:
         print(f"  {self.name}: {rate:.1f} req/s")
 
     def cpu_ms_per_call(self) -> dict[str, float]:
-        return {k: round(v * 1e3 / self.calls, 3) for k, v in self.cpu.items() if k != "machine"}
+        return {k: round(v * 1e3 / self.calls, 3) for k, v in self.cpu.items()}
 
 
 def main() -> int:

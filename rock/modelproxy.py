@@ -74,20 +74,26 @@ class Server:
     def hand_over(self, conn: socket.socket) -> str | None:
         """Pass `conn` to the gateway (re-connecting once if the gateway restarted); the reason if it could not."""
         fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
-        for attempt in range(2):
+        try:
+            self.send(fds)
+        except OSError:
             try:
-                if self.gateway is None:
-                    self.gateway = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    self.gateway.connect(self.socket_path)
-                self.gateway.sendmsg([PASS], fds)
-                return None
+                self.send(fds)  # the gateway restarted: once more on a new connection
             except OSError as e:
-                if self.gateway is not None:
-                    self.gateway.close()
-                    self.gateway = None
-                if attempt == 1:
-                    return f"model gateway socket {self.socket_path}: {e.strerror or e}"
+                return f"model gateway socket {self.socket_path}: {e.strerror or e}"
         return None
+
+    def send(self, fds: list) -> None:
+        try:
+            if self.gateway is None:
+                self.gateway = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.gateway.connect(self.socket_path)
+            self.gateway.sendmsg([PASS], fds)
+        except OSError:
+            if self.gateway is not None:
+                self.gateway.close()
+                self.gateway = None
+            raise
 
     def shutdown(self) -> None:
         self.stopping = True
