@@ -1,4 +1,4 @@
-"""Chunks: one recorded model call each (ARCHITECTURE "Chunk"), built from upstream replies,
+"""Chunks: one recorded model call each (`rock.contracts.Chunk`), built from upstream replies,
 stored as JSON lines per sandbox under the gateway's state dir, and pushed to subscribers.
 
 Tests: `.venv/bin/pytest tests/gateway/test_chunks.py`.
@@ -9,46 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict
 
+from rock.contracts import Chunk, ChunkResponse, ToolCall
 
-class ToolCall(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str | None = None
-    type: str = "function"
-    function: dict[str, Any]  # {"name": str, "arguments": str (JSON text as the model wrote it)}
-
-
-class ChunkResponse(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str = ""
-    tool_calls: list[ToolCall] = []
-
-
-class Chunk(BaseModel):
-    """One model call as the policy saw and sampled it: the unit of IPA."""
-
-    model_config = ConfigDict(extra="forbid")
-    trajectory_id: str
-    sandbox_id: str
-    index: int  # order of completion within (sandbox, trajectory)
-    prompt_token_ids: list[int] | None = None
-    response_token_ids: list[int] | None = None
-    response_logprobs: list[float] | None = None  # of each sampled token, under the sampling policy
-    policy_version: int | None = None  # the upstream's top-level `policy_version`, when it sends one
-    messages: list[dict[str, Any]] | None = None  # the request's messages (chat) ...
-    prompt: str | list | None = None  # ... or its prompt (completions)
-    tools: list[dict[str, Any]] | None = None
-    response: ChunkResponse = ChunkResponse()
-    finish_reason: str | None = None  # "abort" when the sandbox went away mid-stream
-    latency_s: float
-    endpoint: Literal["chat.completions", "completions"] = "chat.completions"
-    model: str | None = None
-    error: str | None = None  # set when the call ended abnormally after recording started
-    created_at: float
+__all__ = ["Chunk", "ChunkResponse", "ChunkStore", "ResponseAggregate", "Subscription", "ToolCall"]
 
 
 class ResponseAggregate:
