@@ -276,7 +276,7 @@ def cmd_snapshot(args) -> int:
 def cmd_trajectory(args) -> int:
     with _client(args) as c:
         for chunk in c.sandbox(args.id).trajectory():
-            print(json.dumps(chunk))
+            print(chunk.model_dump_json())
     return 0
 
 

@@ -25,6 +25,7 @@ import httpx
 
 from rock import errors
 from rock import models as m
+from rock.contracts import Chunk
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -157,7 +158,7 @@ class _Calls:
         return _Call(
             "GET",
             f"/v1/sandboxes/{sid}/trajectory",
-            parse=lambda r: [json.loads(line) for line in r.text.splitlines() if line.strip()],
+            parse=lambda r: [Chunk.model_validate_json(line) for line in r.content.splitlines() if line.strip()],
         )
 
     @staticmethod
@@ -280,7 +281,8 @@ class Sandbox:
     def snapshot(self) -> m.Snapshot:
         return self.client._do(_Calls.snapshot(self.id))
 
-    def trajectory(self) -> list[dict]:
+    def trajectory(self) -> list[Chunk]:
+        """The sandbox's recorded model calls, in the order they were recorded (`rock.contracts.Chunk`)."""
         return self.client._do(_Calls.trajectory(self.id))
 
     def refresh(self) -> m.Sandbox:
@@ -414,7 +416,7 @@ class AsyncSandbox:
     async def snapshot(self) -> m.Snapshot:
         return await self.client._do(_Calls.snapshot(self.id))
 
-    async def trajectory(self) -> list[dict]:
+    async def trajectory(self) -> list[Chunk]:
         return await self.client._do(_Calls.trajectory(self.id))
 
     async def refresh(self) -> m.Sandbox:

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 
 from iflow_cli.testing.scripted_server import render_prompt, token_logprob
+from rock.contracts import Chunk
 
 
 def post(base_url: str, path: str, body: dict | bytes, token: str, headers: dict | None = None, timeout=30):
@@ -67,13 +68,19 @@ def expected_logprobs(ids: list[int]) -> list[float]:
     return [token_logprob(t, i) for i, t in enumerate(ids)]
 
 
-def check_chunk(chunk: dict, messages: list[dict], text: str) -> None:
+def recorded(gw, sandbox_id: str, trajectory_id: str | None = None) -> list[Chunk]:
+    """The gateway's record of a sandbox read as the contract's Chunks: every test that reads it back
+    also checks that what the gateway wrote (plain dicts, for speed) is a valid `rock.contracts.Chunk`."""
+    return [Chunk.model_validate(c) for c in gw.trajectory(sandbox_id, trajectory_id)]
+
+
+def check_chunk(chunk: Chunk, messages: list[dict], text: str) -> None:
     """The chunk holds exactly what the scripted model saw and sampled."""
-    assert chunk["prompt_token_ids"] == list(render_prompt(messages).encode())
-    assert bytes(chunk["response_token_ids"]).decode() == text
-    assert chunk["response_logprobs"] == expected_logprobs(chunk["response_token_ids"])
-    assert chunk["messages"] == messages
-    assert chunk["response"]["text"] == text
+    assert chunk.prompt_token_ids == list(render_prompt(messages).encode())
+    assert bytes(chunk.response_token_ids).decode() == text
+    assert chunk.response_logprobs == expected_logprobs(chunk.response_token_ids)
+    assert chunk.messages == messages
+    assert chunk.response.text == text
 
 
 class MisbehavingUpstream:

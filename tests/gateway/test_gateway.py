@@ -19,11 +19,13 @@ from gwtools import (
     expected_logprobs,
     post,
     raw_socket_call,
+    recorded,
     sse_reply,
     stream_events,
 )
 
 from iflow_cli.testing.scripted_server import ScriptedServer, render_prompt
+from rock.contracts import Chunk
 from rock.gateway import GatewayError
 
 # ---- the happy paths -------------------------------------------------------------------------
@@ -40,10 +42,10 @@ def test_chat_answer_is_forwarded_stripped_and_recorded(harness):
         assert up.requests[0]["return_token_ids"] is True and up.requests[0]["logprobs"] is True
         assert "prompt_token_ids" not in reply and "token_ids" not in reply["choices"][0]
         assert reply["choices"][0]["logprobs"] is None
-    [chunk] = h.gw.trajectory("sbx1")
+    [chunk] = recorded(h.gw, "sbx1")
     check_chunk(chunk, MESSAGES, "hello there")
-    assert (chunk["trajectory_id"], chunk["sandbox_id"], chunk["index"]) == ("traj-1", "sbx1", 0)
-    assert chunk["finish_reason"] == "stop" and chunk["policy_version"] is None and chunk["latency_s"] > 0
+    assert (chunk.trajectory_id, chunk.sandbox_id, chunk.index) == ("traj-1", "sbx1", 0)
+    assert chunk.finish_reason == "stop" and chunk.policy_version is None and chunk.latency_s > 0
 
 
 def test_extras_reach_a_client_that_asks_for_them(harness):
@@ -66,9 +68,9 @@ def test_streaming_arrives_in_pieces_and_is_recorded_whole(harness):
         events, _, _ = stream_events(h.proxy(att), "/chat/completions", {"model": "m", "messages": MESSAGES}, att.token)
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == text
     assert len(events) >= 4 and all("token_ids" not in e["choices"][0] for e in events)
-    [chunk] = h.gw.trajectory("sbx1")
+    [chunk] = recorded(h.gw, "sbx1")
     check_chunk(chunk, MESSAGES, text)
-    assert chunk["finish_reason"] == "stop"
+    assert chunk.finish_reason == "stop"
 
 
 def test_streamed_pieces_are_relayed_as_they_arrive(harness):
@@ -94,7 +96,7 @@ def test_streamed_pieces_are_relayed_as_they_arrive(harness):
     up.close()
     assert b"early" in piece and b"late" not in piece and first_at < 0.8
     assert b"late" in rest and rest.endswith(b"data: [DONE]\n\n")
-    assert h.gw.trajectory("sbx1")[0]["response"]["text"] == "early late"
+    assert recorded(h.gw, "sbx1")[0].response.text == "early late"
 
 
 def test_tool_calls_are_recorded_streamed_and_whole(harness):
@@ -107,13 +109,13 @@ def test_tool_calls_are_recorded_streamed_and_whole(harness):
         events, _, _ = stream_events(url, "/chat/completions", {"messages": MESSAGES}, att.token)
     assert status == 200 and reply["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "bash"
     assert any(e["choices"][0]["delta"].get("tool_calls") for e in events)
-    whole, streamed = h.gw.trajectory("sbx1")
+    whole, streamed = recorded(h.gw, "sbx1")
     for chunk in (whole, streamed):
-        [tc] = chunk["response"]["tool_calls"]
-        assert tc["function"] == {"name": "bash", "arguments": json.dumps({"cmd": "ls -la"})}
-        assert chunk["finish_reason"] == "tool_calls"
-        assert b"<tool_call>" in bytes(chunk["response_token_ids"])
-    assert [c["index"] for c in (whole, streamed)] == [0, 1]
+        [tc] = chunk.response.tool_calls
+        assert tc.function == {"name": "bash", "arguments": json.dumps({"cmd": "ls -la"})}
+        assert chunk.finish_reason == "tool_calls"
+        assert b"<tool_call>" in bytes(chunk.response_token_ids)
+    assert [c.index for c in (whole, streamed)] == [0, 1]
 
 
 def test_completions_and_models(harness):
@@ -128,10 +130,10 @@ def test_completions_and_models(harness):
         models = json.loads(urllib.request.urlopen(req, timeout=10).read())
     assert status == 200 and reply["choices"][0]["text"] == "42" and reply["choices"][0]["logprobs"] is None
     assert models["data"][0]["id"] == "tiny"
-    [chunk] = h.gw.trajectory("sbx1")
-    assert chunk["endpoint"] == "completions" and chunk["prompt"] == "6*7=" and chunk["messages"] is None
-    assert chunk["prompt_token_ids"] == list(b"6*7=") and chunk["response_token_ids"] == list(b"42")
-    assert chunk["response_logprobs"] == expected_logprobs(list(b"42"))
+    [chunk] = recorded(h.gw, "sbx1")
+    assert chunk.endpoint == "completions" and chunk.prompt == "6*7=" and chunk.messages is None
+    assert chunk.prompt_token_ids == list(b"6*7=") and chunk.response_token_ids == list(b"42")
+    assert chunk.response_logprobs == expected_logprobs(list(b"42"))
 
 
 def test_policy_version_and_trajectory_header(harness):
@@ -157,11 +159,11 @@ def test_policy_version_and_trajectory_header(harness):
         url = h.proxy(att)
         post(url, "/chat/completions", {"messages": MESSAGES}, att.token, {"X-Trajectory-Id": "attempt-2"})
         post(url, "/chat/completions", {"messages": MESSAGES}, att.token)
-    first, second = h.gw.trajectory("sbx1")
-    assert (first["policy_version"], first["trajectory_id"], first["index"]) == (7, "attempt-2", 0)
-    assert first["response_token_ids"] == [9] and first["response_logprobs"] == [-0.5]
-    assert (second["policy_version"], second["trajectory_id"], second["index"]) == (None, "sbx1", 0)
-    assert h.gw.trajectory("sbx1", trajectory_id="attempt-2") == [first]
+    first, second = recorded(h.gw, "sbx1")
+    assert (first.policy_version, first.trajectory_id, first.index) == (7, "attempt-2", 0)
+    assert first.response_token_ids == [9] and first.response_logprobs == [-0.5]
+    assert (second.policy_version, second.trajectory_id, second.index) == (None, "sbx1", 0)
+    assert recorded(h.gw, "sbx1", trajectory_id="attempt-2") == [first]
 
 
 # ---- authentication -------------------------------------------------------------------------
@@ -180,7 +182,7 @@ def test_token_works_only_from_its_own_sandbox_and_dies_with_it(harness):
         status, err = post(url_a, "/chat/completions", {"messages": MESSAGES}, a.token)
         assert status == 502 and err["error"]["code"] == "gateway_unavailable"
         assert len(up.requests) == 1  # nothing unauthenticated reached the model
-    assert len(h.gw.trajectory("sbx-a")) == 1  # detaching keeps the record
+    assert len(recorded(h.gw, "sbx-a")) == 1  # detaching keeps the record
 
 
 # ---- bad input ------------------------------------------------------------------------------
@@ -229,7 +231,7 @@ def test_persistent_5xx_is_a_502_naming_the_attempts(harness):
         att = h.attach("sbx1")
         status, err = post(h.proxy(att), "/chat/completions", {"messages": MESSAGES, "stream": True}, att.token)
     assert status == 502 and "3 attempt(s)" in err["error"]["message"] and "boom" in err["error"]["message"]
-    assert h.gw.trajectory("sbx1") == []
+    assert recorded(h.gw, "sbx1") == []
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -282,9 +284,9 @@ def test_detach_mid_stream_ends_the_stream_and_keeps_the_record(harness):
     up.close()
     assert time.monotonic() - started < 10 and buf.endswith(b"data: [DONE]\n\n")
     assert [e["choices"][0]["delta"]["content"] for e in events] == ["part"]
-    [chunk] = h.gw.trajectory("sbx1")
-    assert chunk["response_token_ids"] == [1, 2] and chunk["response_logprobs"] == [-1.0, -2.0]
-    assert chunk["finish_reason"] == "abort" and chunk["error"] == "sandbox detached mid-stream"
+    [chunk] = recorded(h.gw, "sbx1")
+    assert chunk.response_token_ids == [1, 2] and chunk.response_logprobs == [-1.0, -2.0]
+    assert chunk.finish_reason == "abort" and chunk.error == "sandbox detached mid-stream"
 
 
 # ---- persistence, subscription, replay ------------------------------------------------------
@@ -300,7 +302,7 @@ def test_restart_keeps_chunks_tokens_and_sockets(harness):
         assert h.gw.attachments() == ["sbx1"]
         status, reply = post(url, "/chat/completions", {"messages": MESSAGES}, att.token)
         assert status == 200 and reply["choices"][0]["message"]["content"] == "after"
-    assert [(c["index"], c["response"]["text"]) for c in h.gw.trajectory("sbx1")] == [(0, "before"), (1, "after")]
+    assert [(c.index, c.response.text) for c in recorded(h.gw, "sbx1")] == [(0, "before"), (1, "after")]
 
 
 def test_subscription_delivers_new_chunks(harness):
@@ -314,7 +316,7 @@ def test_subscription_delivers_new_chunks(harness):
         got_all = [h.run(sub_all.get(5))["sandbox_id"] for _ in range(2)]
         got_b = h.run(sub_b.get(5))
     assert got_all == ["sbx-a", "sbx-b"] and got_b["sandbox_id"] == "sbx-b"
-    assert got_b == h.gw.trajectory("sbx-b")[0]
+    assert Chunk.model_validate(got_b) == recorded(h.gw, "sbx-b")[0]
     h.loop.call_soon_threadsafe(sub_b.close)
     with pytest.raises(StopAsyncIteration):
         h.run(sub_b.get(5))
@@ -328,9 +330,9 @@ def test_replay_answers_from_the_record_without_an_upstream(harness):
         url = h.proxy(att)
         post(url, "/chat/completions", {"messages": MESSAGES}, att.token)
         post(url, "/chat/completions", {"messages": MESSAGES}, att.token)
-    recorded = h.gw.trajectory("rec")
+    record = h.gw.trajectory("rec")  # the gateway's own plain records, as it replays them
     h.gw.default_upstream = None  # the upstream is gone: replay must not need it
-    rep = h.attach("rep", replay=recorded)
+    rep = h.attach("rep", replay=record)
     url = h.proxy(rep)
     status, reply = post(url, "/chat/completions", {"messages": MESSAGES}, rep.token)
     assert status == 200 and reply["choices"][0]["message"]["content"] == "first answer"
@@ -339,9 +341,9 @@ def test_replay_answers_from_the_record_without_an_upstream(harness):
     assert any(e["choices"][0]["delta"].get("tool_calls") for e in events)
     status, err = post(url, "/chat/completions", {"messages": MESSAGES}, rep.token)
     assert status == 410 and err["error"]["code"] == "replay_exhausted"
-    replayed = h.gw.trajectory("rep")
-    keys = ("prompt_token_ids", "response_token_ids", "response_logprobs", "response", "finish_reason")
-    assert [{k: c[k] for k in keys} for c in replayed] == [{k: c[k] for k in keys} for c in recorded]
+    keys = {"prompt_token_ids", "response_token_ids", "response_logprobs", "response", "finish_reason"}
+    replayed = [c.model_dump(include=keys) for c in recorded(h.gw, "rep")]
+    assert replayed == [c.model_dump(include=keys) for c in recorded(h.gw, "rec")]
     # By sandbox id, as rock's create body can name it: the same record, from the start.
     again = h.attach("rep2", replay="rec")
     status, reply = post(h.proxy(again), "/chat/completions", {"messages": MESSAGES}, again.token)
@@ -388,10 +390,10 @@ def test_32_sandboxes_at_once_each_get_and_record_their_own_answer(harness):
     assert all(status == 200 for status, _ in results)
     answers = set()
     for i in range(n):
-        [chunk] = h.gw.trajectory(f"sbx{i}")
-        assert chunk["trajectory_id"] == f"traj{i}"
-        assert bytes(chunk["prompt_token_ids"]).decode() == render_prompt(
+        [chunk] = recorded(h.gw, f"sbx{i}")
+        assert chunk.trajectory_id == f"traj{i}"
+        assert bytes(chunk.prompt_token_ids).decode() == render_prompt(
             [{"role": "user", "content": f"I am sandbox {i}"}]
         )
-        answers.add(chunk["response"]["text"])
+        answers.add(chunk.response.text)
     assert answers == {f"answer {i}" for i in range(n)}

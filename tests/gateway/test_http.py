@@ -14,7 +14,7 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-from gwtools import MESSAGES, post, raw_socket_call
+from gwtools import MESSAGES, post, raw_socket_call, recorded
 
 from iflow_cli.testing.scripted_server import ScriptedServer
 from rock.gateway.client import BrokenReply, ConnectFailed, ReadTimeout, UpstreamPool
@@ -45,7 +45,7 @@ def test_one_agent_connection_carries_several_calls_whole_and_streamed(harness):
                 got.append(json.loads(body)["choices"][0]["message"]["content"])
         conn.close()
     assert got == ["one", "two", "three"] and len(socks) == 1
-    assert [c["response"]["text"] for c in h.gw.trajectory("sbx1")] == got
+    assert [c.response.text for c in recorded(h.gw, "sbx1")] == got
 
 
 def test_connection_close_and_http10_are_honoured(harness):

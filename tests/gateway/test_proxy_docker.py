@@ -9,7 +9,7 @@ import json
 import uuid
 
 import pytest
-from gwtools import CLIENT, MESSAGES, MisbehavingUpstream, check_chunk, sse_reply
+from gwtools import CLIENT, MESSAGES, MisbehavingUpstream, check_chunk, recorded, sse_reply
 
 from iflow_cli.testing.scripted_server import ScriptedServer
 
@@ -61,9 +61,9 @@ def test_agent_inside_gets_the_answer_and_the_chunk_matches(harness, sandbox):
     assert result["status"] == 200
     reply = json.loads("".join(p for _, p in result["pieces"]))
     assert reply["choices"][0]["message"]["content"] == "hello from the model"
-    [chunk] = h.gw.trajectory("dock1")
+    [chunk] = recorded(h.gw, "dock1")
     check_chunk(chunk, MESSAGES, "hello from the model")
-    assert chunk["trajectory_id"] == "t-dock"
+    assert chunk.trajectory_id == "t-dock"
     # The sandbox can use the socket but not replace it.
     code, out = box.exec_run(["bash", "-c", "rm -f /run/rock/model.sock; test -S /run/rock/model.sock"])
     assert code == 0, out
@@ -81,7 +81,7 @@ def test_stream_arrives_in_pieces_inside(harness, sandbox):
     (t_first, p_first), *rest = result["pieces"]
     assert "early" in p_first and "late" not in p_first
     assert rest and rest[-1][0] - t_first >= 0.8 and "late" in "".join(p for _, p in rest)
-    assert h.gw.trajectory("dock1")[0]["response"]["text"] == "early late"
+    assert recorded(h.gw, "dock1")[0].response.text == "early late"
 
 
 def test_another_sandboxs_token_is_refused_inside(harness, sandbox):
@@ -91,4 +91,4 @@ def test_another_sandboxs_token_is_refused_inside(harness, sandbox):
         box = sandbox(a)
         result = call_inside(box, {"messages": MESSAGES}, key=b.token)
         assert result["status"] == 401 and "unauthorized" in result["pieces"][0][1]
-        assert up.requests == [] and h.gw.trajectory("dock-a") == []
+        assert up.requests == [] and recorded(h.gw, "dock-a") == []

@@ -55,7 +55,7 @@ def test_agent_inside_calls_the_model_and_the_chunk_is_exact(rock, base_image):
         assert reply["choices"][0]["message"]["content"] == "the answer"
         [chunk] = sb.trajectory()
     check_chunk(chunk, MESSAGES, "the answer")
-    assert chunk["trajectory_id"] == "e2e-1" and chunk["sandbox_id"] == sb.id
+    assert chunk.trajectory_id == "e2e-1" and chunk.sandbox_id == sb.id
 
 
 def test_streaming_through_rock_arrives_in_pieces(rock, base_image):
@@ -71,7 +71,7 @@ def test_streaming_through_rock_arrives_in_pieces(rock, base_image):
         up.close()
     (t_first, p_first), *rest = result["pieces"]
     assert "early" in p_first and "late" not in p_first and rest[-1][0] - t_first >= 0.8
-    assert chunk["response"]["text"] == "early late" and chunk["response_token_ids"] == [1, 2]
+    assert chunk.response.text == "early late" and chunk.response_token_ids == [1, 2]
 
 
 def test_another_sandboxs_token_is_refused(rock, base_image, upstream):
@@ -106,12 +106,12 @@ def test_32_sandboxes_at_once_each_recorded_under_their_own_trajectory(rock, bas
         answers = set()
         for i, sb in enumerate(boxes):
             [chunk] = sb.trajectory()
-            assert chunk["trajectory_id"] == f"traj-{i}" and chunk["sandbox_id"] == sb.id
-            assert bytes(chunk["prompt_token_ids"]).decode() == render_prompt(
+            assert chunk.trajectory_id == f"traj-{i}" and chunk.sandbox_id == sb.id
+            assert bytes(chunk.prompt_token_ids).decode() == render_prompt(
                 [{"role": "user", "content": f"I am sandbox {i}"}]
             )
-            assert answer_text(results[i]) == chunk["response"]["text"]  # the very answer recorded
-            answers.add(chunk["response"]["text"])
+            assert answer_text(results[i]) == chunk.response.text  # the very answer recorded
+            answers.add(chunk.response.text)
         assert answers == {f"answer {i}" for i in range(N)}
     finally:
         with ThreadPoolExecutor(8) as pool:
@@ -130,7 +130,7 @@ def test_replay_from_answers_from_the_recorded_trajectory_without_the_upstream(r
                 assert again["status"] == 200 and answer_text(again) == "recorded answer"
                 assert len(up.requests) == 1  # the upstream saw nothing new
                 [chunk] = b.trajectory()
-                assert chunk["response"]["text"] == "recorded answer"
+                assert chunk.response.text == "recorded answer"
         # a removed sandbox's trajectory still replays
         with rock.create_sandbox(image=base_image, network="model", replay_from=a.id) as c:
             assert answer_text(call_inside(c, {"model": "m", "messages": MESSAGES})) == "recorded answer"
@@ -166,7 +166,7 @@ def test_model_calls_work_again_after_the_manager_is_killed_and_restarted(base_i
             again = c.sandbox(sb.id)
             result = call_inside(again, {"messages": MESSAGES})
             assert result["status"] == 200 and answer_text(result) == "after the crash"
-            assert [ch["response"]["text"] for ch in again.trajectory()] == ["before the crash", "after the crash"]
+            assert [ch.response.text for ch in again.trajectory()] == ["before the crash", "after the crash"]
             # a proxy that died with its container (restarted) is started again on the next restart
             again.exec("pkill -f [m]odelproxy")
             assert again.exec("pgrep -f [m]odelproxy").exit_code == 1

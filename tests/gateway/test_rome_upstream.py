@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from gwtools import post, stream_events
+from gwtools import post, recorded, stream_events
 
 pytestmark = pytest.mark.slow
 ASK = {
@@ -68,17 +68,17 @@ def test_chunks_match_rome_exactly(harness, rome):
     )
     assert status == 200, reply
     events, _, _ = stream_events(url, "/chat/completions", ASK, att.token)
-    whole, streamed = h.gw.trajectory("sbx1")
+    whole, streamed = recorded(h.gw, "sbx1")
 
     choice = reply["choices"][0]
-    assert whole["prompt_token_ids"] == reply["prompt_token_ids"]
-    assert whole["response_token_ids"] == choice["token_ids"]
-    assert whole["response_logprobs"] == [t["logprob"] for t in choice["logprobs"]["content"]]
-    assert whole["policy_version"] == reply["policy_version"] == 0
-    assert tok.decode(whole["response_token_ids"], skip_special_tokens=False).startswith(whole["response"]["text"])
+    assert whole.prompt_token_ids == reply["prompt_token_ids"]
+    assert whole.response_token_ids == choice["token_ids"]
+    assert whole.response_logprobs == [t["logprob"] for t in choice["logprobs"]["content"]]
+    assert whole.policy_version == reply["policy_version"] == 0
+    assert tok.decode(whole.response_token_ids, skip_special_tokens=False).startswith(whole.response.text)
 
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
-    assert streamed["response"]["text"] == text
-    assert len(streamed["response_token_ids"]) == len(streamed["response_logprobs"]) > 0
-    assert streamed["prompt_token_ids"] == whole["prompt_token_ids"] and streamed["policy_version"] == 0
+    assert streamed.response.text == text
+    assert len(streamed.response_token_ids) == len(streamed.response_logprobs) > 0
+    assert streamed.prompt_token_ids == whole.prompt_token_ids and streamed.policy_version == 0
     assert all("token_ids" not in e["choices"][0] for e in events if e.get("choices"))

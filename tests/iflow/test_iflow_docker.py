@@ -178,9 +178,9 @@ def test_training_path_agent_in_model_sandbox_records_one_chunk_per_call(tmp_pat
         requests = upstream.requests
     assert run.exit_code == 0 and run.stdout.strip() == "answer.txt holds 42", run.stderr
     assert info["rounds"] == 3 and answer == "42\n" and all(r["max_tokens"] == 64 for r in requests)
-    assert len(chunks) == 3 and [c["index"] for c in chunks] == [0, 1, 2]
+    assert len(chunks) == 3 and [c.index for c in chunks] == [0, 1, 2]
     for chunk, request in zip(chunks, requests, strict=True):
-        assert bytes(chunk["prompt_token_ids"]).decode() == render_prompt(request["messages"], request.get("tools"))
+        assert bytes(chunk.prompt_token_ids).decode() == render_prompt(request["messages"], request.get("tools"))
 
 
 @pytest.mark.docker

@@ -39,8 +39,8 @@ def test_model_sandbox_reaches_the_upstream_and_records_chunks(upstream, tmp_pat
             assert (r.exit_code, r.stdout) == (0, "first answer\n"), r.stderr
             assert sb.exec("ls /sys/class/net").stdout.split() == ["lo"]
             chunks = sb.trajectory()
-            assert [ch["trajectory_id"] for ch in chunks] == ["traj-1"]
-            assert chunks[0]["sandbox_id"] == sb.id and chunks[0]["response_token_ids"]
+            assert [ch.trajectory_id for ch in chunks] == ["traj-1"]
+            assert chunks[0].sandbox_id == sb.id and chunks[0].response_token_ids
         with pytest.raises(errors.SandboxNotFound):
             c.sandbox(sb.id)
 
