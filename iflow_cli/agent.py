@@ -59,10 +59,11 @@ class RunResult:
 
 @dataclass
 class Action:
-    id: str
+    id: str  # the id its observation answers to (the model's, or one made up when it gave none)
     name: str
     args: dict | None
     problem: str = ""  # why the call is malformed, when it is
+    call_id: str | None = None  # the id as the model gave it (None for text calls and calls without one)
 
 
 class Agent:
@@ -88,6 +89,9 @@ class Agent:
             settings.tokens_limit, settings.compression_token_threshold, self.counter, self.summarise
         )
         self.rounds, self.format_errors = 0, 0
+        # Completions received, summaries included: the gateway records one chunk per completion, so the
+        # 0-based count of the call that issued a tool call is that call's chunk (`round` in tool_results).
+        self.model_calls, self.call_round = 0, -1
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         self.model_seconds = self.tool_seconds = 0.0
         self.tool_results: list[dict] = []
@@ -172,6 +176,7 @@ class Agent:
             self.use_text_mode(str(e))
             completion = self.model.complete(self.messages, self.tools, self.deadline)
         self.account(completion)
+        self.call_round = self.model_calls - 1
         self.counter.calibrate(self.messages, self.tools, completion.usage.get("prompt_tokens", 0))
         self.record(
             "model_call",
@@ -196,6 +201,7 @@ class Agent:
         self.record("text_mode", {"reason": why})
 
     def account(self, completion: Completion) -> None:
+        self.model_calls += 1
         for key in self.usage:
             self.usage[key] += int(completion.usage.get(key) or 0)
         self.model_seconds += completion.latency_s
@@ -228,7 +234,7 @@ class Agent:
     # -- tool calls -----------------------------------------------------------------------------
     def parse(self, completion: Completion) -> list[Action]:
         if completion.tool_calls:
-            return [self.native_action(c) for c in completion.tool_calls]
+            return [self.native_action(c, i) for i, c in enumerate(completion.tool_calls)]
         blocks = TEXT_CALL.findall(completion.content or "")
         if not blocks and "<tool_call>" in (completion.content or ""):
             raise FormatError("unterminated <tool_call> block (missing </tool_call>)")
@@ -236,14 +242,15 @@ class Agent:
             raise FormatError("empty reply: neither text nor a tool call")
         return [self.text_action(b, i) for i, b in enumerate(blocks)]
 
-    def native_action(self, call: dict) -> Action:
+    def native_action(self, call: dict, index: int) -> Action:
+        ids = (call["id"] or f"call_{index}", call["id"] or None)
         try:
             args = json.loads(call["arguments"] or "{}")
         except json.JSONDecodeError as e:
-            return Action(call["id"], call["name"], None, f"arguments of {call['name']} are not valid JSON ({e})")
+            return Action(ids[0], call["name"], None, f"arguments of {call['name']} are not valid JSON ({e})", ids[1])
         if not isinstance(args, dict):
-            return Action(call["id"], call["name"], None, f"arguments of {call['name']} must be a JSON object")
-        return Action(call["id"], call["name"], args)
+            return Action(ids[0], call["name"], None, f"arguments of {call['name']} must be a JSON object", ids[1])
+        return Action(ids[0], call["name"], args, call_id=ids[1])
 
     def text_action(self, block: str, index: int) -> Action:
         try:
@@ -262,8 +269,8 @@ class Agent:
         if self.text_mode or not completion.tool_calls:
             return {"role": "assistant", "content": completion.content}
         calls = [
-            {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-            for c in completion.tool_calls
+            {"id": a.id, "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for a, c in zip(actions, completion.tool_calls, strict=True)
         ]
         return {"role": "assistant", "content": completion.content or None, "tool_calls": calls}
 
@@ -280,18 +287,35 @@ class Agent:
 
     def run_action(self, action: Action) -> tuple[str, str]:
         if action.problem:
+            self.note(action, parsed=False, ok=False, error=action.problem)
             return action.problem, f"Format error: {action.problem}. {self.format_hint()}"
         self.show("tool", {"name": action.name, "args": action.args})
         start = time.monotonic()
         try:
             result = self.toolbox.call(action.name, action.args or {}, self.deadline)
-        except ToolError as e:
+        except ToolError as e:  # unknown tool, missing or mistyped arguments: the call did not parse
+            self.note(action, parsed=False, ok=False, error=str(e))
             return str(e), f"Format error: {e}"
         finally:
             self.tool_seconds += time.monotonic() - start
-        self.tool_results.append({"tool": action.name, "ok": result.ok, "exit_code": result.exit_code})
+        error = "" if result.ok else result.error or first_line(result.output)
+        self.note(action, parsed=True, ok=result.ok, exit_code=result.exit_code, error=error)
         self.show("tool_result", {"name": action.name, "ok": result.ok, "output": result.output})
         return "", result.output
+
+    def note(self, action: Action, parsed: bool, ok: bool, exit_code: int | None = None, error: str = "") -> None:
+        """One entry of the execution info's tool_results (the fields of rock.contracts.ToolResult, and round)."""
+        self.tool_results.append(
+            {
+                "round": self.call_round,
+                "call_id": action.call_id,
+                "tool": action.name,
+                "parsed": parsed,
+                "ok": ok,
+                "exit_code": exit_code,
+                "error": first_line(error),
+            }
+        )
 
     def observe(self, outputs: list[tuple[Action, str]]) -> None:
         """Tool messages for native calls; one user message of <tool_response> blocks for text calls."""
@@ -339,6 +363,12 @@ class Agent:
         )
         self.record("result", asdict(result))
         return result
+
+
+def first_line(text: str, limit: int = 300) -> str:
+    """The first non-blank line, cut to `limit` characters: enough to say why, small enough to keep per call."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class Trajectory:

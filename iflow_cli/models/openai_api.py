@@ -30,7 +30,8 @@ class ModelError(Exception):
 
 @dataclass
 class Completion:
-    """One assistant reply: text, tool calls [{"id", "name", "arguments" (raw string)}], usage."""
+    """One assistant reply: text, tool calls [{"id" ("" when the model gave none), "name", "arguments" (raw
+    string)}], usage."""
 
     content: str
     tool_calls: list[dict]
@@ -193,11 +194,11 @@ def parse_completion(body: dict) -> Completion:
     msg = choice.get("message") or {}
     calls = [
         {
-            "id": c.get("id") or f"call_{i}",
+            "id": c.get("id") or "",  # "" when the model gave none: the agent names the call itself
             "name": c["function"].get("name", ""),
             "arguments": as_text(c["function"].get("arguments")),
         }
-        for i, c in enumerate(msg.get("tool_calls") or [])
+        for c in msg.get("tool_calls") or []
     ]
     return Completion(content_text(msg.get("content")), calls, choice.get("finish_reason"), body.get("usage") or {})
 
@@ -251,7 +252,7 @@ def read_stream(resp, on_text: Callable[[str], None] | None) -> Completion:
 def merge_tool_delta(calls: dict[int, dict], tc: dict) -> None:
     """OpenAI streams a tool call as fragments sharing an index: the name once, the arguments in pieces."""
     slot = calls.setdefault(tc.get("index", len(calls)), {"id": "", "name": "", "arguments": ""})
-    slot["id"] = tc.get("id") or slot["id"] or f"call_{len(calls) - 1}"
+    slot["id"] = tc.get("id") or slot["id"]
     fn = tc.get("function") or {}
     slot["name"] += fn.get("name") or ""
     slot["arguments"] += as_text(fn.get("arguments"))

@@ -21,6 +21,7 @@ class ToolResult:
     output: str
     ok: bool = True
     exit_code: int | None = None
+    error: str = ""  # why it failed, in a line, where the output alone does not say it first (the shell)
 
 
 class ToolError(Exception):
@@ -112,6 +113,11 @@ def check_args(name: str, args: dict) -> None:
             raise ToolError(f"{name}: argument '{key}' must be a {want}, got {type(value).__name__}")
 
 
+def shell_error(stderr: str, exit_code: int) -> str:
+    """A failed command's reason in a line: its first line of stderr, else its exit status."""
+    return next((line.strip() for line in stderr.splitlines() if line.strip()), f"exit code {exit_code}")
+
+
 class Toolbox:
     """The enabled tools over one executor. `approve(name, args)` asks a person; None means batch."""
 
@@ -188,7 +194,9 @@ class Toolbox:
         )
         body = f"Stdout:\n{res.stdout}" + (f"\nStderr:\n{res.stderr}" if res.stderr else "")
         text = f"Command: {command}\n{status}\n" + truncate(body, self.output_limit)
-        return ToolResult(text, ok=res.exit_code == 0 and not res.timed_out, exit_code=res.exit_code)
+        ok = res.exit_code == 0 and not res.timed_out
+        error = "" if ok else "timeout" if res.timed_out else shell_error(res.stderr, res.exit_code)
+        return ToolResult(text, ok=ok, exit_code=res.exit_code, error=error)
 
     def do_read_file(self, path: str, offset: int | None = None, limit: int | None = None) -> ToolResult:
         data = self.executor.read_bytes(path)

@@ -94,7 +94,17 @@ def test_execution_info_json(iflow):
         and info["usage"]["prompt_tokens"] > 0
         and info["usage"]["total_tokens"] == info["usage"]["prompt_tokens"] + info["usage"]["completion_tokens"]
     )
-    assert info["tool_results"] == [{"tool": "run_shell_command", "ok": True, "exit_code": 0}]
+    [result] = info["tool_results"]
+    assert result == {
+        "round": 0,
+        "call_id": run.server.requests[1]["messages"][2]["tool_calls"][0]["id"],
+        "tool": "run_shell_command",
+        "parsed": True,
+        "ok": True,
+        "exit_code": 0,
+        "error": "",
+    }
+    assert result["call_id"].startswith("call_")
     kinds = [e["type"] for e in run.trajectory]
     assert (
         kinds[:2] == ["session", "message"]
@@ -219,3 +229,108 @@ def test_lenient_with_object_arguments_and_content_parts(iflow, workdir):
     run = iflow([{"status": 200, "body": reply}, "done"], "--yolo")
     assert run.code == 0 and (workdir / "o.txt").read_text() == "obj"
     assert run.server.requests[1]["messages"][2]["content"] == "ok"
+
+
+def test_tool_results_name_every_call_its_round_and_why_it_failed(iflow):
+    script = [
+        {"tool_calls": [{"name": "run_shell_command", "arguments": "{not json"}]},
+        {
+            "tool_calls": [
+                {"name": "run_shell_command", "arguments": {"command": "echo oops >&2; echo fine; exit 3"}},
+                {"name": "delete_everything", "arguments": {"path": "/"}},
+                {"name": "write_file", "arguments": {"content": "no path"}},
+            ]
+        },
+        call("run_shell_command", command="sleep 5", timeout=0.5),
+        {
+            "tool_calls": [
+                {"name": "run_shell_command", "arguments": {"command": "false"}},
+                *call("read_file", path="nope")["tool_calls"],
+            ]
+        },
+        call("run_shell_command", command="echo ok"),
+        "done",
+    ]
+    run = iflow(script, "--yolo")
+    assert run.code == 0, run.err
+    results = run.info["tool_results"]
+    # The ids the model gave, as the agent echoed them back in the next request's assistant message.
+    given = {
+        i: [c["id"] for c in run.server.requests[i + 1]["messages"][-1 - n]["tool_calls"]]
+        for i, n in ((0, 1), (1, 3), (2, 1), (3, 2), (4, 1))
+    }
+    assert [(r["round"], r["call_id"]) for r in results] == [(i, cid) for i, ids in given.items() for cid in ids]
+    assert all(cid.startswith("call_") for ids in given.values() for cid in ids)
+    brief = [(r["tool"], r["parsed"], r["ok"], r["exit_code"]) for r in results]
+    assert brief == [
+        ("run_shell_command", False, False, None),
+        ("run_shell_command", True, False, 3),
+        ("delete_everything", False, False, None),
+        ("write_file", False, False, None),
+        ("run_shell_command", True, False, 137),
+        ("run_shell_command", True, False, 1),
+        ("read_file", True, False, None),
+        ("run_shell_command", True, True, 0),
+    ]
+    errors = [r["error"] for r in results]
+    assert errors[0].startswith("arguments of run_shell_command are not valid JSON")
+    assert errors[1] == "oops"  # the first line of stderr, not of stdout
+    assert errors[2].startswith("unknown tool 'delete_everything'")
+    assert errors[3] == "write_file: missing required argument 'path'"
+    assert errors[4:6] == ["timeout", "exit code 1"]
+    assert errors[6].startswith("read_file failed") and "nope" in errors[6]
+    assert errors[7] == ""
+
+
+def test_tool_results_without_a_call_id_and_in_text_mode(iflow, workdir):
+    reply = {
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "type": "function",
+                            "function": {"name": "write_file", "arguments": '{"path": "a", "content": "1"}'},
+                        }
+                    ],
+                },
+            }
+        ]
+    }
+    text_call = '<tool_call>{"name": "run_shell_command", "arguments": {"command": "cat a"}}</tool_call>'
+    run = iflow([{"status": 200, "body": reply}, text_call, "<tool_call>[1</tool_call>", "done"], "--yolo")
+    assert run.code == 0, run.err
+    # No id from the model: the agent names the call for its tool message, but reports no call_id.
+    assert run.server.requests[1]["messages"][-1]["tool_call_id"] == "call_0"
+    brief = [(r["round"], r["call_id"], r["tool"], r["parsed"], r["ok"]) for r in run.info["tool_results"]]
+    assert brief == [
+        (0, None, "write_file", True, True),
+        (1, None, "run_shell_command", True, True),
+        (2, None, "?", False, False),
+    ]
+
+
+def test_tool_result_rounds_count_the_summary_calls(iflow):
+    """One chunk per model call: the compressor's calls count, so `round` is the issuing call's position."""
+    big = "python3 -c \"print('line of output ' * 120)\""
+    turns = [call("run_shell_command", command=f"{big} # step {i}") for i in range(8)]
+    seen, issued = [0], []
+
+    def responder(body):
+        seen[0] += 1
+        if body["messages"][0]["content"] == SUMMARY_PROMPT:
+            return "Task: print lines. Files changed: none. What remains: more steps."
+        if not turns:
+            return "finished all steps"
+        issued.append(seen[0] - 1)
+        return turns.pop(0)
+
+    run = iflow(responder, "--yolo", "--set", "tokensLimit=6000", prompt="run the eight steps")
+    assert run.code == 0, run.err
+    rounds = [r["round"] for r in run.info["tool_results"]]
+    assert rounds == issued and len(rounds) == 8
+    assert rounds[-1] > 7  # summaries came in between: counting only the agent's own turns would give 7
