@@ -1,0 +1,60 @@
+"""Chunk-level discounted returns and group baselines (`.venv/bin/pytest tests/roll/test_algo_ipa.py -k returns`).
+
+The chunked MDP: a trajectory is the ordered model calls (chunks) k = 1..K of one task attempt; each chunk is
+one decision between two environment interactions, and the task's tests give one terminal reward R after the
+last. Discounting per chunk rather than per token keeps the decay meaningful: 20 interactions at γ = 0.95
+leave the first chunk 0.38 of the reward, where 2,000 tokens would leave it ~0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def chunk_returns(num_chunks: int, reward: float, gamma: float = 0.95) -> torch.Tensor:
+    """The discounted return of every chunk of one trajectory with a terminal reward.
+
+    With chunks numbered k = 1..K (K = `num_chunks`, k = 1 the first model call, k = K the last) and the
+    reward R arriving after chunk K, `G_k = γ^(K−k) · R`: the last chunk gets R·γ^0 = R, the first R·γ^(K−1).
+    Returns [K] float32, position i holding G_(i+1).
+    """
+    if num_chunks < 0:
+        raise ValueError(f"num_chunks must be >= 0, got {num_chunks}")
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    exponents = torch.arange(num_chunks - 1, -1, -1, dtype=torch.float64)  # [K]: K-1, ..., 1, 0
+    return (reward * gamma**exponents).to(torch.float32)  # [K]
+
+
+def group_advantages(
+    returns_by_traj: Sequence[torch.Tensor],
+    groups: Sequence[int] | torch.Tensor,
+    normalize_std: bool = False,
+    eps: float = 1e-6,
+) -> list[torch.Tensor]:
+    """Chunk advantages `A_k = G_k − b_g` against the mean baseline of the trajectory's group.
+
+    returns_by_traj[i]: [K_i] chunk returns of trajectory i; groups[i]: its group (the attempts at the same
+    task) -> list of [K_i] advantages. The baseline `b_g` is the mean, over the group's trajectories, of each
+    trajectory's mean chunk return: every attempt counts once whatever its length (a long trajectory must
+    not dominate the baseline), and with γ = 1 it is the group's mean reward, i.e. GRPO's baseline.
+    With `normalize_std`, advantages are divided by the standard deviation (population) of those same
+    per-trajectory values; a group whose values are all equal (std < eps) is left undivided, since dividing
+    by ~0 would turn the within-trajectory discount differences into huge steps.
+    """
+    if len(returns_by_traj) != len(groups):
+        raise ValueError(f"{len(returns_by_traj)} trajectories but {len(groups)} group ids")
+    group_list = [int(g) for g in groups]
+    per_traj = [r.float().mean() if r.numel() else torch.tensor(0.0) for r in returns_by_traj]  # each a scalar
+    out: list[torch.Tensor] = [torch.empty(0)] * len(returns_by_traj)
+    for g in dict.fromkeys(group_list):
+        members = [i for i, gi in enumerate(group_list) if gi == g]
+        values = torch.stack([per_traj[i] for i in members])  # [n_g]
+        baseline = values.mean()
+        std = values.std(unbiased=False)
+        scale = std if normalize_std and std >= eps else torch.tensor(1.0)
+        for i in members:
+            out[i] = (returns_by_traj[i].float() - baseline) / scale  # [K_i]
+    return out
