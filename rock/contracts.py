@@ -107,14 +107,27 @@ def versions_of(chunks: list[Chunk]) -> list[int]:
 
 
 def link_tool_results(chunks: list[Chunk], results: list[dict[str, Any]]) -> list[ToolResult]:
-    """iflow's execution-info `tool_results` as ToolResults, each tied to the chunk that issued it:
-    by the call's id where the chunk's response has it, else by the agent's round (one model call each)."""
-    by_call_id = {call.id: c.index for c in chunks for call in c.response.tool_calls if call.id}
+    """iflow's execution-info `tool_results` as ToolResults, each tied to the chunk that issued it.
+
+    By the call's id where exactly one chunk's response holds it (some servers reuse ids such as
+    `call_0` in every reply), else by the agent's `round`: the round-th chunk that completed. A chunk
+    with an `error` is a call the agent never got a completion from (it retried or stopped), so it
+    has no round of its own; `chunks` are one trajectory's, in order.
+    """
+    holders: dict[str, list[int]] = {}
+    for c in chunks:
+        for call in c.response.tool_calls:
+            if call.id:
+                holders.setdefault(call.id, []).append(c.index)
+    completed = [c.index for c in chunks if c.error is None]
     out = []
     for r in results:
-        index = by_call_id.get(r.get("call_id")) if r.get("call_id") else None
-        if index is None and isinstance(r.get("round"), int) and r["round"] < len(chunks):
-            index = chunks[r["round"]].index
+        index = None
+        if r.get("call_id") and len(holders.get(r["call_id"], [])) == 1:
+            index = holders[r["call_id"]][0]
+        rnd = r.get("round")
+        if index is None and isinstance(rnd, int) and not isinstance(rnd, bool) and 0 <= rnd < len(completed):
+            index = completed[rnd]
         out.append(
             ToolResult(
                 chunk_index=index,
