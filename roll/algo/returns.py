@@ -9,8 +9,11 @@ leave the first chunk 0.38 of the reward, where 2,000 tokens would leave it ~0.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
+
+from rock.contracts import Trajectory
 
 
 def chunk_returns(num_chunks: int, reward: float, gamma: float = 0.95) -> torch.Tensor:
@@ -58,3 +61,44 @@ def group_advantages(
         for i in members:
             out[i] = (returns_by_traj[i].float() - baseline) / scale  # [K_i]
     return out
+
+
+class ChunkTargets(NamedTuple):
+    returns: torch.Tensor  # [C] G_k
+    advantages: torch.Tensor  # [C] A_k
+    positive: torch.Tensor  # [C] bool: the chunk's trajectory was resolved
+
+
+def chunk_targets(
+    trajectories: Sequence[Trajectory],
+    keys: Sequence[tuple[str, int]],
+    gamma: float = 0.95,
+    normalize_std: bool = False,
+) -> ChunkTargets:
+    """Per-chunk G, A and success for the chunk ids of a batch (`PackedBatch.chunk_keys`: (trajectory_id, index)).
+
+    A trajectory's chunks are numbered k = 1..K in `index` order (K = its number of chunks), its reward is the
+    terminal R, its group is `group` (the attempts of one RL iteration) or, when unset, its task.
+    """
+    by_traj = {t.trajectory_id: t for t in trajectories}
+    if len(by_traj) != len(trajectories):
+        raise ValueError("trajectory ids repeat")
+    rets = [chunk_returns(len(t.chunks), t.reward, gamma) for t in trajectories]
+    group_of = {
+        g: i for i, g in enumerate(dict.fromkeys(t.group if t.group is not None else t.task_id for t in trajectories))
+    }
+    groups = [group_of[t.group if t.group is not None else t.task_id] for t in trajectories]
+    advs = group_advantages(rets, groups, normalize_std=normalize_std)
+    where: dict[tuple[str, int], tuple[float, float, bool]] = {}
+    for t, g, a in zip(trajectories, rets, advs, strict=True):
+        for k, c in enumerate(sorted(t.chunks, key=lambda c: c.index)):
+            where[(t.trajectory_id, c.index)] = (g[k].item(), a[k].item(), t.resolved)
+    missing = [key for key in keys if key not in where]
+    if missing:
+        raise ValueError(f"{len(missing)} chunk keys name no chunk of the given trajectories, e.g. {missing[0]}")
+    values = [where[key] for key in keys]
+    return ChunkTargets(
+        returns=torch.tensor([v[0] for v in values], dtype=torch.float32),
+        advantages=torch.tensor([v[1] for v in values], dtype=torch.float32),
+        positive=torch.tensor([v[2] for v in values], dtype=torch.bool),
+    )

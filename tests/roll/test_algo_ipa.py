@@ -6,10 +6,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from rock.contracts import Chunk, Trajectory
 from roll.algo import advantage
 from roll.algo.ipa import IPAConfig, grpo_loss, ipa_loss, ppo_clip_loss
 from roll.algo.ratio import chunk_means, chunk_ratios, chunk_sums
-from roll.algo.returns import chunk_returns, group_advantages
+from roll.algo.returns import chunk_returns, chunk_targets, group_advantages
 
 # ---- returns ------------------------------------------------------------------------------------------------
 
@@ -65,6 +66,36 @@ def test_returns_with_gamma_one_match_the_grpo_baseline():
 def test_returns_group_advantages_reject_mismatched_lengths():
     with pytest.raises(ValueError, match="2 trajectories but 1 group"):
         group_advantages([torch.ones(1), torch.ones(2)], [0])
+
+
+def _traj(tid, indices, resolved, task="x", group=None):
+    chunks = [Chunk(trajectory_id=tid, sandbox_id="s", index=i, latency_s=0.0, created_at=0.0) for i in indices]
+    status = "resolved" if resolved else "unresolved"
+    return Trajectory(
+        trajectory_id=tid,
+        task_id=task,
+        family="f",
+        split="train",
+        reward=float(resolved),
+        status=status,
+        chunks=chunks,
+        group=group,
+    )
+
+
+def test_returns_chunk_targets_follow_the_batch_keys():
+    # a: resolved in 2 chunks recorded out of order (indices 3, 1); b: failed in 1; same task, so one group
+    trajs = [_traj("a", [3, 1], True), _traj("b", [0], False), _traj("c", [0], True, task="y")]
+    got = chunk_targets(trajs, [("b", 0), ("a", 3), ("a", 1), ("c", 0)], gamma=0.5)
+    # a's returns by index order: index 1 -> 0.5, index 3 -> 1.0; baseline (0.75 + 0) / 2; c alone in its group
+    assert got.returns.tolist() == [0.0, 1.0, 0.5, 1.0]
+    assert got.advantages.tolist() == pytest.approx([-0.375, 0.625, 0.125, 0.0])
+    assert got.positive.tolist() == [False, True, True, True]
+    # an explicit group overrides the task: a and b apart, so b's baseline is its own 0
+    got = chunk_targets([_traj("a", [1], True, group=1), _traj("b", [0], False, group=2)], [("b", 0)], gamma=0.5)
+    assert got.advantages.tolist() == [0.0]
+    with pytest.raises(ValueError, match="name no chunk"):
+        chunk_targets(trajs, [("a", 2)])
 
 
 # ---- chunk ratios -------------------------------------------------------------------------------------------
