@@ -4,21 +4,22 @@ All three take the same tensors: per-token `logp_new` (trainer, with grad), `log
 logprobs μ), `chunk_ids` and `mask` laid out [B, T] in any packing (see `ratio.py`), plus per-chunk [C]
 quantities indexed by chunk id. Each returns (scalar loss, metrics dict of floats).
 
-IPA (Interaction-Perceptive Agentic Policy Optimization), exactly as computed here. For chunk c (one model call,
-tokens t ∈ c) write `ℓ_c(θ) = mean_{t∈c} log πθ(y_t)`, `ρ_c = exp(ℓ_c(θ) − ℓ_c(μ))` (`chunk_ratios`), `G_c` its
-discounted return and `A_c` its group advantage (`returns.py`). T+ are the chunks of successful trajectories,
+IPA (Interaction-Perceptive Agentic Policy Optimization), exactly as computed here. For chunk c (one model
+call, tokens t ∈ c) write `ℓ_c(θ) = mean_{t∈c} log πθ(y_t)`, `ρ_c = exp(ℓ_c(θ) − ℓ_c(μ))` (`chunk_ratios`),
+`G_c` its discounted return and `A_c` its group advantage (`returns.py`). T+ are the chunks of successful trajectories,
 T− those of failed ones, V the chunks that have tokens and are not flagged as train/inference mismatch:
 
-    L(θ) = (1/D) · [ Σ_{c ∈ T+ ∩ V} −G_c · ℓ_c(θ)  +  λ_neg · Σ_{c ∈ T− ∩ V} sg(clip(ρ_c, 0, 1)) · |A_c| · ℓ_c(θ) ]
+    L(θ) = (1/D) · [ Σ_{c∈T+∩V} −G_c · ℓ_c(θ)  +  λ_neg · Σ_{c∈T−∩V} sg(clip(ρ_c, 0, 1)) · |A_c| · ℓ_c(θ) ]
 
     ∇L   = (1/D) · [ −Σ_{T+} G_c ∇ℓ_c  +  λ_neg · Σ_{T−} min(ρ_c, 1) · |A_c| · ∇ℓ_c ]
 
 D = |V| unless given (give the whole step's count when one step is split into micro-batches).
 
-Why this shape. The off-policy policy gradient of chunk c sampled by μ is `E_μ[ρ_c A_c ∇ℓ_c]` (chunk-level
-importance sampling with the geometric-mean ratio; `sg(ρ)·A·ℓ` and `ρ·A` have the same gradient, since
+Why this shape. The (length-normalised) off-policy policy gradient of chunk c sampled by μ is
+`E_μ[ρ_c A_c ∇ℓ_c]` (chunk-level importance sampling with the geometric-mean ratio; `sg(ρ)·A·ℓ` and `ρ·A` have the same gradient, since
 ∇ρ = ρ∇ℓ). For a failed trajectory A_c < 0 (R = 0 under a non-negative group baseline), so the term pushes the
-chunk's likelihood down. Truncating the weight at 1 ("truncated update", as in Retrace / V-trace) bounds its
+chunk's likelihood down (a group that failed every attempt has b = 0, A = 0: it teaches nothing, as in
+GRPO). Truncating the weight at 1 ("truncated update", as in Retrace / V-trace) bounds its
 variance, and as the policy unlearns the failed chunk (ρ → 0) the push fades instead of driving the probability
 to zero and flattening the rest of the distribution, the known failure of unbounded negative gradients.
 Successful chunks are verified good actions: they are imitated with weight G_c = γ^(K−k)·R, no ratio and no
@@ -70,9 +71,10 @@ def ipa_loss(
     """
     C = returns.shape[0]
     if advantages.shape != (C,) or positive.shape != (C,):
-        raise ValueError(
-            f"returns {tuple(returns.shape)}, advantages {tuple(advantages.shape)} and positive {tuple(positive.shape)} must all be [C]"
+        shapes = (
+            f"returns {tuple(returns.shape)}, advantages {tuple(advantages.shape)}, positive {tuple(positive.shape)}"
         )
+        raise ValueError(f"{shapes}: must all be [C]")
     ell, _ = chunk_means(logp_new, chunk_ids, mask, C)  # [C] ℓ_c(θ)
     r = chunk_ratios(logp_new, logp_old, chunk_ids, mask, C, ratio_low, ratio_high)
     valid = (r.n_tokens > 0) & ~r.mismatch  # [C]
@@ -121,7 +123,7 @@ def grpo_loss(
     denominator: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Token-level GRPO (DeepSeekMath, without the KL term):
-    `L = −(1/D) Σ_i (1/|o_i|) Σ_{t∈o_i} min(r_t A_i, clip(r_t, 1−ε, 1+ε) A_i)`, `r_t = exp(log πθ − log μ)` per token.
+    `L = −(1/D) Σ_i (1/|o_i|) Σ_{t∈o_i} min(r_t A_i, clip(r_t, 1−ε, 1+ε) A_i)`, token ratio `r_t = exp(log πθ − log μ)`.
 
     A sample o_i is what `chunk_ids` names: pass a trajectory's id on all its chunks' tokens for the
     textbook per-response GRPO, or chunk ids for per-chunk samples. advantages: [C] (usually R − group mean
