@@ -16,8 +16,8 @@ T− those of failed ones, V the chunks that have tokens and are not flagged as 
 D = |V| unless given (give the whole step's count when one step is split into micro-batches).
 
 Why this shape. The (length-normalised) off-policy policy gradient of chunk c sampled by μ is
-`E_μ[ρ_c A_c ∇ℓ_c]` (chunk-level importance sampling with the geometric-mean ratio; `sg(ρ)·A·ℓ` and `ρ·A` have the same gradient, since
-∇ρ = ρ∇ℓ). For a failed trajectory A_c < 0 (R = 0 under a non-negative group baseline), so the term pushes the
+`E_μ[ρ_c A_c ∇ℓ_c]` (chunk-level importance sampling with the geometric-mean ratio; `sg(ρ)·A·ℓ` and `ρ·A`
+have the same gradient, since ∇ρ = ρ∇ℓ). For a failed trajectory A_c < 0 (R = 0 under a non-negative group baseline), so the term pushes the
 chunk's likelihood down (a group that failed every attempt has b = 0, A = 0: it teaches nothing, as in
 GRPO). Truncating the weight at 1 ("truncated update", as in Retrace / V-trace) bounds its
 variance, and as the policy unlearns the failed chunk (ρ → 0) the push fades instead of driving the probability
