@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("config", help="YAML cluster recipe, e.g. configs/rl/rome-30b-a3b.yaml")
     plan.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     plan.set_defaults(func=cmd_plan)
+    from roll.data.cli import register as register_data
+
+    register_data(sub)
     return parser
 
 
