@@ -44,17 +44,26 @@ class PackedSequence:
         return self.input_ids.shape[0]
 
 
-def _check(chunk: Chunk) -> None:
+def untrainable_reason(chunk: Chunk) -> str | None:
+    """Why a recorded chunk cannot be trained (an aborted call, a model that returned no token ids), or None.
+
+    Callers filter such chunks out before `pack_trajectory`. The chunk after a dropped one still packs where its
+    prompt extends the sequence: the dropped call's answer is then context in its prompt, without loss.
+    """
     prompt, response, logprobs = chunk.prompt_token_ids, chunk.response_token_ids, chunk.response_logprobs
     if not prompt:
-        raise PackingError(chunk.trajectory_id, chunk.index, "no prompt_token_ids recorded")
+        return "no prompt_token_ids recorded"
     if not response:
-        raise PackingError(chunk.trajectory_id, chunk.index, "no response_token_ids recorded")
+        return "no response_token_ids recorded"
     if logprobs is None or len(logprobs) != len(response):
-        n = "no" if logprobs is None else len(logprobs)
-        raise PackingError(
-            chunk.trajectory_id, chunk.index, f"{n} response_logprobs for {len(response)} response tokens"
-        )
+        return f"{'no' if logprobs is None else len(logprobs)} response_logprobs for {len(response)} response tokens"
+    return None
+
+
+def _check(chunk: Chunk) -> None:
+    reason = untrainable_reason(chunk)
+    if reason:
+        raise PackingError(chunk.trajectory_id, chunk.index, reason)
 
 
 def pack_trajectory(chunks: Sequence[Chunk], pack: bool = True) -> list[PackedSequence]:

@@ -13,7 +13,7 @@ from torch import nn
 from rock.contracts import Chunk
 from roll.algo.ipa import grpo_loss, ipa_loss, ppo_clip_loss
 from roll.algo.logprobs import sliced_token_logprobs, token_logprobs
-from roll.algo.packing import PackingError, budget_microbatches, pack_trajectory, pad_sequences
+from roll.algo.packing import PackingError, budget_microbatches, pack_trajectory, pad_sequences, untrainable_reason
 
 
 def chunk(index, prompt, response, logprobs=None, trajectory_id="t"):
@@ -89,6 +89,16 @@ def test_pack_restarts_when_the_prompt_is_shorter_than_the_sequence_or_differs_i
 def test_pack_rejects_untrainable_chunks_naming_trajectory_and_chunk(bad, message):
     with pytest.raises(PackingError, match=f"trajectory t chunk {bad.index}: {message}"):
         pack_trajectory([chunk(0, [1], [2]), bad])
+
+
+def test_untrainable_chunks_are_named_and_dropping_one_keeps_its_answer_as_context_without_loss():
+    # chunk 1 answered 9 but its token ids were lost; chunk 2's prompt carries that answer and a tool result 5
+    c = [chunk(0, [1, 2], [3]), chunk(1, [1, 2, 3, 4], [], []), chunk(2, [1, 2, 3, 4, 9, 5], [6])]
+    assert [untrainable_reason(x) for x in c] == [None, "no response_token_ids recorded", None]
+    (seq,) = pack_trajectory([x for x in c if untrainable_reason(x) is None])
+    assert seq.input_ids.tolist() == [1, 2, 3, 4, 9, 5, 6]
+    assert seq.chunk_ids.tolist() == [-1, 0, -1, -1, -1, 1]
+    assert seq.chunk_indices == [0, 2]
 
 
 def test_pack_rejects_chunks_of_several_trajectories():
