@@ -5,8 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/rl/tiny-cpu.yaml
 PYTEST_ARGS ?=
+EVAL_ARGS ?= --tasks ale --split heldout --agent oracle
 
-.PHONY: install docker images test lint train-rl bench clean
+.PHONY: install docker images test lint train-rl eval bench clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +39,10 @@ train-rl:
 	@test -f "$(CONFIG)" || { echo "error: config file not found: $(CONFIG)" >&2; exit 2; }
 	@$(MAKE) --no-print-directory install images
 	$(BIN)/roll train "$(CONFIG)"
+
+# The harness on the generated suite; e.g. make eval EVAL_ARGS="--tasks ale --agent iflow --model runs/tiny-cpu/policy/v2"
+eval: install images
+	$(BIN)/roll eval $(EVAL_ARGS)
 
 bench: install images
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python "$$b" || exit 1; done

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     from roll.data.cli import register as register_data
 
     register_data(sub)
+    from roll.eval.cli import register as register_eval
+
+    register_eval(sub)
     return parser
 
 

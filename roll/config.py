@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from roll.errors import ConfigError
 
@@ -39,9 +39,8 @@ class InferenceConfig(_Strict):
 
 
 class SandboxConfig(_Strict):
-    """The ROCK sandboxes the agent runs in."""
+    """The ROCK sandboxes the agent runs in (each task names its own image)."""
 
-    image: str = "rock/base:bookworm"
     iflow_mount: str = Field("/opt/ale/iflow_cli", description="where the iflow_cli source is mounted read-only")
     create_timeout_s: float = Field(120, gt=0)
 
@@ -55,11 +54,23 @@ class AgentConfig(_Strict):
 
 
 class TasksConfig(_Strict):
-    """The task family the rollouts draw from."""
+    """The suite families the rollouts draw from (their train split; see `roll tasks list`)."""
 
-    families: list[Literal["create_file", "make_dir"]] = ["create_file"]
-    seed: int = 0
-    held_out_fraction: float = Field(0.2, ge=0, lt=1)
+    families: list[str] = Field(["create_file"], min_length=1, description="names in roll.tasks.suite.FAMILIES")
+    train_per_family: int = Field(8, ge=1, description="train instances generated per family (seeds 0, 1, ...)")
+    seed: int = Field(0, description="seed of the choice of tasks per iteration")
+
+    @field_validator("families")
+    @classmethod
+    def _known(cls, families: list[str]) -> list[str]:
+        try:
+            from roll.tasks.suite import FAMILIES
+        except ImportError:  # the suite is not installed: the run fails later, naming it
+            return families
+        unknown = [f for f in families if f not in FAMILIES]
+        if unknown:
+            raise ValueError(f"unknown task families {unknown}; known: {', '.join(sorted(FAMILIES))}")
+        return families
 
 
 class RolloutConfig(_Strict):

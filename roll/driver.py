@@ -8,33 +8,43 @@ stopped in `finally`, also on Ctrl-C and SIGTERM.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
 import signal
 import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from rock.contracts import Chunk, Trajectory
 from roll.algo import group_advantages
 from roll.config import RunConfig
 from roll.errors import PreflightError
-from roll.rollout import Attempt, SandboxTracker, Trajectory, run_attempts
-from roll.tasks import make_tasks
+from roll.rollout import AgentOptions, SandboxTracker, iflow_source_dir, run_attempt
+from roll.tasks.spec import TaskSpec
 
 
 def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def iflow_source_dir() -> Path:
-    """The iflow_cli package dir, mounted read-only into every sandbox."""
-    spec = importlib.util.find_spec("iflow_cli")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the iflow_cli package is not importable; run `make install`")
-    return Path(list(spec.submodule_search_locations)[0]).resolve()
+@dataclass
+class Attempt:
+    task: TaskSpec
+    group: int  # attempts at the same task share a group: their mean reward is the baseline
+    trajectory_id: str = field(default_factory=lambda: f"traj-{uuid.uuid4().hex[:12]}")
+
+
+def train_tasks(cfg: RunConfig) -> list[TaskSpec]:
+    """The train split of the configured suite families."""
+    from roll.tasks.suite import generate_suite
+
+    return generate_suite(cfg.tasks.families, split="train", train_per_family=cfg.tasks.train_per_family)
 
 
 def ensure_model(cfg: RunConfig) -> Path:
@@ -51,8 +61,8 @@ def ensure_model(cfg: RunConfig) -> Path:
     return model_dir
 
 
-def preflight(cfg: RunConfig) -> None:
-    """Fail in a second, before minutes of model loading, when Docker or the sandbox image is missing."""
+def preflight(tasks: list[TaskSpec]) -> None:
+    """Fail in a second, before minutes of model loading, when Docker or a task's image is missing."""
     import docker
 
     try:
@@ -61,9 +71,12 @@ def preflight(cfg: RunConfig) -> None:
     except Exception as e:
         raise PreflightError(f"no Docker engine answers ({type(e).__name__}); start one with `make docker`") from e
     try:
-        client.images.get(cfg.sandbox.image)
+        for image in sorted(
+            {t.environment.image for t in tasks if t.environment.image and not t.environment.dockerfile}
+        ):
+            client.images.get(image)
     except docker.errors.ImageNotFound as e:
-        raise PreflightError(f"sandbox image {cfg.sandbox.image} is missing; build it with `make images`") from e
+        raise PreflightError(f"sandbox image {image} is missing; build it with `make images`") from e
     finally:
         client.close()
 
@@ -95,7 +108,42 @@ def pick_attempts(tasks, cfg: RunConfig, rng: random.Random) -> list[Attempt]:
     return [Attempt(task=t, group=g) for g, t in enumerate(chosen) for _ in range(cfg.rollout.group_size)]
 
 
-def chunk_advantages(trajectories: list[Trajectory]) -> tuple[list[dict], list[float]]:
+def run_attempts(client, attempts: list[Attempt], cfg: RunConfig, tracker: SandboxTracker, attempts_dir: Path,
+                 on_done: Callable[[Trajectory], None] = lambda t: None) -> list[Trajectory]:  # fmt: skip
+    """Run all attempts at once, iflow on the rock server's default upstream (the inference worker); one thread
+    each, since the work happens in the sandboxes and the engine. Infrastructure failures raise."""
+    options = AgentOptions(max_turns=cfg.agent.max_turns, max_tokens=cfg.agent.max_tokens, timeout_s=cfg.agent.timeout_s,
+                           iflow_mount=cfg.sandbox.iflow_mount)  # fmt: skip
+    source = iflow_source_dir()
+    pool = ThreadPoolExecutor(max_workers=len(attempts), thread_name_prefix="rollout")
+    try:
+        futures = [
+            pool.submit(
+                run_attempt,
+                client,
+                a.task,
+                "iflow",
+                attempt_dir=attempts_dir / a.trajectory_id,
+                trajectory_id=a.trajectory_id,
+                group=a.group,
+                options=options,
+                tracker=tracker,
+                iflow_source=source,
+            )  # fmt: skip
+            for a in attempts
+        ]
+        trajectories = []
+        for future in as_completed(futures):
+            trajectories.append(future.result())
+            on_done(trajectories[-1])
+    finally:
+        # On error or Ctrl-C do not wait for the agents: the driver deletes their sandboxes next.
+        pool.shutdown(wait=False, cancel_futures=True)
+    order = {a.trajectory_id: i for i, a in enumerate(attempts)}
+    return sorted(trajectories, key=lambda t: order[t.trajectory_id])
+
+
+def chunk_advantages(trajectories: list[Trajectory]) -> tuple[list[Chunk], list[float]]:
     """Every trainable chunk with the advantage of its trajectory (reward minus its task group's mean)."""
     rewards = torch.tensor([t.reward for t in trajectories])
     groups = torch.tensor([t.group for t in trajectories])
@@ -103,7 +151,7 @@ def chunk_advantages(trajectories: list[Trajectory]) -> tuple[list[dict], list[f
     chunks, chunk_adv = [], []
     for traj, adv in zip(trajectories, advantages, strict=True):
         for chunk in traj.chunks:
-            if chunk.get("response_token_ids"):  # a call that failed upstream has nothing to train on
+            if chunk.response_token_ids:  # a call that failed upstream has nothing to train on
                 chunks.append(chunk)
                 chunk_adv.append(adv)
     return chunks, chunk_adv
@@ -181,22 +229,21 @@ class Run:
 
         def progress(traj: Trajectory) -> None:
             done.append(traj)
-            log(f"  [{len(done)}/{len(attempts)}] {traj.task_id}: reward {traj.reward:.0f}, "
-                f"{len(traj.chunks)} chunks, agent exit {traj.agent_exit_code}, {traj.seconds:.0f}s")  # fmt: skip
+            log(f"  [{len(done)}/{len(attempts)}] {traj.task_id}: reward {traj.reward:.0f} ({traj.status}), "
+                f"{len(traj.chunks)} chunks, {traj.seconds:.0f}s")  # fmt: skip
 
         t0 = time.monotonic()
-        trajectories = run_attempts(
-            self.client, attempts, cfg.sandbox, cfg.agent, iflow_source_dir(), self.tracker, progress
-        )
+        trajectories = run_attempts(self.client, attempts, cfg, self.tracker, self.run_dir / "attempts" / f"it{it}",
+                                    progress)  # fmt: skip
         t1 = time.monotonic()
         chunks, advantages = chunk_advantages(trajectories)
         metrics = {
             "iteration": it,
             "reward_mean": sum(t.reward for t in trajectories) / len(trajectories),
             "chunks": len(chunks),
-            "prompt_tokens": sum(len(c["prompt_token_ids"]) for c in chunks),
-            "response_tokens": sum(len(c["response_token_ids"]) for c in chunks),
-            "policy_versions": sorted({c.get("policy_version") for c in chunks}, key=str),
+            "prompt_tokens": sum(len(c.prompt_token_ids or []) for c in chunks),
+            "response_tokens": sum(len(c.response_token_ids) for c in chunks),
+            "policy_versions": sorted({c.policy_version for c in chunks}, key=str),
             "rollout_s": round(t1 - t0, 1),
         }
         if not chunks:
@@ -219,7 +266,7 @@ class Run:
             f.write(json.dumps(metrics) + "\n")
         with open(self.run_dir / "trajectories.jsonl", "a") as f:
             for t in trajectories:
-                f.write(json.dumps({"iteration": metrics["iteration"], **t.__dict__}) + "\n")
+                f.write(json.dumps({"iteration": metrics["iteration"], **t.model_dump(mode="json")}) + "\n")
 
     def close(self) -> None:
         """Stop everything, in reverse order; each step runs even if an earlier one fails."""
@@ -263,11 +310,10 @@ def train(cfg: RunConfig) -> int:
     history = []
     start = time.monotonic()
     try:
-        tasks = [t for t in make_tasks(cfg.tasks.families, cfg.tasks.seed, cfg.tasks.held_out_fraction)
-                 if t.split == "train"]  # fmt: skip
+        tasks = train_tasks(cfg)
         if len(tasks) < cfg.rollout.tasks_per_iteration:
             raise ValueError(f"only {len(tasks)} train tasks for rollout.tasks_per_iteration")
-        preflight(cfg)
+        preflight(tasks)
         model_dir = ensure_model(cfg)
         run.start(model_dir)
         rng = random.Random(cfg.tasks.seed)

@@ -1,5 +1,6 @@
-"""Rollouts: the real iflow agent on task instances inside ROCK sandboxes (`roll train CONFIG` runs them)."""
+"""Rollouts: one attempt of an agent at a task in a fresh ROCK sandbox (`roll eval`, `roll data synth` and
+`roll train` all run `run_attempt`)."""
 
-from roll.rollout.sandbox import Attempt, SandboxTracker, Trajectory, run_attempts
+from roll.rollout.attempt import AGENTS, AgentOptions, SandboxTracker, iflow_source_dir, run_attempt
 
-__all__ = ["Attempt", "SandboxTracker", "Trajectory", "run_attempts"]
+__all__ = ["AGENTS", "AgentOptions", "SandboxTracker", "iflow_source_dir", "run_attempt"]

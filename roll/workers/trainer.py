@@ -78,8 +78,8 @@ class Trainer:
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
         self.engine.train()
 
-    def step(self, chunks: list[dict], advantages: list[float]) -> dict[str, float]:
-        """One optimizer update on all chunks at once (`advantages[i]` belongs to chunk i)."""
+    def step(self, chunks: list, advantages: list[float]) -> dict[str, float]:
+        """One optimizer update on all chunks (`rock.contracts.Chunk`) at once (`advantages[i]` belongs to chunk i)."""
         batch = collate_chunks(chunks, advantages, pad_id=self.pad_id)
         logits = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # [B, T, V]
         new_logp = token_logprobs(logits[:, :-1], batch.targets)  # [B, T-1]

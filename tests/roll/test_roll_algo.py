@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from rock.contracts import Chunk
 from roll.algo import chunk_ratio, collate_chunks, group_advantages, policy_gradient_loss, token_logprobs
 
 
@@ -70,11 +71,13 @@ def test_loss_keeps_a_large_ratio_with_negative_advantage():
     assert new.grad.item() == pytest.approx(math.e)
 
 
+def chunk(prompt: list[int], response: list[int], logprobs: list[float], index: int = 0) -> Chunk:
+    return Chunk(trajectory_id="t", sandbox_id="s", index=index, prompt_token_ids=prompt, response_token_ids=response,
+                 response_logprobs=logprobs, latency_s=0.0, created_at=0.0)  # fmt: skip
+
+
 def test_collate_aligns_response_to_shifted_targets():
-    chunks = [
-        {"prompt_token_ids": [5, 6, 7], "response_token_ids": [8, 9], "response_logprobs": [-0.5, -0.25]},
-        {"prompt_token_ids": [1], "response_token_ids": [2], "response_logprobs": [-1.0]},
-    ]
+    chunks = [chunk([5, 6, 7], [8, 9], [-0.5, -0.25]), chunk([1], [2], [-1.0], index=1)]
     b = collate_chunks(chunks, [1.0, -1.0], pad_id=0)
     assert b.input_ids.tolist() == [[5, 6, 7, 8, 9], [1, 2, 0, 0, 0]]
     assert b.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
@@ -86,4 +89,4 @@ def test_collate_aligns_response_to_shifted_targets():
 
 def test_collate_rejects_mismatched_logprobs():
     with pytest.raises(ValueError, match="mismatched"):
-        collate_chunks([{"prompt_token_ids": [1], "response_token_ids": [2, 3], "response_logprobs": [-1.0]}], [0.0])
+        collate_chunks([chunk([1], [2, 3], [-1.0])], [0.0])

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from rock.contracts import Chunk
+
 pytestmark = pytest.mark.slow
 
 
@@ -28,8 +30,9 @@ def synthetic_chunks():
     for p_len, r_len in ((5, 3), (7, 4), (4, 2), (6, 5)):
         ids = torch.randint(1, 64, (p_len + r_len,), generator=g).tolist()
         chunks.append(
-            {"prompt_token_ids": ids[:p_len], "response_token_ids": ids[p_len:], "response_logprobs": [-4.0] * r_len}
-        )
+            Chunk(trajectory_id="t", sandbox_id="s", index=len(chunks), prompt_token_ids=ids[:p_len],
+                  response_token_ids=ids[p_len:], response_logprobs=[-4.0] * r_len, latency_s=0.0, created_at=0.0)
+        )  # fmt: skip
     return chunks
 
 
