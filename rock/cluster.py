@@ -140,6 +140,10 @@ class ClusterBackend:
     async def commit(self, container_id: str, snapshot_id: str) -> str:
         return await _await(self._host(container_id).call.remote("commit", container_id, snapshot_id))
 
+    async def build_image(self, context: bytes, tag: str) -> None:
+        # Every node builds it: a sandbox of the image may be placed on any of them.
+        await asyncio.gather(*(_await(h.call.remote("build_image", context, tag)) for h in self.hosts.values()))
+
     async def remove_image(self, ref: str, node: str | None = None) -> None:
         await _await(self.hosts[node or self.local_node].call.remote("remove_image", ref))
 

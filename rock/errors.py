@@ -79,6 +79,14 @@ class ValidationFailed(RockError):
     status = 422
 
 
+class ImageBuildFailed(RockError):
+    """A task image whose Dockerfile does not build (offline, as every build here); the message ends with
+    the last lines of the build log."""
+
+    code = "image_build_failed"
+    status = 422
+
+
 class BackendError(RockError):
     """The Docker daemon (or the model gateway) failed in a way the caller cannot fix."""
 

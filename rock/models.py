@@ -180,6 +180,14 @@ class SnapshotList(Strict):
     snapshots: list[Snapshot]
 
 
+class ImageBuilt(Strict):
+    """Answer of `POST /v1/images` (body: a tar build context with `Dockerfile` at its root)."""
+
+    image: str = Field(description="ale-task:<first 16 hex of the sha256 of the context's files>")
+    cached: bool = Field(description="the tag existed already, nothing was built")
+    seconds: float
+
+
 class ErrorDetail(Strict):
     code: str
     message: str

@@ -66,6 +66,19 @@ def _tar_dir(local_dir: str | os.PathLike) -> bytes:
     return buf.getvalue()
 
 
+def _context_tar(dockerfile: str, files: dict[str, str]) -> bytes:
+    """A build context: `Dockerfile` plus `files` (relative path -> text), with fixed metadata so that equal
+    content gives equal bytes (the server tags the image by a hash of the content)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, text in {**files, "Dockerfile": dockerfile}.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def _untar(data: bytes, local_dir: str | os.PathLike) -> None:
     Path(local_dir).mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -162,6 +175,15 @@ class _Calls:
         )
 
     @staticmethod
+    def build_image(dockerfile: str, files: dict[str, str]) -> _Call:
+        return _Call(
+            "POST",
+            "/v1/images",
+            content=_context_tar(dockerfile, files),
+            parse=lambda r: m.ImageBuilt.model_validate_json(r.content),
+        )
+
+    @staticmethod
     def health() -> _Call:
         return _Call("GET", "/healthz", parse=lambda r: r.json())
 
@@ -213,6 +235,11 @@ class Client:
 
     def list_snapshots(self) -> list[m.Snapshot]:
         return self._do(_Calls.list_snapshots())
+
+    def build_image(self, dockerfile: str, files: dict[str, str] | None = None) -> str:
+        """Build `dockerfile` with `files` as its context (no network); the image tag, `ale-task:<hash>`.
+        A context built before returns at once; a failing build raises rock.errors.ImageBuildFailed."""
+        return self._do(_Calls.build_image(dockerfile, files or {})).image
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self._do(_Calls.delete_snapshot(snapshot_id))
@@ -351,6 +378,9 @@ class AsyncClient:
 
     async def list_snapshots(self) -> list[m.Snapshot]:
         return await self._do(_Calls.list_snapshots())
+
+    async def build_image(self, dockerfile: str, files: dict[str, str] | None = None) -> str:
+        return (await self._do(_Calls.build_image(dockerfile, files or {}))).image
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         await self._do(_Calls.delete_snapshot(snapshot_id))

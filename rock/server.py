@@ -23,6 +23,7 @@ from rock.models import (
     CreateSession,
     ExecRequest,
     ExecResult,
+    ImageBuilt,
     Sandbox,
     SandboxList,
     SessionInfo,
@@ -197,6 +198,10 @@ def add_routes(app: FastAPI, svc: SandboxService, auth) -> None:
     async def delete_snapshot(snapshot_id: str) -> Response:
         await svc.delete_snapshot(snapshot_id)
         return Response(status_code=204)
+
+    @app.post("/v1/images", dependencies=deps)
+    async def build_image(request: Request) -> ImageBuilt:
+        return await svc.build_image(await read_body(request, lim.max_upload_bytes))
 
     @app.get("/v1/sandboxes/{sandbox_id}/trajectory", dependencies=deps)
     async def trajectory(sandbox_id: str) -> Response:

@@ -7,6 +7,7 @@ backend, the warm pool, sessions, the ttl reaper and (for `network: model`) the 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import logging
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from rock import errors
-from rock.backend.docker import ContainerSpec, DockerBackend, file_from_tar, single_file_tar
+from rock.backend.docker import ContainerSpec, DockerBackend, base_images, file_from_tar, single_file_tar
 from rock.backend.engine import EngineError
 from rock.backend.execs import Utf8Stream
 from rock.config import ServerConfig
@@ -29,6 +30,7 @@ from rock.models import (
     ExecChunk,
     ExecRequest,
     ExecResult,
+    ImageBuilt,
     Sandbox,
     SessionInfo,
     SessionRun,
@@ -38,6 +40,7 @@ from rock.pool import PoolKey, WarmPool
 from rock.store import Store
 
 log = logging.getLogger("rock.service")
+TASK_IMAGE_REPO = "ale-task"
 
 
 def new_id(prefix: str) -> str:
@@ -90,6 +93,7 @@ class SandboxService:
         self.gateway = None
         self._gateway_lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
+        self._builds: dict[str, asyncio.Lock] = {}  # image tag -> lock: one build per content at a time
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -484,6 +488,27 @@ class SandboxService:
         await self.backend.remove_image(snap.image, snap.node)
         self.store.delete_snapshot(snapshot_id)
 
+    # ---- task images ------------------------------------------------------------------------
+
+    async def build_image(self, context: bytes) -> ImageBuilt:
+        """Build a tar context (Dockerfile at its root) into `ale-task:<content hash>`; at once if that exists."""
+        t0 = time.monotonic()
+        dockerfile, digest = _read_context(context)
+        tag = f"{TASK_IMAGE_REPO}:{digest[:16]}"
+        async with self._builds.setdefault(tag, asyncio.Lock()):
+            if await self.backend.image_exists(tag):
+                return ImageBuilt(image=tag, cached=True, seconds=time.monotonic() - t0)
+            for ref in base_images(dockerfile):
+                if not await self.backend.image_exists(ref):
+                    raise errors.ImageNotFound(
+                        f"base image {ref} not found (rock never pulls: build or map it locally)"
+                    )
+            try:
+                await self.backend.build_image(context, tag)
+            except EngineError as e:
+                raise errors.BackendError(f"image build: {e.message}") from e
+        return ImageBuilt(image=tag, cached=False, seconds=time.monotonic() - t0)
+
     # ---- model calls ------------------------------------------------------------------------
 
     async def trajectory(self, sandbox_id: str) -> list[dict]:
@@ -495,6 +520,23 @@ class SandboxService:
 
     def trajectory_lines(self, chunks: list[dict]) -> bytes:
         return b"".join(json.dumps(c).encode() + b"\n" for c in chunks)
+
+
+def _read_context(data: bytes) -> tuple[str, str]:
+    """(Dockerfile text, sha256 hex of every file's name, mode and bytes) of a build context tar.
+    Tar metadata such as mtimes and owners is left out, so equal content gives an equal hash."""
+    _check_tar(data)
+    h, dockerfile = hashlib.sha256(), None
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        files = sorted((m.name.removeprefix("./"), m) for m in tar if m.isfile())
+        for name, member in files:
+            body = tar.extractfile(member).read()
+            h.update(f"{name}\0{member.mode & 0o777:o}\0{len(body)}\0".encode() + body)
+            if name == "Dockerfile":
+                dockerfile = body.decode(errors="replace")
+    if dockerfile is None:
+        raise errors.BadRequest("build context has no Dockerfile at its root")
+    return dockerfile, h.hexdigest()
 
 
 def _check_tar(data: bytes) -> None:

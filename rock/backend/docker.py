@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import re
 import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +44,9 @@ LABEL_SANDBOX = "ale.rock.sandbox"
 LABEL_MANAGER = "ale.rock.manager"
 LABEL_SNAPSHOT = "ale.rock.snapshot"
 SNAPSHOT_REPO = "rock-snapshot"
+LABEL_TASK_IMAGE = "ale.task.image"
+BUILD_LOG_TAIL = 25  # lines of the build log an ImageBuildFailed carries
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the daemon colours a RUN step's stderr
 CAP_ADD = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETUID", "SETGID", "NET_BIND_SERVICE"]
 
 
@@ -180,6 +185,18 @@ class DockerBackend:
 
         return await self._call(commit)
 
+    async def build_image(self, context: bytes, tag: str) -> None:
+        """Build a tar context into `tag` with no network (RUN steps get none, nothing is pulled that is
+        not already here); ImageBuildFailed with the log's tail when the Dockerfile fails."""
+        params = {"t": tag, "networkmode": "none", "rm": "1", "forcerm": "1", "q": "0"}
+        params["labels"] = json.dumps({LABEL_TASK_IMAGE: "1", LABEL_MANAGER: self.manager_id})
+        messages = await self.engine.build(context, params)
+        failed = next((m for m in messages if m.get("error")), None)
+        if failed is not None:
+            log = _ANSI.sub("", "".join(m.get("stream", "") for m in messages)).splitlines()
+            tail = "\n".join(line for line in log[-BUILD_LOG_TAIL:] if line.strip())
+            raise errors.ImageBuildFailed(f"image build failed: {failed['error'].strip()}\n{tail}")
+
     async def remove_image(self, ref: str, node: str | None = None) -> None:
         try:
             await self._call(self.client.images.remove, ref, force=True)
@@ -222,6 +239,20 @@ class DockerBackend:
         await self.engine.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
+
+
+_FROM = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", re.IGNORECASE | re.MULTILINE)
+
+
+def base_images(dockerfile: str) -> list[str]:
+    """The images a Dockerfile's FROM lines name: not its own stage names, `scratch` or `${ARG}` forms."""
+    stages, out = set(), []
+    for ref, stage in _FROM.findall(dockerfile):
+        if ref.lower() not in stages and ref != "scratch" and "$" not in ref and ref not in out:
+            out.append(ref)
+        if stage:
+            stages.add(stage.lower())
+    return out
 
 
 def single_file_tar(name: str, data: bytes, mode: int) -> bytes:

@@ -13,7 +13,7 @@ import json
 import os
 import struct
 from collections.abc import AsyncIterator
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 API = "/v1.41"  # Docker 20.10's API; newer daemons still serve it
 
@@ -118,6 +118,25 @@ class Engine:
             return json.loads(data) if data else None
         raise AssertionError("unreachable")
 
+    async def build(self, context: bytes, params: dict[str, str]) -> list[dict]:
+        """`POST /build` of a tar context on a connection of its own; the daemon's JSON progress messages.
+        A Dockerfile that fails still answers 200: its failure is a message with an `error` key."""
+        reader, writer = await self._connect()
+        try:
+            head = (
+                f"POST {API}/build?{urlencode(params)} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n"
+                f"Content-Type: application/x-tar\r\nContent-Length: {len(context)}\r\n\r\n"
+            )
+            writer.write(head.encode() + context)
+            await writer.drain()
+            status, headers = await _read_head(reader)
+            data = await _read_body(reader, status, headers)
+        finally:
+            writer.close()
+        if status >= 300:
+            raise EngineError(status, data.decode(errors="replace").strip())
+        return _json_stream(data.decode(errors="replace"))
+
     async def exec_create(
         self, container: str, argv: list[str], env: dict[str, str], cwd: str | None, stdin: bool
     ) -> str:
@@ -156,6 +175,19 @@ class Engine:
         for _, writer in self._idle:
             writer.close()
         self._idle.clear()
+
+
+def _json_stream(text: str) -> list[dict]:
+    """The JSON objects of a progress stream (one per line, though the daemon does not promise newlines)."""
+    dec, out, i = json.JSONDecoder(), [], 0
+    while i < len(text):
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i == len(text):
+            break
+        obj, i = dec.raw_decode(text, i)
+        out.append(obj)
+    return out
 
 
 async def frames(reader: asyncio.StreamReader) -> AsyncIterator[tuple[int, bytes]]:
