@@ -12,15 +12,18 @@ import sys
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from roll.data.synth import check_teacher, synthesize
+
+    if args.attempts < 1 or args.concurrency < 1 or (args.per_family is not None and args.per_family < 1):
+        raise ValueError("--attempts, --concurrency and --per-family must be at least 1")
+    check_teacher(args.teacher, args.mistake_rate)
     from roll.tasks.loader import load_tasks
 
-    if args.attempts < 1 or args.concurrency < 1:
-        raise ValueError("--attempts and --concurrency must be at least 1")
-    check_teacher(args.teacher, args.mistake_rate)
     families = [f for f in args.families.split(",") if f] if args.families else None
     tasks, errors = load_tasks(args.tasks, families=families, split=args.split)
     for e in errors:
         print(f"roll: skipped: {e}", file=sys.stderr)
+    if args.per_family:
+        tasks = [t for i, t in enumerate(tasks) if sum(x.family == t.family for x in tasks[:i]) < args.per_family]
     if not tasks:
         raise ValueError(f"no tasks loaded from {args.tasks}" + (f" ({len(errors)} failed to load)" if errors else ""))
     report = synthesize(
@@ -54,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("--tasks", required=True, help="ale (the generated suite) or a folder of task folders")
     synth.add_argument("--families", help="comma-separated families (default: all)")
+    synth.add_argument("--per-family", type=int, help="at most this many tasks of each family (default: all)")
     synth.add_argument("--split", choices=["train", "heldout"], default="train", help="default: train")
     synth.add_argument(
         "--teacher", required=True, help="oracle (plays each task's solution as tool calls) or a model URL (.../v1)"

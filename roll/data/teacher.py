@@ -48,7 +48,8 @@ NO_TYPO = {"cd", "set", "export", "for", "if", "while", "case", "function", "sou
 PATH_WORD = re.compile(r"[A-Za-z0-9_./-]+")
 HEREDOC = re.compile(r"^cat\s*>\s*([A-Za-z0-9_./-]+)\s*<<\s*(['\"])(\w+)\2\n(.*)\n\3\s*$", re.S)
 HEREDOC_FIRST = re.compile(r"^cat\s*<<\s*(['\"])(\w+)\1\s*>\s*([A-Za-z0-9_./-]+)\n(.*)\n\2\s*$", re.S)
-ECHO = re.compile(r"^echo\s+'([^'\n]*)'\s*>\s*([A-Za-z0-9_./-]+)\s*$")
+ECHO = re.compile(r"^echo\s+(.+?)\s*>\s*([A-Za-z0-9_./-]+)\s*$")
+PLAIN_WORDS = re.compile(r"[A-Za-z0-9_.,:/+=@%-]+( [A-Za-z0-9_.,:/+=@%-]+)*")  # echo prints these as they are
 END_REDIRECT = re.compile(r"^[^;&|<>\n]*>>?\s*([A-Za-z0-9_./-]+)\s*$")
 REMOVAL = re.compile(r"\brm\s[^;&|\n]*")  # what setup deletes is not there to read
 
@@ -108,8 +109,11 @@ def shell_or_write(command: str) -> Step:
     if m:
         return call("write_file", path=m.group(3), content=m.group(4) + "\n")
     m = ECHO.match(command.strip())
-    if m and "\\" not in m.group(1):
-        return call("write_file", path=m.group(2), content=m.group(1) + "\n")
+    if m:
+        arg = m.group(1)
+        text = arg[1:-1] if re.fullmatch(r"'[^'\n\\]*'", arg) else arg if PLAIN_WORDS.fullmatch(arg) else None
+        if text is not None and not text.startswith("-"):
+            return call("write_file", path=m.group(2), content=text + "\n")
     return call("run_shell_command", command=command)
 
 

@@ -18,7 +18,7 @@ import pytest
 from iflow_cli.models.openai_api import OpenAIModel
 from iflow_cli.tools import SCHEMAS
 from rock.gateway.chunks import ResponseAggregate
-from roll.data.teacher import MISTAKES, OracleTeacher, TeacherError, load_tokenizer, make_plan
+from roll.data.teacher import MISTAKES, OracleTeacher, TeacherError, act_steps, load_tokenizer, make_plan
 from roll.tasks.spec import Environment, TaskSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,6 +191,17 @@ def test_suite_style_heredoc_becomes_write_file_and_unsafe_steps_get_no_typo(tmp
         assert plan.mistake == ""  # neither step may be mistyped without side effects
         writes = [json.loads(s.arguments) for s in plan.steps if s.tool == "write_file"]
         assert writes == [{"path": "/app/lib/util.py", "content": "def f():\n    return '$HOME'\n"}]
+    echoes = [
+        "echo plum > /app/a.txt",
+        "echo 'a  b' > b",
+        "echo $HOME > c",
+        "echo x >> d",
+        "echo -n x > e",
+        "echo x > f; ls",
+    ]
+    steps = [json.loads(s.arguments) for s in act_steps(make_task(tmp_path, solution_steps=echoes))]
+    assert steps[:2] == [{"path": "/app/a.txt", "content": "plum\n"}, {"path": "b", "content": "a  b\n"}]
+    assert [s["command"] for s in steps[2:]] == echoes[2:]  # anything not plainly literal stays a shell command
 
 
 def test_bad_input_is_refused_with_one_line(tmp_path, tokenizer):
