@@ -35,6 +35,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         tokenizer=args.tokenizer,
         max_turns=args.max_turns,
+        seed=args.seed,
         progress=not args.quiet,
     )
     print(report.table())
@@ -68,5 +69,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--concurrency", type=int, default=4, help="sandboxes at once (default 4)")
     synth.add_argument("--tokenizer", help="oracle: ROME model dir for token ids (default: ROME-tiny under --out)")
     synth.add_argument("--max-turns", type=int, help="iflow --max-turns (default: oracle's longest plan + 4; 30)")
+    synth.add_argument("--seed", type=int, default=0, help="oracle: seed of its plans (default 0)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=cmd_synth)

@@ -35,7 +35,7 @@ class FamilyCoverage(BaseModel):
     attempts: int = 0
     verified: int = 0
     mean_turns: float = 0.0  # model calls (chunks) per attempt
-    tool_kinds: list[str] = []  # the tools called, parsed or not
+    tool_kinds: list[str] = []  # the tools called by name, whether the call parsed or not
     tool_calls: int = 0
     failed_calls: int = 0  # did not parse, or ran and failed
     recovered: int = 0  # failed calls of a resolved attempt that a successful call came after
@@ -85,7 +85,7 @@ def family_coverage(family: str, trajs: list[Trajectory]) -> FamilyCoverage:
         attempts=len(trajs),
         verified=sum(t.resolved for t in trajs),
         mean_turns=round(sum(len(t.chunks) for t in trajs) / len(trajs), 2) if trajs else 0.0,
-        tool_kinds=sorted({r.tool for r in results}),
+        tool_kinds=sorted({r.tool for r in results if r.tool not in ("", "?")}),  # "?": a call with no readable name
         tool_calls=len(results),
         failed_calls=sum(not r.ok for r in results),
         recovered=sum(recovered(t) for t in trajs),

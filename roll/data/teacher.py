@@ -349,7 +349,8 @@ class OracleTeacher:
             "finish_reason": "tool_calls" if message["tool_calls"] else "stop",
             "logprobs": None,
         }
-        if request.get("logprobs"):
+        has_ids = self.tokenizer is not None  # without a tokenizer no ids are sent rather than made up
+        if request.get("logprobs") and has_ids:
             choice["logprobs"] = {"content": [self.entry(i) for i in ids]}
         body: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -360,7 +361,7 @@ class OracleTeacher:
             "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": len(ids), "total_tokens": 0},
         }
         body["usage"]["total_tokens"] = len(prompt_ids) + len(ids)
-        if request.get("return_token_ids"):
+        if request.get("return_token_ids") and has_ids:
             choice["token_ids"] = ids
             body["prompt_token_ids"] = prompt_ids
         return body

@@ -111,3 +111,22 @@ def test_oracle_synthesis_in_sandboxes_yields_verified_trajectories_with_token_i
     cov = {r["family"]: r for r in json.loads((out / "coverage.json").read_text())}
     assert set(cov) == {*families, "all"} and cov["all"]["recovered"] >= len(verified)
     assert "verified" in proc.stdout and f"{len(verified)}/{len(every)} trajectories verified" in proc.stdout
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_url_teacher_is_forwarded_as_it_is(tmp_path):
+    """Any OpenAI-compatible model: here the oracle served apart, at 0 mistakes, reached only by its URL."""
+    from roll.data.synth import synthesize
+    from roll.data.teacher import OracleTeacher
+    from roll.tasks.suite import generate
+
+    task = generate("create_file", 0)
+    with OracleTeacher([task], None, mistake_rate=0.0).serve() as server:
+        report = synthesize([task], teacher=server.url, out_dir=tmp_path, progress=False, log=lambda s: None)
+    assert (report.trajectories, report.verified, report.teacher) == (1, 1, server.url)
+    (t,) = read_dataset(tmp_path / "verified.jsonl")
+    assert t.tool_results and all(r.ok for r in t.tool_results)
+    assert t.chunks[0].response.tool_calls[0].id.startswith("call_oracle_")
+    assert t.chunks[0].prompt_token_ids is None  # no tokenizer: the teacher sends no ids and none are made up
+    assert not (tmp_path / "rome-tiny").exists()
