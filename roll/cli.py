@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     from roll.eval.cli import register as register_eval
 
     register_eval(sub)
+    from roll.tasks.cli import register as register_tasks
+
+    register_tasks(sub)
     return parser
 
 

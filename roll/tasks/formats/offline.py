@@ -86,6 +86,9 @@ def _split_top(cmd: str) -> list[tuple[str, str]]:
             quote = "" if c == quote else quote
         elif c in "'\"":
             quote = c
+        elif c == "#" and (i == 0 or cmd[i - 1].isspace()):
+            buf.append(cmd[i:])  # a comment runs to the end: nothing in it is a command
+            break
         elif c == "\\" and i + 1 < len(cmd):
             buf.append(cmd[i : i + 2])
             i += 2
@@ -211,21 +214,6 @@ def map_image(ref: str, image_map: tuple[tuple[str, str], ...] | None = None) ->
 
 _FROM = re.compile(r"^(\s*FROM\s+(?:--\S+\s+)*)(\S+)(.*)$", re.IGNORECASE)
 _RUN = re.compile(r"^(\s*RUN\s+)(?!\[)(?!<<)(.*)$", re.IGNORECASE | re.DOTALL)
-
-
-def from_images(dockerfile: str) -> list[str]:
-    """The images a Dockerfile's FROM lines name, leaving out its own stage names and `scratch`."""
-    stages, out = set(), []
-    for line in dockerfile.splitlines():
-        m = _FROM.match(line)
-        if not m:
-            continue
-        ref, rest = m.group(2), m.group(3).split()
-        if ref.lower() not in stages and ref != "scratch" and ref not in out:
-            out.append(ref)
-        if len(rest) >= 2 and rest[0].lower() == "as":
-            stages.add(rest[1].lower())
-    return out
 
 
 def rewrite_dockerfile(text: str, image_map: tuple[tuple[str, str], ...] | None = None) -> str:
