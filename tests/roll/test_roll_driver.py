@@ -45,6 +45,5 @@ def test_attempts_are_tasks_times_group_size_with_shared_groups():
 def test_the_default_config_draws_from_the_suite_and_unknown_families_are_named():
     cfg = load_config(TINY)
     assert cfg.tasks.families == ["create_file"]
-    pytest.importorskip("roll.tasks.suite", reason="the suite helper's roll.tasks.suite")
     with pytest.raises(ConfigError, match="no_such_family"):
         load_config(TINY, ["tasks.families=[create_file, no_such_family]"])
