@@ -177,7 +177,7 @@ def test_python_families_grade_with_hidden_tests():
     for seed in _seeds("py_bugfix", 8):
         t = generate("py_bugfix", seed)
         assert {"test_visible.py", "test_hidden.py"} <= set(t.tests)
-        assert "/tests/test_hidden.py" in t.tests["run-tests.sh"]
+        assert '"${TEST_DIR:-/tests}"/test_hidden.py' in t.tests["run-tests.sh"]
         assert t.tests["test_hidden.py"] != t.tests["test_visible.py"]
     for seed in _seeds("py_implement", 8):
         t = generate("py_implement", seed)

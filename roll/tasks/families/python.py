@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from roll.tasks.families.base import Draft, Words, family, write_file
 
 PYTEST = "python3 -m pytest -q -p no:cacheprovider"
+TESTS = '"${TEST_DIR:-/tests}"'  # where the harness put tests/ (its convention: TEST_DIR=/tests)
 
 
 @dataclass(frozen=True)
@@ -325,7 +326,7 @@ def py_bugfix(w: Words) -> Draft:
         instruction=f"Fix the bug in the Python package {root} so that `python3 -m pytest /app/tests` passes",
         setup=setup,
         test=(
-            f"cd /app && PYTHONPATH=/app {PYTEST} /tests/test_visible.py /tests/test_hidden.py "
+            f"cd /app && PYTHONPATH=/app {PYTEST} {TESTS}/test_visible.py {TESTS}/test_hidden.py "
             '|| fail "the unit tests fail"\n'
         ),
         files={"test_visible.py": visible_py, "test_hidden.py": "\n".join(hidden) + "\n"},
@@ -458,7 +459,7 @@ def py_implement(w: Words) -> Draft:
     return Draft(
         instruction=f"Implement the function {spec.name} in {path} as its docstring describes",
         setup=write_file(path, header + _source(spec, "raise NotImplementedError")),
-        test=f'cd /app && PYTHONPATH=/app {PYTEST} /tests/test_hidden.py || fail "{spec.name} is not right"\n',
+        test=f'cd /app && PYTHONPATH=/app {PYTEST} {TESTS}/test_hidden.py || fail "{spec.name} is not right"\n',
         files={"test_hidden.py": hidden},
         steps=[write_file(path, header + reference)],
     )

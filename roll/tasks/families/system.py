@@ -98,7 +98,7 @@ def permissions(w: Words) -> Draft:
             test=_mode_is(path, "444") + check_exact(path, word),
             steps=[f"chmod 444 {path}"],
         )
-    mode = w.rng.choice(["600", "640", "700", "750", "711"])
+    mode = w.rng.choice(["700", "750", "711", "770", "705"])  # never the 755 it starts with
     path = f"/app/{name}"
     return Draft(
         instruction=f"Set the mode of the directory {path} to {mode}",
