@@ -331,3 +331,14 @@ def test_cli_on_the_generated_suite(tmp_path, capsys):
     assert roll_main(["tasks", "export", str(tmp_path), "--families", "create_file", "--split", "train"]) == 0
     specs, _ = load_tasks(str(tmp_path))
     assert specs and all(s.family == "create_file" and s.split == "train" for s in specs)
+
+
+def test_terminal_bench_parser_other_than_pytest_is_refused(tmp_path):
+    import shutil
+
+    folder = shutil.copytree(TB / "word-count", tmp_path / "word-count")
+    text = (folder / "task.yaml").read_text().replace("parser_name: pytest", "parser_name: swebench")
+    (folder / "task.yaml").write_text(text)
+    with pytest.raises(TaskFormatError) as e:
+        load_task_dir(folder)
+    assert (e.value.file, e.value.field) == ("task.yaml", "parser_name") and "swebench" in str(e.value)

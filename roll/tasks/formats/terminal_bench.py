@@ -15,6 +15,7 @@ Terminal-Bench harness sets and our harness does not need to know about.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -50,7 +51,7 @@ class TbTaskYaml(BaseModel):
     descriptions: list[Description] = Field(default_factory=list, description="older form of `instruction`")
     difficulty: str = "unknown"
     category: str = "general"
-    parser_name: str = "pytest"
+    parser_name: Literal["pytest"] = Field("pytest", description="how the test output is read; ours reads pytest's")
     max_agent_timeout_sec: float = Field(180.0, gt=0)
     max_test_timeout_sec: float = Field(30.0, gt=0)
     family: str = "terminal-bench"
