@@ -222,3 +222,22 @@ def test_iflow_on_rome_tiny_runs_end_to_end(rock, tmp_path):
 
         traj = Trajectory.model_validate_json((Path(attempt["log_dir"]) / "trajectory.json").read_text())
         assert traj.chunks and traj.chunks[0].response_token_ids and traj.policy_versions == [0]
+
+
+@pytest.mark.parametrize(
+    "script, status",
+    [
+        ([{"status": 400, "body": "the model refuses"}] * 4, "model_error"),
+        ([{"tool_calls": [{"name": "no_such_tool", "arguments": {}}]}] * 6, "parse_error"),
+        ([{"tool_calls": [{"name": "run_shell_command", "arguments": {"command": "sleep 60"}}]}], "agent_timeout"),
+    ],
+    ids=["model_error", "parse_error", "agent_timeout"],
+)
+def test_iflow_failure_modes_are_told_apart(rock, tmp_path, script, status):
+    _, client = rock
+    with ScriptedServer(script) as model:
+        report = evaluate([spec("fails", agent_timeout_s=8)], agent="iflow", out_dir=tmp_path, client=client,
+                          model_url=model.url, progress=False, log=lambda s: None)  # fmt: skip
+    [traj] = report.trajectories
+    assert (traj.status, traj.reward) == (status, 0.0), traj.error
+    assert traj.error
