@@ -175,7 +175,8 @@ def _start(name: str, env: dict[str, str]) -> str:
 @family("env_process", category="system", steps=1, difficulty="medium",
         description="find a running process's PID, or read an environment variable it was started with")  # fmt: skip
 def env_process(w: Words) -> Draft:
-    name, decoy, out = w.take(3)
+    name, out = w.take(2)
+    decoy = w.one(unlike=[name])  # so that `pgrep NAME` without -x finds one process too
     answer = f"/app/{out}.txt"
     if w.rng.random() < 0.5:
         return Draft(
