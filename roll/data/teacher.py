@@ -144,7 +144,23 @@ def check_step(act: list[Step], rng: random.Random) -> Step:
 def look_steps(task: TaskSpec, rng: random.Random) -> list[Step]:
     first = call("list_directory", path=".") if rng.random() < 0.6 else call("run_shell_command", command="ls -la")
     named = named_existing_file(task)
-    return [first] + ([call("read_file", path=named)] if named else [])
+    return [first] + ([inspect(named)] if named else [])
+
+
+def inspect(path: str) -> Step:
+    """Read a named file; a name with no extension may be a directory (a repository, a folder to
+    archive), so it is listed by the shell, which shows either."""
+    if re.search(r"\.[A-Za-z0-9]{1,5}$", path.rpartition("/")[2]):
+        return call("read_file", path=path)
+    return call("run_shell_command", command=f"ls -la {shlex.quote(path)}")
+
+
+def misspell(path: str) -> str:
+    """One letter less at the end of the name's stem (`notes.txt` -> `note.txt`), or a stray `_` before
+    a short name."""
+    head, slash, name = path.rpartition("/")
+    stem, dot, ext = name.rpartition(".") if "." in name[1:] else (name, "", "")
+    return head + slash + (stem[:-1] + dot + ext if len(stem) > 2 else "_" + name)
 
 
 def typo(word: str) -> str:
@@ -182,10 +198,12 @@ def mistake_steps(kind: str, task: TaskSpec, look: list[Step], act: list[Step], 
     if kind == "wrong_path":
         named = named_existing_file(task)
         if named:
-            head, slash, name = named.rpartition("/")
-            stem, dot, ext = name.rpartition(".")
-            wrong = head + slash + (stem[:-1] + dot + ext if len(stem) > 1 else "_" + name)
-            return "look", 1, Step("read_file", json.dumps({"path": wrong}))
+            wrong_path = misspell(named)
+            if wrong_path.rpartition("/")[2] in task.environment.setup:  # the misspelling exists: be surely wrong
+                head, slash, name = named.rpartition("/")
+                wrong_path = head + slash + "_" + name
+            wrong = inspect(wrong_path)
+            return "look", 1, Step(wrong.tool, wrong.arguments)
         workdir = task.workdir.rstrip("/")
         if len(workdir) < 2:
             return None
