@@ -452,7 +452,7 @@ def py_implement(w: Words) -> Draft:
     space: dict = {}
     exec(reference, space)  # our own reference code: the expected values come from running it
     cases = globals()[spec.args](w)
-    asserts = [f"    assert {spec.name}(*{args!r}) == {space[spec.name](*args)!r}" for args in cases]
+    asserts = [f"    assert {spec.name}({', '.join(map(repr, args))}) == {space[spec.name](*args)!r}" for args in cases]
     hidden = f"from {mod} import {spec.name}\n\n\ndef test_{spec.name}():\n" + "\n".join(asserts) + "\n"
     header = f'"""{mod}: one small helper."""\n\n\n'
     path = f"/app/{mod}.py"
