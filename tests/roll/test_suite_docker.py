@@ -2,16 +2,18 @@
 
     .venv/bin/pytest tests/roll/test_suite_docker.py -q
 
-For each family, 2 train seeds and 1 held-out seed (held-out-only families: 3 held-out seeds) run in one ROCK
-sandbox per family, a few families at once, the way the harness runs a task: setup, then `tests/` written to
-/tests and `bash /tests/run-tests.sh` run with cwd = workdir and TEST_DIR=/tests. Without the solution the
-tests must fail; after it they must pass. One instance per family plays `solution_steps` as separate
-commands (one tool call each) instead of `solution`, so the steps the oracle teacher plays are checked too;
-for error_recovery its first step, the obvious command, must itself fail.
+For each family, 2 train seeds and 1 held-out seed (held-out-only families: 3 held-out seeds), plus one train
+seed for each further variant of the family (`_seeds`), run in one ROCK sandbox per family, a few families at
+once, the way the harness runs a task: setup, then `tests/` written to /tests and `bash /tests/run-tests.sh` run
+with cwd = workdir and TEST_DIR=/tests. Without the solution the tests must fail; after it they must pass.
+Every second instance of a family plays `solution_steps` as separate commands (one tool call each) instead of
+`solution`, so the steps the oracle teacher plays are checked too; for error_recovery the first step, the
+obvious command, must itself fail.
 """
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -19,16 +21,33 @@ import pytest
 from rock.launch import RockProcess
 from roll.tasks.spec import TaskSpec
 from roll.tasks.suite import FAMILIES, HELDOUT_SEED, generate
+from roll.tasks.words import VOCAB
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 CONCURRENCY = 4
 
 
+def _shape(task: TaskSpec) -> str:
+    """The instance with its words and numbers blanked: one shape per variant (filter or rename, .gz or .xz,
+    which bug, which function) of a family."""
+    text = task.instruction + "\n" + task.solution_steps[-1]
+    return re.sub(r"\d+", "N", re.sub(r"[A-Za-z]+", lambda m: "W" if m.group().lower() in VOCAB else m.group(), text))
+
+
 def _seeds(family: str) -> list[int]:
+    """2 train seeds and 1 held-out one (3 held-out for held-out-only families), then more train seeds until
+    every variant that the first 60 train seeds show has run once."""
     if FAMILIES[family].heldout_only:
         return [HELDOUT_SEED, HELDOUT_SEED + 1, HELDOUT_SEED + 2]
-    return [0, 1, HELDOUT_SEED]
+    seeds = [0, 1, HELDOUT_SEED]
+    seen = {_shape(generate(family, s)) for s in seeds}
+    for seed in range(2, 60):
+        shape = _shape(generate(family, seed))
+        if shape not in seen:
+            seen.add(shape)
+            seeds.append(seed)
+    return seeds
 
 
 def _tests(sb, task: TaskSpec):
@@ -68,7 +87,7 @@ def _run_family(client, family: str) -> list[str]:
     with client.create_sandbox(image="rock/base:bookworm", memory="512m", pids_limit=256) as sb:
         problems = []
         for i, seed in enumerate(_seeds(family)):
-            problems += _run_instance(sb, generate(family, seed), play_steps=i == 1)
+            problems += _run_instance(sb, generate(family, seed), play_steps=i % 2 == 1)
         return problems
 
 
