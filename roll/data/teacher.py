@@ -1,7 +1,7 @@
 """The oracle teacher: `python -m roll.data.teacher --tasks ale [--families a,b] [--port 8321] [--mistake-rate 0.2]`.
 
 A registered OpenAI-compatible backend (`TEACHERS["oracle"]`) that plays each task's golden solution as
-the tool calls a model would make: look (list the working directory, read a file the instruction names
+the tool calls a model would make: look (list or glob the working directory, read a file the instruction names
 that setup made), act (`task.solution_steps`, one `run_shell_command` each, or the whole `task.solution`;
 a step that writes literal text becomes `write_file`), check (`cat` of what was written, or `ls -la`),
 then a short final answer with no tool call. With probability `mistake_rate` the plan holds one
@@ -142,9 +142,25 @@ def check_step(act: list[Step], rng: random.Random) -> Step:
 
 
 def look_steps(task: TaskSpec, rng: random.Random) -> list[Step]:
-    first = call("list_directory", path=".") if rng.random() < 0.6 else call("run_shell_command", command="ls -la")
+    r = rng.random()
+    first = (
+        call("list_directory", path=".")
+        if r < 0.5
+        else call("run_shell_command", command="ls -la")
+        if r < 0.8
+        else call("glob", pattern="**/*")
+    )
     named = named_existing_file(task)
-    return [first] + ([inspect(named)] if named else [])
+    if not named or reads_first(task, named):
+        return [first]
+    return [first, inspect(named)]
+
+
+def reads_first(task: TaskSpec, path: str) -> bool:
+    """The solution's own first step already looks at `path` (the error-recovery family's failing read):
+    looking before it would only say the same."""
+    words = (task.solution_steps or [task.solution])[0].split()
+    return bool(words) and words[0] in {"cat", "head", "tail", "less", "ls", "file", "stat"} and path in words
 
 
 def inspect(path: str) -> Step:
@@ -196,7 +212,7 @@ def mistake_steps(kind: str, task: TaskSpec, look: list[Step], act: list[Step], 
         i, wrong = rng.choice(fits)
         return "act", i, Step("run_shell_command", json.dumps({"command": wrong}, ensure_ascii=False))
     if kind == "wrong_path":
-        named = named_existing_file(task)
+        named = named_existing_file(task) if len(look) > 1 else None  # only where the plan reads it
         if named:
             wrong_path = misspell(named)
             if wrong_path.rpartition("/")[2] in task.environment.setup:  # the misspelling exists: be surely wrong
@@ -207,6 +223,7 @@ def mistake_steps(kind: str, task: TaskSpec, look: list[Step], act: list[Step], 
         workdir = task.workdir.rstrip("/")
         if len(workdir) < 2:
             return None
+        look[0] = call("list_directory", path=task.workdir)  # the fix: the directory meant
         return "look", 0, Step("list_directory", json.dumps({"path": workdir[:-1]}))
     if kind == "missing_arg":
         i = rng.randrange(len(act))

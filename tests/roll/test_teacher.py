@@ -80,7 +80,7 @@ def test_clean_plan_looks_acts_checks_and_finishes(tmp_path, tokenizer):
     tools = [r["tool"] for r in results]
     # look (the directory, then the file the instruction names), act (3 steps: a literal write becomes
     # write_file), check; one model call per tool call plus the final answer
-    assert tools[0] in ("list_directory", "run_shell_command") and tools[1] == "read_file"
+    assert tools[0] in ("list_directory", "run_shell_command", "glob") and tools[1] == "read_file"
     assert tools[2:5] == ["run_shell_command", "write_file", "run_shell_command"] and len(tools) == 6
     assert info["rounds"] == 7
     assert [r["call_id"].rsplit("_", 1)[1] for r in results] == [str(i) for i in range(6)]
