@@ -145,6 +145,14 @@ def check_teacher(teacher: str, mistake_rate: float = 0.2) -> None:
         raise TeacherError(f"--mistake-rate must be in [0, 1], got {mistake_rate}")
 
 
+def check_resumable(out: Path, teacher_name: str) -> None:
+    """A re-run resumes the attempts in `out` (the harness skips recorded ones) only with the same teacher."""
+    run = out / "attempts" / "run.json"  # written by roll.eval.runner.evaluate
+    theirs = json.loads(run.read_text()).get("model") if run.is_file() else teacher_name
+    if theirs != teacher_name:
+        raise TeacherError(f"{out} holds data of teacher {theirs!r}, not of {teacher_name!r}; choose another --out")
+
+
 def synthesize(
     tasks: list[TaskSpec],
     *,
@@ -167,13 +175,15 @@ def synthesize(
         raise TeacherError("no tasks to synthesise from")
     check_teacher(teacher, mistake_rate)
     out = Path(out_dir)
+    name = f"{teacher} teacher (mistake rate {mistake_rate}, seed {seed})" if teacher in TEACHERS else teacher
+    check_resumable(out, name)
     server = None
     if teacher in TEACHERS:
         tok = load_tokenizer(tokenizer_dir(out, tokenizer))
         server = TEACHERS[teacher](tasks, tok, mistake_rate, MISTAKES, seed).serve()
-        url, name, turns = server.url, f"{teacher} teacher (mistake rate {mistake_rate})", oracle_turns(tasks)
+        url, turns = server.url, oracle_turns(tasks)
     else:
-        url, name, turns = teacher, teacher, 30
+        url, turns = teacher, 30
     try:
         report = evaluate(tasks, agent="iflow", out_dir=out / "attempts", model_url=url, concurrency=concurrency,
                           attempts=attempts, client=client, progress=progress, model_name=name,

@@ -79,6 +79,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_out_dir_of_another_teacher_is_refused_before_anything_starts(tmp_path):
+    (tmp_path / "attempts").mkdir()
+    (tmp_path / "attempts/run.json").write_text(json.dumps({"agent": "iflow", "model": "http://127.0.0.1:1/v1"}))
+    proc = roll("data", "synth", "--tasks", "ale", "--teacher", "oracle", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "holds data of teacher 'http://127.0.0.1:1/v1'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "rome-tiny").exists()
+
+
 @pytest.mark.docker
 @pytest.mark.slow
 def test_oracle_synthesis_in_sandboxes_yields_verified_trajectories_with_token_ids_and_failed_calls(tmp_path):
