@@ -19,13 +19,20 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from roll.tasks.loader import load_tasks
 
     families = [f for f in args.families.split(",") if f] if args.families else None
-    tasks, errors = load_tasks(args.tasks, families=families, split=args.split)
+    # Training data comes from the train split of the suite; a folder's tasks are taken whatever their split.
+    split = args.split or ("train" if args.tasks == "ale" else None)
+    tasks, errors = load_tasks(args.tasks, families=families, split=split)
     for e in errors:
         print(f"roll: skipped: {e}", file=sys.stderr)
     if args.per_family:
         tasks = [t for i, t in enumerate(tasks) if sum(x.family == t.family for x in tasks[:i]) < args.per_family]
     if not tasks:
-        raise ValueError(f"no tasks loaded from {args.tasks}" + (f" ({len(errors)} failed to load)" if errors else ""))
+        where = (
+            f"{args.tasks}"
+            + (f" (split {split})" if split else "")
+            + (f"; {len(errors)} failed to load" if errors else "")
+        )
+        raise ValueError(f"no tasks loaded from {where}")
     report = synthesize(
         tasks,
         teacher=args.teacher,
@@ -59,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--tasks", required=True, help="ale (the generated suite) or a folder of task folders")
     synth.add_argument("--families", help="comma-separated families (default: all)")
     synth.add_argument("--per-family", type=int, help="at most this many tasks of each family (default: all)")
-    synth.add_argument("--split", choices=["train", "heldout"], default="train", help="default: train")
+    synth.add_argument("--split", choices=["train", "heldout"], help="default: train for ale, every task of a folder")
     synth.add_argument(
         "--teacher", required=True, help="oracle (plays each task's solution as tool calls) or a model URL (.../v1)"
     )
