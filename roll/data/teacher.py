@@ -225,6 +225,8 @@ def mistake_steps(kind: str, task: TaskSpec, look: list[Step], act: list[Step], 
             return None
         look[0] = call("list_directory", path=task.workdir)  # the fix: the directory meant
         return "look", 0, Step("list_directory", json.dumps({"path": workdir[:-1]}))
+    if not act:  # nothing to act on (an empty solution): the remaining kinds go wrong in acting
+        return None
     if kind == "missing_arg":
         i = rng.randrange(len(act))
         args = json.loads(act[i].arguments)
@@ -254,7 +256,9 @@ def make_plan(task: TaskSpec, seed: str, mistake_rate: float, kinds: tuple[str, 
                 steps.insert(i, Step(wrong.tool, wrong.arguments, mistake=kind))
                 mistake = kind
                 break
-    answer = Step("", text=f"Done. {first_sentence(task.instruction)} I checked the result.")
+    answer = Step(
+        "", text=f"The task is done ({first_sentence(task.instruction).rstrip('.')}), and I checked the result."
+    )
     return Plan(seed, [*look, *act, check, answer], mistake)
 
 
