@@ -216,3 +216,28 @@ def test_bad_input_is_refused_with_one_line(tmp_path, tokenizer):
         with pytest.raises(urllib.error.HTTPError) as e:
             post(server.url, {"messages": [{"role": "user", "content": "an unknown task"}]})
         assert e.value.code == 400 and "no task has the instruction" in json.loads(e.value.read())["error"]["message"]
+
+
+@pytest.mark.slow
+def test_prompt_ids_equal_rome_serve_on_the_same_request_and_replies_parse_as_rome_output(tmp_path, tokenizer):
+    """The same multi-turn request to `rome serve` (HF engine, ROME-tiny) and to the teacher: the same prompt
+    ids; and the teacher's reply, decoded, is read back by rome's own tool-call parser as the same call."""
+    from rome.serving.server import start_server
+    from rome.tokenizer.chat import parse_tool_calls
+
+    task = make_task(tmp_path)
+    history = [{"role": "system", "content": "You are iFlow."}, {"role": "user", "content": task.instruction}]
+    teacher = OracleTeacher([task], tokenizer, mistake_rate=0.0)
+    for _ in range(3):  # three turns of the plan, with tool results in between
+        reply = teacher.respond({"messages": history, "tools": TOOLS, "return_token_ids": True})
+        message = reply["choices"][0]["message"]
+        content, calls = parse_tool_calls(tokenizer.decode(reply["choices"][0]["token_ids"], skip_special_tokens=True))
+        assert content is None and [c["function"] for c in calls] == [c["function"] for c in message["tool_calls"]]
+        call_id = message["tool_calls"][0]["id"]
+        history += [message, {"role": "tool", "tool_call_id": call_id, "content": "Exit code: 0\nStdout:\nok"}]
+    request = {"messages": history, "tools": TOOLS, "return_token_ids": True, "max_tokens": 1}
+    ours = teacher.respond(request)["prompt_token_ids"]
+    model_dir = Path(tokenizer.name_or_path)
+    with start_server(model_dir, engine="hf") as server:
+        theirs = post(server.url, request)["prompt_token_ids"]
+    assert ours == theirs and len(ours) > 900
