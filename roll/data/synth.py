@@ -14,12 +14,13 @@ calls, errors recovered), the harness's own `attempts/` (per-attempt logs; a re-
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from rock.contracts import Trajectory
+from rock.contracts import ToolResult, Trajectory
 from roll.data.teacher import MISTAKES, TEACHERS, OracleTeacher, TeacherError, load_tokenizer, make_plan
 from roll.tasks.spec import TaskSpec
 
@@ -39,6 +40,7 @@ class FamilyCoverage(BaseModel):
     tool_calls: int = 0
     failed_calls: int = 0  # did not parse, or ran and failed
     recovered: int = 0  # failed calls of a resolved attempt that a successful call came after
+    failures: dict[str, int] = {}  # failed calls by kind (failure_kind)
 
 
 class SynthReport(BaseModel):
@@ -78,6 +80,18 @@ def recovered(traj: Trajectory) -> int:
     return sum(1 for i, r in enumerate(results) if not r.ok and any(x.ok for x in results[i + 1 :]))
 
 
+def failure_kind(r: ToolResult) -> str:
+    """What kind of failure a failed call was: unparsed (no name, bad JSON, missing argument), a command
+    that does not exist, a path that does not, another non-zero exit, or another tool error."""
+    if not r.parsed:
+        return "unparsed"
+    if r.exit_code == 127:
+        return "command_not_found"
+    if "No such file" in r.error or "not a directory" in r.error:
+        return "no_such_path"
+    return "exit_nonzero" if r.exit_code else "tool_error"
+
+
 def family_coverage(family: str, trajs: list[Trajectory]) -> FamilyCoverage:
     results = [r for t in trajs for r in t.tool_results]
     return FamilyCoverage(
@@ -89,6 +103,7 @@ def family_coverage(family: str, trajs: list[Trajectory]) -> FamilyCoverage:
         tool_calls=len(results),
         failed_calls=sum(not r.ok for r in results),
         recovered=sum(recovered(t) for t in trajs),
+        failures=dict(sorted(Counter(failure_kind(r) for r in results if not r.ok).items())),
     )
 
 

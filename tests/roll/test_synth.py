@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rock.contracts import Chunk, ToolResult, Trajectory
-from roll.data.synth import coverage, read_dataset, recovered, write_datasets
+from roll.data.synth import coverage, failure_kind, read_dataset, recovered, write_datasets
 from roll.data.teacher import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +48,7 @@ def test_coverage_by_family_and_overall():
     assert (a.attempts, a.verified, a.mean_turns, a.tool_calls, a.failed_calls, a.recovered) == (2, 1, 3.5, 5, 2, 1)
     assert a.tool_kinds == [READ, SHELL, "write_file"] and b.tool_kinds == [SHELL]
     assert (total.attempts, total.verified, total.failed_calls, total.recovered) == (3, 2, 3, 1)
+    assert total.failures == {"tool_error": 2, "unparsed": 1}
 
 
 def test_datasets_round_trip(tmp_path):
@@ -109,6 +110,7 @@ def test_oracle_synthesis_in_sandboxes_yields_verified_trajectories_with_token_i
         # every plan held a mistake (rate 1.0): a call that did not parse or failed, and its fix after it
         failed = [r for r in t.tool_results if not r.parsed or not r.ok]
         assert failed and recovered(t) >= 1, t.tool_results
+        assert {failure_kind(r) for r in failed} <= {"unparsed", "command_not_found", "no_such_path"}
         assert all(r.chunk_index is not None for r in t.tool_results)
         for c in t.chunks:
             assert (
