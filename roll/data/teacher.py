@@ -302,7 +302,12 @@ class OracleTeacher:
             raise TeacherError("the oracle teacher needs at least one task")
         self.by_instruction: dict[str, TaskSpec] = {}
         for t in tasks:
-            self.by_instruction.setdefault(t.instruction.strip(), t)
+            same = self.by_instruction.setdefault(t.instruction.strip(), t)
+            if (same.solution, same.solution_steps) != (t.solution, t.solution_steps):
+                raise TeacherError(
+                    f"tasks {same.id} and {t.id} have the same instruction and different solutions: the oracle "
+                    "teacher knows a task by its instruction; synthesise them in separate runs"
+                )
         self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
         self.mistake_rate, self.mistakes, self.seed = mistake_rate, tuple(mistakes), seed
         self.attempts: dict[str, int] = {}  # per task: plans drawn so far

@@ -210,6 +210,8 @@ def test_bad_input_is_refused_with_one_line(tmp_path, tokenizer):
         OracleTeacher([task], tokenizer, mistake_rate=1.5)
     with pytest.raises(TeacherError, match="unknown mistake"):
         OracleTeacher([task], tokenizer, mistakes=["sneeze"])
+    with pytest.raises(TeacherError, match="greet-0 and twin have the same instruction"):
+        OracleTeacher([task, make_task(tmp_path, id="twin", solution_steps=["true"])])
     with pytest.raises(TeacherError, match="no tokenizer_config"):
         OracleTeacher([task], tmp_path)
     with OracleTeacher([task], tokenizer).serve() as server:
