@@ -28,7 +28,9 @@ def run_argv(tmp_path: Path, *overrides: str) -> list[str]:
 def containers_of_run(docker_client, run_dir: Path) -> list:
     """Every container the run's rock manager created (rock labels them with its manager id)."""
     manager_id = (run_dir / "rock" / "manager_id").read_text().strip()
-    return docker_client.containers.list(all=True, filters={"label": [f"ale.rock.manager={manager_id}", "ale.rock=1"]})
+    # sparse: no inspect per container, which fails with 404 when a sandbox goes away between list and inspect.
+    labels = [f"ale.rock.manager={manager_id}", "ale.rock=1"]
+    return docker_client.containers.list(all=True, sparse=True, filters={"label": labels})
 
 
 def test_one_iteration_records_chunks_trains_and_cleans_up(tmp_path, docker_client):
@@ -53,7 +55,8 @@ def test_one_iteration_records_chunks_trains_and_cleans_up(tmp_path, docker_clie
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_interrupt_during_rollout_removes_every_sandbox(tmp_path, docker_client, sig):
     # The HF engine starts in seconds; the cleanup path under test is the same as with vLLM.
-    argv = run_argv(tmp_path, "train.iterations=1", "inference.engine=hf", "agent.max_turns=3")
+    # Long completions keep the attempts (seconds each otherwise) running while the test looks for their sandboxes.
+    argv = run_argv(tmp_path, "train.iterations=1", "inference.engine=hf", "agent.max_turns=3", "agent.max_tokens=512")
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         seen = []
