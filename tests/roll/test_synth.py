@@ -18,6 +18,13 @@ from roll.data.teacher import load_tokenizer
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(scope="module")
+def rome_dir(tmp_path_factory) -> Path:
+    from rome.init import init_model
+
+    return init_model(tmp_path_factory.mktemp("rome") / "tiny", "tiny")
+
+
 def traj(tid: str, family: str, status: str, results: list[tuple[str, bool, bool]], turns: int = 3) -> Trajectory:
     chunks = [Chunk(trajectory_id=tid, sandbox_id="s", index=i, latency_s=0.1, created_at=0.0) for i in range(turns)]
     tool_results = [ToolResult(chunk_index=i, tool=t, parsed=p, ok=ok) for i, (t, p, ok) in enumerate(results)]
@@ -145,11 +152,11 @@ def test_a_url_teacher_is_forwarded_as_it_is(tmp_path):
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.parametrize("folder", ["terminal-bench", "harbor"])
-def test_imported_tasks_are_synthesised_whatever_their_split(tmp_path, folder):
+def test_imported_tasks_are_synthesised_whatever_their_split(tmp_path, folder, rome_dir):
     """Terminal-Bench (graded by pytest's summary) and Harbor (reward file) folders, held-out by default."""
     tasks = ROOT / "tests/fixtures/tasks" / folder
     proc = roll("data", "synth", "--tasks", str(tasks), "--teacher", "oracle", "--mistake-rate", "1.0", "--out",
-                str(tmp_path), "--quiet", timeout=300)  # fmt: skip
+                str(tmp_path), "--tokenizer", str(rome_dir), "--quiet", timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     every = read_dataset(tmp_path / "all.jsonl")
     assert len(every) == len(list(tasks.iterdir())) and all(t.resolved and recovered(t) for t in every), every
