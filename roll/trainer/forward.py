@@ -1,0 +1,135 @@
+"""The supervised loss of one micro-batch over any HF causal LM, with a shared prefix computed once
+(`.venv/bin/pytest tests/roll/test_trainer_sft.py -k prefix`).
+
+Every trajectory iflow records starts with the same ~976-token system prompt and tool schemas. When the
+sequences of a micro-batch share a prefix, the prefix runs once (batch 1) with grad, its KV cache is repeated
+to the batch and the suffixes attend to it; backward flows through the cache into the prefix, so the gradients
+are those of separate rows (tested to float64 precision) at a fraction of the work. Logprobs are taken only at
+loss-bearing targets, through `sliced_token_logprobs`, so [tokens x vocab] logits never exist at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from roll.algo.logprobs import sliced_token_logprobs
+from roll.algo.packing import PackedSequence, budget_microbatches
+
+
+@dataclass
+class MicroBatch:
+    """Sequences trained in one forward/backward; `prefix_len` > 0: their first `prefix_len` tokens are equal."""
+
+    indices: list[int]  # into the step's sequences
+    sequences: list[PackedSequence]
+    prefix_len: int = 0
+
+    @property
+    def cost(self) -> int:  # padded tokens through the model
+        longest = max(len(s) for s in self.sequences)
+        return self.prefix_len + len(self.sequences) * (longest - self.prefix_len)
+
+
+def common_prefix_len(sequences: Sequence[PackedSequence]) -> int:
+    """Length of the longest common prefix of the sequences' input_ids, leaving each at least one token after it."""
+    shortest = min(len(s) for s in sequences)
+    first = sequences[0].input_ids[: shortest - 1]
+    n = first.shape[0]
+    for s in sequences[1:]:
+        diff = (s.input_ids[:n] != first[:n]).nonzero()
+        if diff.numel():
+            n = int(diff[0, 0])
+    return n
+
+
+def plan_microbatches(
+    sequences: Sequence[PackedSequence], max_tokens: int, shared_prefix: bool = False, min_prefix: int = 64
+) -> list[MicroBatch]:
+    """Split one optimizer step's sequences into micro-batches of at most `max_tokens` padded tokens.
+
+    Every sequence lands in exactly one micro-batch. With `shared_prefix`, sequences whose first `min_prefix`
+    tokens agree are budgeted together by their suffix lengths (the prefix is paid once per micro-batch).
+    """
+    if not shared_prefix:
+        return [MicroBatch(ix, [sequences[i] for i in ix]) for ix in budget_microbatches(sequences, max_tokens)]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(sequences):
+        key = tuple(s.input_ids[:min_prefix].tolist()) if len(s) > min_prefix else ("alone", i)
+        groups.setdefault(key, []).append(i)
+    out: list[MicroBatch] = []
+    for members in groups.values():
+        seqs = [sequences[i] for i in members]
+        p = common_prefix_len(seqs) if len(seqs) > 1 else 0
+        suffix_lengths = [len(s) - p for s in seqs]
+        for local in budget_microbatches(suffix_lengths, max(1, max_tokens - p)):
+            ix = [members[j] for j in local]
+            mb = [sequences[i] for i in ix]
+            prefix = common_prefix_len(mb) if len(mb) > 1 else 0
+            out.append(MicroBatch(ix, mb, prefix if prefix >= min_prefix else 0))
+    return out
+
+
+def _pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(r.shape[0] for r in rows)
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), longest, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, : r.shape[0]], mask[b, : r.shape[0]] = r, 1
+    return ids, mask
+
+
+def microbatch_nll(model, mb: MicroBatch, slice_len: int, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence summed NLL [B] and loss-token counts [B] of a micro-batch under an HF causal LM `model`.
+
+    Targets follow `PackedSequence`: position j predicts input_ids[j+1] and counts where loss_mask[j].
+    """
+    device = next(model.parameters()).device
+    seqs, P = mb.sequences, mb.prefix_len
+    B = len(seqs)
+    counts = torch.tensor([int(s.loss_mask.sum()) for s in seqs], dtype=torch.float32, device=device)
+    per_seq = torch.zeros(B, dtype=torch.float32, device=device)
+    backbone, lm_head = model.get_decoder(), model.get_output_embeddings()
+    cache = None
+    if P:
+        # The prefix once, with grad; its hidden states serve targets 0..P-1 and its KV cache every suffix.
+        pre = backbone(input_ids=seqs[0].input_ids[None, :P].to(device), use_cache=True)
+        prefix_hidden, cache = pre.last_hidden_state[0], pre.past_key_values  # [P, H]
+        # Targets inside the prefix (j < P-1) are the same tokens for all: one logprob, weighted per sequence.
+        inner = torch.stack([s.loss_mask[: P - 1] for s in seqs]).to(device)  # [B, P-1]
+        used = inner.any(0).nonzero().squeeze(-1)
+        if used.numel():
+            targets = seqs[0].input_ids[1:P].to(device)[used]
+            logp = sliced_token_logprobs(lm_head, prefix_hidden[used], targets, slice_len)  # [n]
+            per_seq = per_seq - inner[:, used].float() @ logp
+        cache.batch_repeat_interleave(B)
+    ids, attn = _pad([s.input_ids[P:] for s in seqs], pad_id)
+    ids, attn = ids.to(device), attn.to(device)
+    if P:
+        attn = torch.cat([torch.ones(B, P, dtype=attn.dtype, device=device), attn], dim=1)
+        positions = torch.arange(P, P + ids.shape[1], device=device)[None].expand(B, -1)
+        hidden = backbone(input_ids=ids, attention_mask=attn, past_key_values=cache, position_ids=positions)
+    else:
+        hidden = backbone(input_ids=ids, attention_mask=attn)
+    hidden = hidden.last_hidden_state  # [B, S, H]: position P+k of each sequence
+    rows_h, rows_t, rows_b = [], [], []
+    for b, s in enumerate(seqs):
+        js = s.loss_mask.nonzero().squeeze(-1)
+        js = js[js >= max(P - 1, 0)]  # targets from P-1 on are per-sequence (P-1 predicts the first suffix token)
+        if not js.numel():
+            continue
+        js_dev = js.to(device)
+        if P:
+            boundary = js_dev == P - 1
+            h = torch.where(boundary[:, None], prefix_hidden[P - 1], hidden[b, (js_dev - P).clamp(min=0)])
+        else:
+            h = hidden[b, js_dev]
+        rows_h.append(h)
+        rows_t.append(s.input_ids[js + 1].to(device))
+        rows_b.append(torch.full((js.numel(),), b, dtype=torch.long, device=device))
+    if rows_h:
+        logp = sliced_token_logprobs(lm_head, torch.cat(rows_h), torch.cat(rows_t), slice_len)  # [N]
+        per_seq = per_seq - torch.zeros_like(per_seq).index_add(0, torch.cat(rows_b), logp)
+    return per_seq, counts
