@@ -33,11 +33,12 @@ def suite_sample(n: int, families: list[str] | None) -> list:
     return picked
 
 
-def timed_eval(tasks: list, concurrency: int, out: Path) -> tuple[float, float]:
+def timed_eval(tasks: list, concurrency: int, out: Path, warm_pool: int | None) -> tuple[float, float]:
     from roll.eval.runner import evaluate
 
     t = time.monotonic()
-    report = evaluate(tasks, agent="oracle", out_dir=out, concurrency=concurrency, progress=False, log=lambda s: None)
+    report = evaluate(tasks, agent="oracle", out_dir=out, concurrency=concurrency, progress=False, log=lambda s: None,
+                      warm_pool=warm_pool)  # fmt: skip
     seconds = time.monotonic() - t
     return seconds, report.pass_rate
 
@@ -46,13 +47,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--families", help="comma-separated (default: all)")
+    ap.add_argument("--warm-pool", type=int, help="containers rock keeps started (default: evaluate's, = concurrency)")
     args = ap.parse_args()
     tasks = suite_sample(args.n, args.families.split(",") if args.families else None)
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         # A short warm-up: the first sandboxes of a fresh server pay one-off costs (image layers, imports).
-        timed_eval(tasks[:4], 4, Path(tmp) / "warm")
-        s8, rate8 = timed_eval(tasks, 8, Path(tmp) / "c8")
-        s1, rate1 = timed_eval(tasks, 1, Path(tmp) / "c1")
+        timed_eval(tasks[:4], 4, Path(tmp) / "warm", args.warm_pool)
+        s8, rate8 = timed_eval(tasks, 8, Path(tmp) / "c8", args.warm_pool)
+        s1, rate1 = timed_eval(tasks, 1, Path(tmp) / "c1", args.warm_pool)
     result = {"bench": "eval_oracle", "n": len(tasks), "seconds_c8": round(s8, 2), "seconds_c1": round(s1, 2),
               "per_attempt_s_c1": round(s1 / len(tasks), 3), "pass_rate_c8": rate8, "pass_rate_c1": rate1,
               "ratio": round(s1 / s8, 3)}  # fmt: skip
