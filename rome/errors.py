@@ -11,3 +11,7 @@ class UnknownConfigError(RomeError):
 
 class ModelDirError(RomeError):
     pass
+
+
+class WeightSyncError(RomeError):
+    """A weight update the engine cannot apply: not safetensors, unknown tensors, a layer sent in parts."""

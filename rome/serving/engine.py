@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -56,6 +56,14 @@ class Engine(ABC):
     @abstractmethod
     async def load_weights(self, model_dir: Path) -> None:
         """Replace the weights by those of model_dir (same architecture); no request is running."""
+
+    @abstractmethod
+    async def update_weights_from_bytes(self, buckets: Iterable[bytes]) -> int:
+        """Load safetensors buckets of whole layers (rome.serving.weights), one at a time; no request is running.
+
+        Returns the number of tensors loaded; WeightSyncError for a bucket that is not safetensors,
+        names an unknown tensor, or splits a layer.
+        """
 
 
 ARCH_KEYS = (

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rome.serving.engine import Delta, Engine, SamplingSpec
+from rome.serving.weights import bucket_names, check_bucket, model_dir_names
 
 
 class HFEngine(Engine):
@@ -26,6 +27,7 @@ class HFEngine(Engine):
     async def start(self) -> None:
         self.model = await asyncio.get_running_loop().run_in_executor(self._pool, self._load, self.model_dir)
         self.max_model_len = self.model.config.max_position_embeddings
+        self._names = model_dir_names(self.model_dir)
 
     async def stop(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -40,6 +42,29 @@ class HFEngine(Engine):
 
     async def load_weights(self, model_dir: Path) -> None:
         self.model = await asyncio.get_running_loop().run_in_executor(self._pool, self._load, Path(model_dir))
+
+    async def update_weights_from_bytes(self, buckets: Iterable[bytes]) -> int:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._update, buckets)
+
+    def _update(self, buckets: Iterable[bytes]) -> int:
+        # transformers 5 keeps Qwen3-MoE's experts fused in memory but buckets hold the checkpoint
+        # layout (one tensor per expert), so the buckets are applied to a checkpoint-format copy and
+        # the model is rebuilt from it through the same conversion as from_pretrained. This engine
+        # is the reference, not the scale path: that copy is one whole model of extra memory.
+        import torch
+        from safetensors.torch import load
+        from transformers.core_model_loading import revert_weight_conversion
+
+        state = revert_weight_conversion(self.model, dict(self.model.state_dict()))
+        loaded = 0
+        for blob in buckets:
+            check_bucket(bucket_names(blob), self._names)
+            tensors = load(bytes(blob))
+            state.update(tensors)
+            loaded += len(tensors)
+        model = type(self.model).from_pretrained(None, config=self.model.config, state_dict=state, dtype=torch.float32)
+        self.model = model.eval()
+        return loaded
 
     async def generate(self, prompt_ids: list[int], spec: SamplingSpec) -> AsyncIterator[Delta]:
         loop = asyncio.get_running_loop()

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP server: `rome serve --model DIR [--engine vllm|hf] [--admin-token T]`.
 
 Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /healthz,
-POST /admin/load_weights (Bearer admin token). `start_server(...)` runs the same app in a
+POST /admin/load_weights (Bearer admin token; loads in place). `start_server(...)` runs the same app in a
 background thread with its own event loop and returns a handle once it answers; it installs
 no signal handlers, so it works off the main thread (inside a Ray actor).
 """
@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import threading
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -129,6 +130,17 @@ class ServerHandle:
         """Load new weights (same architecture) into the running engine; waits for in-flight requests."""
         future = asyncio.run_coroutine_threadsafe(self.service.load_weights(path, policy_version), self._loop)
         return future.result(timeout)
+
+    def update_weights_from_bytes(
+        self, buckets: Iterable[bytes], policy_version: int, timeout: float | None = 600
+    ) -> dict:
+        """Load safetensors buckets of whole layers (`rome.serving.weights.state_dict_buckets`), no disk.
+
+        buckets is read one at a time on the server's thread, so a generator keeps the extra
+        memory to one bucket; waits for in-flight requests like load_weights.
+        """
+        coro = self.service.update_weights_from_bytes(buckets, policy_version)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def stop(self, timeout: float = 60) -> None:
         self._server.should_exit = True

@@ -11,12 +11,12 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rome.errors import ModelDirError
+from rome.errors import ModelDirError, WeightSyncError
 from rome.serving.engine import EngineKind, SamplingSpec, check_model_dir, check_same_architecture, make_engine
 from rome.serving.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from rome.tokenizer.chat import TOOL_CALL_START, parse_tool_calls
@@ -38,10 +38,13 @@ class ApiError(Exception):
 class WeightGate:
     """Requests share the weights; a weight load waits for them to finish and holds new ones back.
 
-    So every response was sampled by exactly one policy version, the one it reports.
+    So every response was sampled by exactly one policy version, the one it reports. After a
+    weight update that failed half-way the weights are a mix of two versions: `broken` then says
+    why, and requests get a 503 until a load succeeds.
     """
 
     def __init__(self):
+        self.broken: str | None = None
         self._readers = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -52,6 +55,8 @@ class WeightGate:
     @asynccontextmanager
     async def read(self):
         await self._open.wait()
+        if self.broken:
+            raise ApiError(503, self.broken, "weights_unavailable")
         self._readers += 1
         self._idle.clear()
         try:
@@ -160,7 +165,8 @@ class ModelService:
         check_same_architecture(self.model_dir, new)
         async with self.gate.write():
             start = time.perf_counter()
-            await self.engine.load_weights(new)
+            with self._mixed_on_failure("loading " + str(new)):
+                await self.engine.load_weights(new)
             self.policy_version = policy_version
         return {
             "status": "ok",
@@ -168,6 +174,46 @@ class ModelService:
             "policy_version": policy_version,
             "load_s": round(time.perf_counter() - start, 3),
         }
+
+    async def update_weights_from_bytes(self, buckets: Iterable[bytes], policy_version: int) -> dict:
+        """Load safetensors buckets of whole layers (see rome.serving.weights) as policy_version."""
+        async with self.gate.write():
+            start = time.perf_counter()
+            handed = 0
+
+            def counted() -> Iterator[bytes]:
+                nonlocal handed
+                for blob in buckets:
+                    handed += 1
+                    yield blob
+
+            try:
+                with self._mixed_on_failure(f"updating to policy version {policy_version}"):
+                    tensors = await self.engine.update_weights_from_bytes(counted())
+            except WeightSyncError:
+                # A first bucket refused by its check was never applied: the weights are intact.
+                if handed == 1:
+                    self.gate.broken = None
+                raise
+            if handed == 0:
+                raise WeightSyncError("no weight buckets were given")
+            self.policy_version = policy_version
+        return {
+            "status": "ok",
+            "tensors": tensors,
+            "buckets": handed,
+            "policy_version": policy_version,
+            "load_s": round(time.perf_counter() - start, 3),
+        }
+
+    @contextmanager
+    def _mixed_on_failure(self, what: str):
+        try:
+            yield
+        except Exception as e:
+            self.gate.broken = f"weights are unusable after a failed update ({what}: {e}); load weights again"
+            raise
+        self.gate.broken = None
 
     # -- shared generation ---------------------------------------------------------------
 
