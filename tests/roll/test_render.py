@@ -22,7 +22,7 @@ from roll.sft import RenderError, render_chunk, render_trajectory
 from roll.tasks.spec import Environment, TaskSpec
 from rome.tokenizer.chat import parse_tool_calls
 
-TOOLS = [{"type": "function", "function": s} for s in SCHEMAS.values()]
+TOOLS = list(SCHEMAS.values())
 SYSTEM = {"role": "system", "content": "You are iFlow, a coding agent working in a terminal."}
 TASK = "Create notes/greeting.txt holding the line 'hello world'."
 
