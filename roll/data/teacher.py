@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import re
 import shlex
@@ -100,27 +101,43 @@ def named_existing_file(task: TaskSpec) -> str | None:
     return None
 
 
-def shell_or_write(command: str) -> Step:
-    """A step that only writes literal text to a plain path becomes write_file; anything else is shell."""
-    m = HEREDOC.match(command.strip())
-    if m:
-        return call("write_file", path=m.group(1), content=m.group(4) + "\n")
-    m = HEREDOC_FIRST.match(command.strip())
-    if m:
-        return call("write_file", path=m.group(3), content=m.group(4) + "\n")
-    m = ECHO.match(command.strip())
-    if m:
+def literal_write(command: str) -> tuple[str, str] | None:
+    """(path, content) when a command only writes literal text to a plain path: a quoted heredoc, or
+    echo of a single-quoted string or of plain words."""
+    command = command.strip()
+    if m := HEREDOC.match(command):
+        return m.group(1), m.group(4) + "\n"
+    if m := HEREDOC_FIRST.match(command):
+        return m.group(3), m.group(4) + "\n"
+    if m := ECHO.match(command):
         arg = m.group(1)
         text = arg[1:-1] if re.fullmatch(r"'[^'\n\\]*'", arg) else arg if PLAIN_WORDS.fullmatch(arg) else None
         if text is not None and not text.startswith("-"):
-            return call("write_file", path=m.group(2), content=text + "\n")
-    return call("run_shell_command", command=command)
+            return m.group(2), text + "\n"
+    return None
+
+
+def dir_exists(path: str, task: TaskSpec, earlier: list[str]) -> bool:
+    """Whether the directory of `path` is surely there: the workdir, or a directory that setup or an
+    earlier step names (and setup does not remove). write_file makes missing directories and the shell
+    does not, so a write into any other directory stays a shell command (it may be meant to fail)."""
+    parent = os.path.dirname(path.rstrip("/"))
+    if parent in ("", ".") or parent.rstrip("/") == task.workdir.rstrip("/"):
+        return True
+    made = REMOVAL.sub(" ", task.environment.setup + "\n" + "\n".join(earlier))
+    return re.search(re.escape(parent) + r"(?=[/\s'\"]|$)", made, re.M) is not None
 
 
 def act_steps(task: TaskSpec) -> list[Step]:
     steps = [call("write_file", path=f"/solution/{p}", content=t) for p, t in sorted(task.solution_files.items())]
-    commands = task.solution_steps or [task.solution]
-    return steps + [shell_or_write(c) for c in commands if c.strip()]
+    commands = [c for c in task.solution_steps or [task.solution] if c.strip()]
+    for i, command in enumerate(commands):
+        write = literal_write(command)
+        if write and dir_exists(write[0], task, commands[:i]):
+            steps.append(call("write_file", path=write[0], content=write[1]))
+        else:
+            steps.append(call("run_shell_command", command=command))
+    return steps
 
 
 def written_path(step: Step) -> str | None:

@@ -183,16 +183,17 @@ def test_stream_gives_the_same_call_and_ids_as_the_whole_reply(tmp_path, tokeniz
     assert streamed.tool_calls[0]["name"] == want["function"]["name"]
 
 
-def test_suite_style_heredoc_becomes_write_file_and_unsafe_steps_get_no_typo(tmp_path):
+def test_literal_writes_become_write_file_where_that_changes_nothing_and_typos_only_stop_a_step(tmp_path):
     heredoc = "cat > /app/lib/util.py <<'ALE_EOF'\ndef f():\n    return '$HOME'\nALE_EOF"
-    task = make_task(tmp_path, solution_steps=[heredoc, "cd /app && make; echo done"])
+    task = make_task(tmp_path, solution_steps=["mkdir -p /app/lib", heredoc, "cd /app && make; echo done"])
     for seed in ("a" * 12, "b" * 12, "c" * 12, "d" * 12):
         plan = make_plan(task, seed, 1.0, ("typo",))
-        assert plan.mistake == ""  # neither step may be mistyped without side effects
+        typos = [json.loads(s.arguments)["command"] for s in plan.steps if s.mistake]
+        assert typos == ["mdkir -p /app/lib"]  # not the last step: after `;` the rest would run despite a typo
         writes = [json.loads(s.arguments) for s in plan.steps if s.tool == "write_file"]
         assert writes == [{"path": "/app/lib/util.py", "content": "def f():\n    return '$HOME'\n"}]
     echoes = [
-        "echo plum > /app/a.txt",
+        "echo plum > a.txt",
         "echo 'a  b' > b",
         "echo $HOME > c",
         "echo x >> d",
@@ -200,8 +201,12 @@ def test_suite_style_heredoc_becomes_write_file_and_unsafe_steps_get_no_typo(tmp
         "echo x > f; ls",
     ]
     steps = [json.loads(s.arguments) for s in act_steps(make_task(tmp_path, solution_steps=echoes))]
-    assert steps[:2] == [{"path": "/app/a.txt", "content": "plum\n"}, {"path": "b", "content": "a  b\n"}]
+    assert steps[:2] == [{"path": "a.txt", "content": "plum\n"}, {"path": "b", "content": "a  b\n"}]
     assert [s["command"] for s in steps[2:]] == echoes[2:]  # anything not plainly literal stays a shell command
+    # write_file would make a missing directory: a write into one nothing made stays shell (and fails there)
+    into = ["echo x > /new/dir/a.txt", "mkdir -p /new/dir", "echo x > /new/dir/a.txt", "echo y > notes/b.txt"]
+    tools = [s.tool for s in act_steps(make_task(tmp_path, solution_steps=into))]
+    assert tools == ["run_shell_command", "run_shell_command", "write_file", "run_shell_command"]
 
 
 def test_bad_input_is_refused_with_one_line(tmp_path, tokenizer):
