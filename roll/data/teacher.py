@@ -1,10 +1,11 @@
 """The oracle teacher: `python -m roll.data.teacher --tasks ale [--families a,b] [--port 8321] [--mistake-rate 0.2]`.
 
 A registered OpenAI-compatible backend (`TEACHERS["oracle"]`) that plays each task's golden solution as
-the tool calls a model would make: look (list or glob the working directory, read a file the instruction names
-that setup made), act (`task.solution_steps`, one `run_shell_command` each, or the whole `task.solution`;
-a step that writes literal text becomes `write_file`), check (`cat` of what was written, or `ls -la`),
-then a short final answer with no tool call. With probability `mistake_rate` the plan holds one
+the tool calls a model would make: look (list or glob the working directory, read a file the instruction
+names that setup made), act (`task.solution_steps`, one `run_shell_command` each, or the whole
+`task.solution`; a step that writes literal text into a directory known to exist becomes `write_file`),
+check (`cat` of what was written, or `ls -la`), then a short final answer with no tool call. With
+probability `mistake_rate` the plan holds one
 realistic mistake and the fix right after it: a mistyped command (`command not found`), a wrong path, a
 wrong argument name (missing required argument), or a tool call whose JSON is cut short.
 
@@ -17,6 +18,8 @@ Replies carry vLLM's extras when asked (`return_token_ids`, `logprobs`): `prompt
 template rendering of the request (messages and tools) tokenised by a ROME tokenizer, exactly as `rome serve`
 does; `token_ids` are the reply in the model's own format (`<tool_call>\\n{json}\\n</tool_call>` then
 `<|im_end|>`). The teacher is deterministic: every logprob is 0.0 (probability 1 under the teacher).
+It answers with OpenAI tool calls (iflow's native mode, the harness's); iflow's text mode, which drops
+the call ids from its history, is not supported.
 
 Tests: `.venv/bin/pytest tests/roll/test_teacher.py`.
 """
