@@ -6,7 +6,9 @@ most that many trajectories of each behaviour, so common ones do not crowd out r
 
 The mix holds three kinds of example, their counts in the config:
 - `full`: the whole trajectory, packed, on the agent's real prompt (system prompt and tool schemas included);
-- `task_call`: the task alone, the user's instruction (no system prompt, no tool schemas) -> the first reply;
+- `task_call`: the task alone, the user's instruction (no system prompt, no tool schemas) -> the first reply
+  (`task_call_to: first_change`: -> the first call that changes something, skipping the looks before it, the
+  exact call the issue's short-context run learnt to fill with the task's words);
 - `result_call`: the task, the previous call and its tool result -> the next reply.
 The short ones are the curriculum issue 12 measured as necessary: from random weights ROME-tiny trained on the
 ~1010-token prompt learned the call format but copied no task words into its calls (0 % held-out for 5
@@ -27,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rock.contracts import Chunk, Trajectory
 from roll.algo.packing import PackedSequence, pack_trajectory
 from roll.sft.data import DataError
+from roll.sft.masks import changes_state, chunk_calls, outcomes
 from roll.sft.render import RenderError, load_tokenizer, render_chunk, render_trajectory
 
 
@@ -36,6 +39,7 @@ class CptDataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     full: int = Field(1, ge=0, description="copies of each whole trajectory, packed, on the agent's full prompt")
     task_call: int = Field(1, ge=0, description="copies of each 'task alone -> first reply' example")
+    task_call_to: Literal["first", "first_change"] = Field("first", description="the reply a task_call example ends in")
     result_call: int = Field(1, ge=0, description="copies of each 'task, last call, its result -> next reply' example")
     per_behaviour: int | None = Field(None, ge=1, description="at most this many trajectories per behaviour")
     loss_on: Literal["responses", "all"] = Field("responses", description="the model's replies, or every token")
@@ -89,7 +93,7 @@ def task_message(chunk: Chunk) -> dict | None:
     return next((m for m in chunk.messages or [] if m.get("role") == "user"), None)
 
 
-def short_chunks(traj: Trajectory) -> tuple[list[Chunk], list[Chunk]]:
+def short_chunks(traj: Trajectory, task_call_to: str = "first") -> tuple[list[Chunk], list[Chunk]]:
     """(task -> first reply, [task, last call, its result -> next reply]...) as chunks of short requests."""
     task_calls, result_calls = [], []
     for chunk in sorted(traj.chunks, key=lambda c: c.index):
@@ -97,11 +101,14 @@ def short_chunks(traj: Trajectory) -> tuple[list[Chunk], list[Chunk]]:
         if chunk.error is not None or task is None:
             continue
         last = max((i for i, m in enumerate(chunk.messages) if m.get("role") == "assistant"), default=None)
-        if last is None:
-            task_calls.append(chunk.model_copy(update={"messages": [task], "tools": None}))
-        elif chunk.messages[last + 1 :]:  # the tool results (or iflow's format hint) after the last call
+        if last is not None and chunk.messages[last + 1 :]:  # the tool results (or iflow's format hint) after it
             short = [task, *chunk.messages[last:]]
             result_calls.append(chunk.model_copy(update={"messages": short, "tools": None}))
+        calls = chunk_calls(chunk)
+        changed = any(changes_state(c) and ok for c, ok in zip(calls, outcomes(traj, chunk, calls), strict=True))
+        wanted = last is None if task_call_to == "first" else changed
+        if wanted and not task_calls:
+            task_calls.append(chunk.model_copy(update={"messages": [task], "tools": None}))
     return task_calls, result_calls
 
 
@@ -142,7 +149,7 @@ def cpt_dataset(trajectories: list[Trajectory], tokenizer, cfg: CptDataConfig | 
                     full += [(dataclasses.replace(s, trajectory_id=tid + (f"#{c}" if c else "")), traj.family)
                              for s in packed]  # fmt: skip
                 kinds["full"] += cfg.full * len(packed)
-            tasks, results = short_chunks(traj)
+            tasks, results = short_chunks(traj, cfg.task_call_to)
             for kind, chunks, n in (("task_call", tasks, cfg.task_call), ("result_call", results, cfg.result_call)):
                 for chunk in chunks:
                     made = copies(lambda i, ch=chunk: single(ch, tokenizer, i), n, f"{tid}~{kind}")

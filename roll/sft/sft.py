@@ -20,7 +20,7 @@ from roll.errors import ConfigError
 from roll.sft.data import DataError, NoVerifiedDataError
 from roll.sft.filters import RULES, Rule, violation
 from roll.sft.masks import duplicate_chunks, failed_chunks, mask_chunks, replaced_history_chunks, trained_chunks
-from roll.sft.render import load_tokenizer, render_trajectory
+from roll.sft.render import RenderError, load_tokenizer, render_trajectory
 
 
 class SftDataConfig(BaseModel):
@@ -84,7 +84,11 @@ def sft_dataset(trajectories: list[Trajectory], tokenizer, cfg: SftDataConfig | 
             dropped["tests_failed"] += 1
             continue
         counts = Counter()
-        seqs = masked_sequences(traj, tokenizer, cfg, counts)
+        try:
+            seqs = masked_sequences(traj, tokenizer, cfg, counts)
+        except RenderError:
+            dropped["unrenderable"] += 1
+            continue
         trained = set().union(*(trained_chunks(s) for s in seqs))
         if reason := violation(traj, trained, rules):
             dropped[reason] += 1

@@ -252,6 +252,9 @@ def test_cpt_mix_holds_every_trajectory_and_short_context_examples(tok):
     first = cpt_dataset(trajs, tok, CptDataConfig(order="short_first")).sequences
     assert all("~" in s.trajectory_id for s in first[:10]) and all("~" not in s.trajectory_id for s in first[10:])
     assert cpt_dataset(trajs, tok, CptDataConfig(per_behaviour=1)).report.selected == 2  # b and c behave alike
+    acting = cpt_dataset(trajs[:1], tok, CptDataConfig(full=0, result_call=0, task_call_to="first_change"))
+    (first_change,) = acting.sequences  # the looks, the failed typo and the read are skipped: the write it made
+    assert first_change.chunk_indices == [4] and '"name": "write_file"' in tok.decode(first_change.input_ids)
     everything = cpt_dataset(trajs[:1], tok, CptDataConfig(loss_on="all", task_call=0, result_call=0)).sequences[0]
     assert bool(everything.loss_mask.all())
 
