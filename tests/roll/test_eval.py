@@ -57,7 +57,7 @@ def test_pytest_grading_reads_the_rA_summary_and_falls_back_to_the_totals():
         ("oracle", result(2, stderr="boom"), None, result(1), False, "agent_error"),
         ("iflow", result(None, timed_out=True), None, result(1), False, "agent_timeout"),
         ("iflow", result(1), {"termination_reason": "timeout"}, result(1), False, "agent_timeout"),
-        ("iflow", result(2), {"termination_reason": "model_error", "error": "HTTP 500"}, result(1), False, "model_error"),
+        ("iflow", result(2), {"termination_reason": "model_error", "error": "5xx"}, result(1), False, "model_error"),
         ("iflow", result(1), {"termination_reason": "format_error"}, result(1), False, "parse_error"),
         ("iflow", result(1), {"termination_reason": "max_turns"}, result(1), False, "unresolved"),
         ("iflow", result(0), {"termination_reason": "finished"}, result(1), False, "unresolved"),
