@@ -241,3 +241,16 @@ def test_iflow_failure_modes_are_told_apart(rock, tmp_path, script, status):
     [traj] = report.trajectories
     assert (traj.status, traj.reward) == (status, 0.0), traj.error
     assert traj.error
+
+
+def test_an_image_that_fails_to_build_marks_only_its_task(rock, tmp_path):
+    _, client = rock
+    broken = spec(
+        "nobuild", environment=Environment(dockerfile="FROM rock/base:bookworm\nRUN echo step-failed && exit 7\n")
+    )
+    report = evaluate([broken, spec("fine")], agent="oracle", out_dir=tmp_path, client=client, progress=False,
+                      log=lambda s: None)  # fmt: skip
+    status = {r.task_id: (r.status, r.error) for r in report.records}
+    assert status["fine"] == ("resolved", "")
+    assert status["nobuild"][0] == "environment_error" and "build" in status["nobuild"][1]
+    assert "step-failed" in (tmp_path / "logs/nobuild/attempt-0/environment.log").read_text()
