@@ -15,6 +15,8 @@ trains the exact text our agent will see. Arguments that are not a JSON object s
 from __future__ import annotations
 
 import json
+import re
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,9 @@ from roll.errors import RollError
 from rome.tokenizer.chat import IM_END, TOOL_CALL_START, parse_tool_calls
 
 ASSISTANT_HEAD = "<|im_start|>assistant\n"
+TURN_END = re.compile(f"(?<={re.escape(IM_END)})")
+CACHE_LIMIT = 200_000  # turns kept per tokenizer (system turns with tool schemas, history turns)
+_turns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class RenderError(RollError):
@@ -108,6 +113,27 @@ def prompt_text(messages: list[dict], tools: list[dict] | None, tokenizer) -> st
     )
 
 
+def encode(text: str, tokenizer) -> list[int]:
+    """`tokenizer.encode(text)`, one turn at a time with the turns cached.
+
+    Encoding dominates rendering (5 ms for an iflow prompt of ~1270 tokens, 90 % of it the same system turn and
+    history as the chunk before). `<|im_end|>` is an added token, which the tokenizer splits the text at before
+    anything else, so cutting after it gives the same ids as encoding the whole text (tests compare both).
+    """
+    if IM_END not in getattr(tokenizer, "added_tokens_encoder", {}):
+        return tokenizer.encode(text, add_special_tokens=False)
+    cache = _turns.setdefault(tokenizer, {})
+    if len(cache) > CACHE_LIMIT:
+        cache.clear()
+    out: list[int] = []
+    for turn in TURN_END.split(text):
+        if turn:
+            if turn not in cache:
+                cache[turn] = tokenizer.encode(turn, add_special_tokens=False)
+            out += cache[turn]
+    return out
+
+
 def render_chunk(chunk: Chunk, tokenizer) -> tuple[list[int], list[int]]:
     """(prompt ids, response ids) of one recorded model call, as ROME sees and emits it."""
     tokenizer = load_tokenizer(tokenizer)
@@ -129,8 +155,7 @@ def render_chunk(chunk: Chunk, tokenizer) -> tuple[list[int], list[int]]:
         raise RenderError(chunk, f"the chat template cannot render it: {str(e).splitlines()[0]}") from e
     if chunk.finish_reason == "length" and not message["tool_calls"]:
         reply = reply.removesuffix(IM_END)  # cut off by max_tokens: the model never ended its turn
-    encode = tokenizer.encode
-    return encode(prompt, add_special_tokens=False), encode(reply, add_special_tokens=False)
+    return encode(prompt, tokenizer), encode(reply, tokenizer)
 
 
 def renderable(chunk: Chunk) -> bool:
