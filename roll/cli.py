@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     from roll.tasks.cli import register as register_tasks
 
     register_tasks(sub)
+    from roll.stages.cli import register as register_stages
+
+    register_stages(sub)
     return parser
 
 
