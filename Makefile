@@ -4,10 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/rl/tiny-cpu.yaml
+CPT_CONFIG ?= configs/cpt/tiny-cpu.yaml
+SFT_CONFIG ?= configs/sft/tiny-cpu.yaml
+STAGE_ARGS ?=
 PYTEST_ARGS ?=
 EVAL_ARGS ?= --tasks ale --split heldout --agent oracle
 
-.PHONY: install docker images test lint train-rl eval bench clean
+.PHONY: install docker images test lint train-cpt train-sft train-rl eval bench clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +37,15 @@ test: install images
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# CPT then SFT of ROME-tiny on oracle-synthesised trajectories (made once into runs/data/, reused); each writes
+# runs/<name>/summary.json (held-out pass rates before/after, iflow on vLLM in sandboxes) and curves.png.
+train-cpt: install images
+	$(BIN)/roll cpt "$(CPT_CONFIG)" $(STAGE_ARGS)
+
+train-sft: install images
+	@test -f runs/tiny-cpt/model/config.json || [ "$(SFT_CONFIG)" != configs/sft/tiny-cpu.yaml ] || $(MAKE) --no-print-directory train-cpt
+	$(BIN)/roll sft "$(SFT_CONFIG)" $(STAGE_ARGS)
 
 train-rl:
 	@test -f "$(CONFIG)" || { echo "error: config file not found: $(CONFIG)" >&2; exit 2; }
