@@ -27,7 +27,11 @@ class SftDataConfig(BaseModel):
     """What SFT trains on: the masks and phase 1's rules, each a switch so runs can be compared."""
 
     model_config = ConfigDict(extra="forbid")
-    mask_errors: bool = Field(True, description="no loss on chunks whose tool call failed to parse or to run")
+    mask_errors: bool = Field(
+        True,
+        description="no loss on chunks whose tool call failed to parse or to run; off, those calls are trained, "
+        "so the rules then drop their trajectories unless `filters` leaves out unparsed_call/unknown_tool/shell_syntax",
+    )
     mask_duplicates: bool = Field(True, description="no loss on rounds that repeat a call with nothing changed")
     mask_replaced_history: bool = Field(
         False, description="no loss on the chunks before the last context compression (the history it replaced)"
