@@ -118,7 +118,8 @@ class SupervisedTrainer:
         module = _LossModule(model, self.cfg.logprob_slice, self.pad_id)
         self.engine, *_ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=ds_config)
         self.engine.train()
-        self.step = 0
+        self.step = 0  # optimizer steps taken, over all fits of this trainer (the x axis of its metrics)
+        self._fit_start = 0  # where the next fit starts: fits run one after another (curriculum phases)
         self._resumed: dict | None = None
         root = self.out_dir / "checkpoints"
         checkpoint.clean_partial(root)
@@ -152,31 +153,41 @@ class SupervisedTrainer:
         sampler=None,
         on_step: Callable[[dict], None] | None = None,
     ) -> dict:
-        """Train until `steps` optimizer steps (or `epochs` passes) are done; returns a summary dict.
+        """Train `steps` optimizer steps (or `epochs` passes over `sequences`); returns a summary dict.
 
         `sampler` picks each step's sequences (default: shuffled epochs, see `roll.trainer.sampler`);
         `on_step(row)` gets each step's metrics row (step, loss, lr, tokens, tokens_per_s, samples, skipped).
+        Several fits run one after another (phases of a curriculum), each with its own schedule over its own
+        steps, the step count carried on. Resumed, a fit that ended before the checkpoint returns at once and
+        the fit the checkpoint was taken in continues from it: re-running the same script finishes the job.
         """
         if not sequences:
             raise NoDataError("no sequences to train on")
         if not any(bool(s.loss_mask.any()) for s in sequences):
             raise NoDataError(f"none of the {len(sequences)} sequences has a loss-bearing token")
         total = self.total_steps(len(sequences), steps, epochs)
+        # A resumed trainer replays the fits of the run it resumes; otherwise a fit starts where training stands.
+        start = self._fit_start if self._resumed is not None else self.step
+        end = self._fit_start = start + total
         sampler = sampler if sampler is not None else EpochSampler(len(sequences), self.cfg.seed)
+        if self._resumed is not None and self.step >= end:
+            return {"steps": 0, "total_steps": total, "global_step": self.step, "final_loss": None, "tokens": 0,
+                    "tokens_per_s": 0.0, "wall_s": 0.0, "skipped_steps": 0, "already_done": True}  # fmt: skip
         if self._resumed is not None:
-            if self._resumed["total_steps"] != total:
+            ck, self._resumed = self._resumed, None
+            if (ck["fit_start"], ck["total_steps"]) != (start, total):
                 raise CheckpointError(
-                    f"checkpoint at step {self.step} is of a {self._resumed['total_steps']}-step run; this fit asks"
-                    f" for {total} steps (the learning-rate schedule would change)"
+                    f"checkpoint at step {self.step} is of a {ck['total_steps']}-step run from step {ck['fit_start']};"
+                    f" this fit asks for {total} steps from step {start} (the learning-rate schedule would change)"
                 )
-            sampler.load_state_dict(self._resumed["sampler"])
+            sampler.load_state_dict(ck["sampler"])
         log = MetricsLog(self.out_dir, start_step=self.step, config=self.cfg.model_dump())
-        progress = Progress(total, self.step, self.cfg.progress)
-        started, tokens_done, bad_steps = time.perf_counter(), 0, []
+        progress = Progress(total, self.step - start, self.cfg.progress)
+        started, tokens_done, bad_steps, first = time.perf_counter(), 0, [], self.step
         try:
-            while self.step < total:
+            while self.step < end:
                 indices = sampler.next_batch(self.cfg.batch_sequences)
-                lr = lr_at(self.cfg, self.step, total)
+                lr = lr_at(self.cfg, self.step - start, total)
                 t0 = time.perf_counter()
                 loss, n_tokens, seq_losses = self._train_step([sequences[i] for i in indices], lr)
                 seconds = time.perf_counter() - t0
@@ -201,22 +212,25 @@ class SupervisedTrainer:
                 bad_steps = []
                 if hasattr(sampler, "update"):
                     sampler.update(indices, seq_losses)
-                if self.step == total or (self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0):
-                    self.save_checkpoint(sampler, total)
+                if self.step == end or (self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0):
+                    self.save_checkpoint(sampler, start, total)
         finally:
             progress.close()
             log.close()
         plot = self._plot(log.rows)
         wall = time.perf_counter() - started
-        finite = [r["loss"] for r in log.rows if r["loss"] is not None]
+        mine = [r for r in log.rows if r["step"] > start]
+        finite = [r["loss"] for r in mine if r["loss"] is not None]
         return {
-            "steps": self.step,
+            "steps": self.step - start,
             "total_steps": total,
+            "global_step": self.step,
+            "resumed_at": first if first > start else None,
             "final_loss": finite[-1] if finite else None,
             "tokens": tokens_done,
             "tokens_per_s": tokens_done / wall if wall > 0 else 0.0,
             "wall_s": wall,
-            "skipped_steps": sum(1 for r in log.rows if r["skipped"]),
+            "skipped_steps": sum(1 for r in mine if r["skipped"]),
             "metrics": str(log.path),
             "plot": str(plot),
         }
@@ -249,9 +263,9 @@ class SupervisedTrainer:
         self.engine.zero_grad()
         self.engine._unmanaged_backward_count = 0
 
-    def save_checkpoint(self, sampler, total_steps: int) -> Path:
+    def save_checkpoint(self, sampler, fit_start: int, total_steps: int) -> Path:
         """Model, optimizer, RNG, step and data position under out_dir/checkpoints/step-N (atomically)."""
-        state = {"step": self.step, "total_steps": total_steps, "sampler": sampler.state_dict(),
+        state = {"step": self.step, "fit_start": fit_start, "total_steps": total_steps, "sampler": sampler.state_dict(),
                  "model_shape": self.shape, "config": self.cfg.model_dump(mode="json")}  # fmt: skip
         return checkpoint.save(self.engine, self.out_dir / "checkpoints", self.step, state, self.cfg.keep_checkpoints)
 

@@ -32,7 +32,10 @@ cfg = TrainerConfig(batch_sequences=3, micro_batch_tokens=200, lr=3e-3, warmup_s
                     checkpoint_every=2, keep_checkpoints=2, min_shared_prefix=16, progress=False)
 trainer = SupervisedTrainer(sys.argv[1], cfg, sys.argv[2], resume=True)
 delay = float(sys.argv[3])
-trainer.fit(make_sequences(10), steps={steps}, on_step=lambda row: time.sleep(delay))
+# two phases, as a curriculum runs them: the kill lands in the second; re-run, the first returns at once
+first = trainer.fit(make_sequences(10, seed=1), steps=3, on_step=lambda row: time.sleep(delay))
+second = trainer.fit(make_sequences(10), steps={steps} - 3, on_step=lambda row: time.sleep(delay))
+assert second["global_step"] == {steps}, second
 trainer.save_hf(sys.argv[2] + "/final")
 """
 
@@ -84,8 +87,9 @@ def test_resume_after_kill_9_continues_exactly_where_the_checkpoint_stood(tmp_pa
     assert [r["lr"] for r in resumed] == [r["lr"] for r in reference]
     for a, b in zip(resumed, reference, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), a["step"]
-    seen = [i for r in resumed[:6] for i in r["samples"]]  # 18 draws: epoch 1 (10), then 8 of epoch 2
-    assert sorted(seen[:10]) == list(range(10)) and len(set(seen[10:])) == 8
+    seen = [i for r in resumed[3:] for i in r["samples"]]  # phase 2: 15 draws, epoch 1 (10) then 5 of epoch 2
+    assert sorted(seen[:10]) == list(range(10)) and len(set(seen[10:])) == 5
+    assert resumed[3]["lr"] == resumed[0]["lr"] < resumed[4]["lr"]  # each phase warms up over its own steps
     a, b = load_file(killed / "final/model.safetensors"), load_file(straight / "final/model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["latest", "step-6", "step-8"]
@@ -93,5 +97,6 @@ def test_resume_after_kill_9_continues_exactly_where_the_checkpoint_stood(tmp_pa
     cfg = TrainerConfig(batch_sequences=3, micro_batch_tokens=200, progress=False, min_shared_prefix=16)
     trainer = SupervisedTrainer(model, cfg, killed, resume=True)
     assert trainer.step == STEPS
-    with pytest.raises(CheckpointError, match=f"{STEPS}-step run; this fit asks for 10 steps"):
-        trainer.fit(make_sequences(10), steps=10)
+    assert trainer.fit(make_sequences(10, seed=1), steps=3)["already_done"]
+    with pytest.raises(CheckpointError, match="5-step run from step 3; this fit asks for 10 steps from step 3"):
+        trainer.fit(make_sequences(10), steps=10)  # the second phase, asked for another length

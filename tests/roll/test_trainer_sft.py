@@ -145,6 +145,19 @@ def test_schedule_length_is_the_real_step_count_and_metrics_are_written(model_di
     assert list((tmp_path / "run/tb").glob("events.out.tfevents.*"))
     assert (tmp_path / "run/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "run/checkpoints/latest").read_text().strip() == "step-3"
+    # a second phase: its own schedule over its own steps, the step count and the metrics carried on
+    lrs.clear()
+    second = trainer.fit(seqs, steps=3, on_step=lambda row: lrs.append((row["lr"], trainer.engine.get_lr()[0])))
+    assert (second["steps"], second["global_step"]) == (3, 6)
+    assert [a for a, _ in lrs] == [b for _, b in lrs] and [a for a, _ in lrs][::2] == [1e-3, pytest.approx(1e-4)]
+    assert [json.loads(x)["step"] for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
 
 
 @pytest.mark.slow
