@@ -17,10 +17,15 @@ _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE
 _MEM_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def parse_memory(value: str | int) -> int:
-    """Bytes from `512m`, `2g`, `1.5GiB` or a plain integer; ValueError on anything else."""
-    if isinstance(value, bool):
-        raise ValueError("memory must be a size like '512m' or a byte count")
+def parse_memory(value: object) -> int:
+    """Bytes from `512m`, `2g`, `1.5GiB` or a plain integer; ValueError on anything else.
+
+    Any type is accepted and checked here: this runs as a `mode="before"` validator, so a JSON
+    object or list reaches it unvalidated, and a TypeError would escape pydantic as a 5xx."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON writers may send 1073741824.0
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("memory must be a size like '512m', '2g' or a byte count")
     if isinstance(value, int):
         n = value
     else:

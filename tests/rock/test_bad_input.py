@@ -42,6 +42,9 @@ def test_unknown_image_is_404_naming_it(http):
     "body",
     [
         {"memory": "lots"},
+        {"memory": {}},  # once a TypeError inside the memory parser, answered 502
+        {"memory": [1]},
+        {"memory": 1.5},
         {"memory": "12q"},
         {"memory": -5},
         {"cpus": "two"},
