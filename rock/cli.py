@@ -250,9 +250,7 @@ def cmd_cp(args) -> int:
         sb = c.sandbox(src_id)
         try:
             data = sb.read_file(src)
-        except errors.BadRequest as e:
-            if "is a directory" not in e.message:
-                raise
+        except errors.IsADirectory:
             sb.download_dir(src, dst)
             return 0
         target = Path(dst) / Path(src).name if Path(dst).is_dir() else Path(dst)

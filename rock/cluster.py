@@ -3,8 +3,8 @@
     ray start --head --port 6379          # then `ray start --address HEAD:6379` on every other node
     rock serve --ray auto                 # the manager, on the head node
 
-`ClusterBackend` has the methods of `rock.backend.docker.DockerBackend`, so `SandboxService`
-does not know which one it drives. It places each new sandbox on the node with the most free
+`ClusterBackend` implements `rock.backend.base.Backend`, as `rock.backend.docker.DockerBackend`
+does, so `SandboxService` does not know which one it drives. It places each new sandbox on the node with the most free
 memory and CPU (by what it has placed there against the node's Ray resources) and routes every
 call about a container to the host that owns it. Sandboxes that mount host paths or a model
 socket stay on the manager's own node.
@@ -19,7 +19,8 @@ from ray.exceptions import RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rock import errors
-from rock.backend.docker import ContainerSpec, DockerBackend
+from rock.backend.base import Backend, ContainerSpec, ExecSpec
+from rock.backend.docker import DockerBackend
 
 
 class SandboxHost:
@@ -34,8 +35,8 @@ class SandboxHost:
     async def call(self, method: str, *args):
         return await getattr(self.backend, method)(*args)
 
-    async def exec_events(self, *args):
-        async for event in self.backend.exec_events(*args):
+    async def exec_events(self, spec: ExecSpec):
+        async for event in self.backend.exec_events(spec):
             yield event
 
 
@@ -48,7 +49,7 @@ async def _await(ref):
         raise (cause if isinstance(cause, Exception) else errors.BackendError(str(e))) from None
 
 
-class ClusterBackend:
+class ClusterBackend(Backend):
     def __init__(self, manager_id: str, address: str):
         ray.init(address=address, namespace="rock", log_to_driver=False, ignore_reinit_error=True)
         self.manager_id = manager_id
@@ -155,13 +156,12 @@ class ClusterBackend:
 
     # ---- exec and sessions ------------------------------------------------------------------
 
-    async def exec(self, container_id: str, cmd, env, cwd, stdin, timeout, limit: int) -> dict:
-        host = self._host(container_id)
-        return await _await(host.call.remote("exec", container_id, cmd, env, cwd, stdin, timeout, limit))
+    async def exec(self, spec: ExecSpec, limit: int) -> dict:
+        return await _await(self._host(spec.container).call.remote("exec", spec, limit))
 
-    async def exec_events(self, container_id: str, cmd, env, cwd, stdin, timeout):
-        host = self._host(container_id)
-        gen = host.exec_events.options(num_returns="streaming").remote(container_id, cmd, env, cwd, stdin, timeout)
+    async def exec_events(self, spec: ExecSpec):
+        host = self._host(spec.container)
+        gen = host.exec_events.options(num_returns="streaming").remote(spec)
         async for ref in gen:
             yield await _await(ref)
 

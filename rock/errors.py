@@ -30,6 +30,12 @@ class InvalidPath(BadRequest):
     code = "invalid_path"
 
 
+class IsADirectory(BadRequest):
+    """A file call (`GET .../files`) on a directory; the archive call reads directories."""
+
+    code = "is_a_directory"
+
+
 class Unauthorized(RockError):
     code = "unauthorized"
     status = 401

@@ -30,6 +30,7 @@ import sys
 import threading
 
 MAX_HEAD = 64 * 1024  # what is read of a request that cannot be forwarded, to answer it
+EXIT_CANNOT_LISTEN = 98  # EADDRINUSE's number: a proxy (maybe our own, surviving a manager restart) holds the port
 PASS = b"F"  # the byte that carries each passed connection (a message must carry at least one)
 
 
@@ -132,21 +133,24 @@ def serve(socket_path: str, host: str, port: int) -> Server:
 def daemonize_and_serve(socket_path: str, host: str, port: int) -> int:
     """Fork; the parent returns once the child listens, so the caller knows the proxy is ready."""
     read_fd, write_fd = os.pipe()
-    if os.fork() > 0:
+    pid = os.fork()
+    if pid > 0:
         os.close(write_fd)
         with os.fdopen(read_fd, "rb") as r:
             msg = r.read().decode()
         if msg == "ok":
             return 0
         print(f"modelproxy: {msg or 'exited before listening'}", file=sys.stderr)
-        return 1
+        # The child's own exit status says why, so the manager need not read the message.
+        status = os.waitpid(pid, 0)[1]
+        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1
     os.close(read_fd)
     os.setsid()
     try:
         server = serve(socket_path, host, port)
     except OSError as e:
         os.write(write_fd, f"cannot listen on {host}:{port}: {e}".encode())
-        os._exit(1)
+        os._exit(EXIT_CANNOT_LISTEN)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)

@@ -11,10 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 log = logging.getLogger("rock.pool")
 
-PoolKey = tuple[str, float, int, int]  # image, cpus, memory bytes, pids_limit
+
+class PoolKey(NamedTuple):
+    """The spec a warm container was made for; a create takes one only on an exact match."""
+
+    image: str
+    cpus: float
+    memory: int  # bytes
+    pids_limit: int
 
 
 class WarmPool:

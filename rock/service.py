@@ -19,11 +19,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from rock import errors
-from rock.backend.docker import ContainerSpec, DockerBackend, base_images, file_from_tar, single_file_tar
+from rock.backend.base import Backend, ContainerSpec, ExecSpec
+from rock.backend.docker import DockerBackend, base_images, file_from_tar, single_file_tar
 from rock.backend.engine import EngineError
 from rock.backend.execs import Utf8Stream
 from rock.config import ServerConfig
 from rock.metrics import Metrics
+from rock.modelproxy import EXIT_CANNOT_LISTEN
 from rock.models import (
     CreateSandbox,
     CreateSession,
@@ -72,7 +74,7 @@ def _engine_errors(e: EngineError, sandbox_id: str) -> errors.RockError:
     return errors.BackendError(e.message)
 
 
-def _backend(config: ServerConfig):
+def _backend(config: ServerConfig) -> Backend:
     if config.ray_address:
         from rock.cluster import ClusterBackend  # Ray is only imported for a cluster
 
@@ -147,15 +149,14 @@ class SandboxService:
             log.warning("sandbox %s: no model attachment survived the restart; its model calls will fail", sb.id)
             return
         try:
-            out = await self.backend.exec(
-                sb.container_id, list(att.command), {**sb.env, **att.env}, None, None, 30.0, 4096
-            )
+            spec = ExecSpec(sb.container_id, list(att.command), {**sb.env, **att.env}, timeout=30.0)
+            out = await self.backend.exec(spec, 4096)
         except Exception:
             log.exception("sandbox %s: cannot re-run the model proxy", sb.id)
             return
         if out["exit_code"] == 0:
             log.info("sandbox %s: model proxy started again", sb.id)
-        elif "cannot listen" in out["stderr"]:
+        elif out["exit_code"] == EXIT_CANNOT_LISTEN:
             pass  # the proxy survived (only the manager died): its port is taken by itself
         else:
             log.warning("sandbox %s: model proxy did not start (exit %s): %s", sb.id, out["exit_code"], out["stderr"])
@@ -182,12 +183,12 @@ class SandboxService:
 
     def _pool_key(self, image: str, cpus, memory, pids) -> PoolKey:
         lim = self.limits
-        return (image, cpus or lim.cpus, memory or lim.memory, pids or lim.pids_limit)
+        return PoolKey(image, cpus or lim.cpus, memory or lim.memory, pids or lim.pids_limit)
 
     async def _spawn_pooled(self, key: PoolKey) -> tuple[str, str]:
         sid = new_id("sb")
-        spec = ContainerSpec(key[0], key[1], key[2], key[3], self.limits.nofile)
-        return sid, await self.backend.run(sid, spec, self.backend.place(key[1], key[2]))
+        spec = ContainerSpec(key.image, key.cpus, key.memory, key.pids_limit, self.limits.nofile)
+        return sid, await self.backend.run(sid, spec, self.backend.place(key.cpus, key.memory))
 
     def _validate(self, req: CreateSandbox) -> None:
         lim = self.limits
@@ -239,7 +240,7 @@ class SandboxService:
         else:
             # Mounts and model sockets are paths of this machine; a fork needs its snapshot's daemon.
             local = bool(req.mounts) or req.network == "model"
-            node = self.backend.place(key[1], key[2], local=local, node=snap.node if snap else None)
+            node = self.backend.place(key.cpus, key.memory, local=local, node=snap.node if snap else None)
             if not snap and not await self.backend.image_exists(image, node):
                 raise errors.ImageNotFound(
                     f"image {image} not found (rock never pulls; build it with `rock image build`)"
@@ -251,9 +252,9 @@ class SandboxService:
             id=sid,
             status="running",
             image=image,
-            cpus=key[1],
-            memory=key[2],
-            pids_limit=key[3],
+            cpus=key.cpus,
+            memory=key.memory,
+            pids_limit=key.pids_limit,
             network=req.network,
             env=req.env,
             labels=req.labels,
@@ -285,9 +286,9 @@ class SandboxService:
     async def _run_cold(self, sid: str, req: CreateSandbox, image: str, key: PoolKey, node: str | None) -> str:
         spec = ContainerSpec(
             image,
-            key[1],
-            key[2],
-            key[3],
+            key.cpus,
+            key.memory,
+            key.pids_limit,
             self.limits.nofile,
             dict(req.env),
             [(m.source, m.target, m.read_only) for m in req.mounts],
@@ -296,12 +297,14 @@ class SandboxService:
             if not (req.snapshot or req.mounts):
                 self.pool.want(key)
             return await self.backend.run(sid, spec, node)
+        from rock.gateway import GatewayError
+
         gw = await self._gateway()
         try:
             att = await gw.attach(
                 sid, upstream=req.model_upstream, trajectory_id=req.trajectory_id or sid, replay=req.replay_from
             )
-        except ValueError as e:  # the gateway's GatewayError: a bad upstream URL and the like
+        except GatewayError as e:  # a bad upstream URL, nothing recorded to replay and the like
             raise errors.ValidationFailed(str(e)) from e
         spec.mounts += [tuple(m) for m in att.mounts]
         spec.env.update(att.env)
@@ -318,7 +321,7 @@ class SandboxService:
 
     async def _start_proxy(self, container_id: str, argv: list[str], env: dict[str, str]) -> None:
         """Run the gateway's start command; it forks the proxy and returns once the proxy listens."""
-        out = await self.backend.exec(container_id, argv, env, None, None, 30.0, 4096)
+        out = await self.backend.exec(ExecSpec(container_id, argv, env, timeout=30.0), 4096)
         if out["exit_code"] != 0:
             raise errors.BackendError(f"model proxy did not start (exit {out['exit_code']}): {out['stderr'].strip()}")
 
@@ -369,16 +372,16 @@ class SandboxService:
 
     # ---- exec -------------------------------------------------------------------------------
 
-    def _exec_args(self, sb: Sandbox, req: ExecRequest) -> tuple:
+    def _exec_spec(self, sb: Sandbox, req: ExecRequest) -> ExecSpec:
         if req.cwd:
             check_path(req.cwd)
         stdin = req.stdin.encode() if req.stdin is not None else None
-        return sb.container_id, req.cmd, {**sb.env, **req.env}, req.cwd, stdin, req.timeout
+        return ExecSpec(sb.container_id, req.cmd, {**sb.env, **req.env}, req.cwd, stdin, req.timeout)
 
     async def exec(self, sandbox_id: str, req: ExecRequest) -> ExecResult:
         sb = self.record(sandbox_id)
         try:
-            out = await self.backend.exec(*self._exec_args(sb, req), self.limits.max_output_bytes)
+            out = await self.backend.exec(self._exec_spec(sb, req), self.limits.max_output_bytes)
         except EngineError as e:
             raise _engine_errors(e, sandbox_id) from e
         self.metrics.exec_total.labels("oneshot").inc()
@@ -388,8 +391,7 @@ class SandboxService:
     async def exec_stream(self, sandbox_id: str, req: ExecRequest) -> AsyncIterator[bytes]:
         """NDJSON lines of ExecChunk; validation errors surface before the first byte is sent."""
         sb = self.record(sandbox_id)
-        args = self._exec_args(sb, req)
-        events = self.backend.exec_events(*args)
+        events = self.backend.exec_events(self._exec_spec(sb, req))
         try:
             await anext(events)  # "started": the exec exists and runs
         except EngineError as e:
@@ -452,7 +454,7 @@ class SandboxService:
         check_path(path)
         tar_bytes, stat = await self.backend.get_archive(sb.container_id, path, self.limits.max_download_bytes)
         if stat.get("mode", 0) & (1 << 31):  # Go's os.ModeDir
-            raise errors.BadRequest(f"{path} is a directory; download it with GET .../archive?path={path}")
+            raise errors.IsADirectory(f"{path} is a directory; download it with GET .../archive?path={path}")
         return file_from_tar(tar_bytes)
 
     async def put_archive(self, sandbox_id: str, path: str, data: bytes) -> None:

@@ -27,7 +27,6 @@ import re
 import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import docker
@@ -35,7 +34,8 @@ from docker.errors import APIError, ImageNotFound, NotFound
 from docker.types import Mount, Ulimit
 
 from rock import errors
-from rock.backend.engine import Engine
+from rock.backend.base import Backend, ContainerSpec, ExecSpec
+from rock.backend.engine import Engine, EngineError
 from rock.backend.execs import exec_collect, exec_events
 from rock.backend.session import ShellSession
 
@@ -50,18 +50,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the daemon colours a RUN step's stderr
 CAP_ADD = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETUID", "SETGID", "NET_BIND_SERVICE"]
 
 
-@dataclass
-class ContainerSpec:
-    image: str
-    cpus: float
-    memory: int
-    pids_limit: int
-    nofile: int
-    env: dict[str, str] = field(default_factory=dict)
-    mounts: list[tuple[str, str, bool]] = field(default_factory=list)  # (source, target, read_only)
+__all__ = ["ContainerSpec", "DockerBackend", "base_images", "file_from_tar", "single_file_tar"]
 
 
-class DockerBackend:
+class DockerBackend(Backend):
     """The Docker daemon of this machine. `node` arguments exist for the Ray cluster backend
     (rock.cluster) that has the same methods; here there is one node, `None`."""
 
@@ -78,11 +70,11 @@ class DockerBackend:
     def node_of(self, container_id: str) -> str | None:
         return None
 
-    async def exec(self, container_id: str, cmd, env, cwd, stdin, timeout, limit: int) -> dict:
-        return await exec_collect(self.engine, container_id, cmd, env, cwd, stdin, timeout, limit)
+    async def exec(self, spec: ExecSpec, limit: int) -> dict:
+        return await exec_collect(self.engine, spec, limit)
 
-    def exec_events(self, container_id: str, cmd, env, cwd, stdin, timeout):
-        return exec_events(self.engine, container_id, cmd, env, cwd, stdin, timeout)
+    def exec_events(self, spec: ExecSpec):
+        return exec_events(self.engine, spec)
 
     async def open_session(self, container_id: str, session_id: str, env: dict[str, str], cwd: str | None) -> None:
         s = ShellSession(self.engine, container_id, session_id)
@@ -151,16 +143,16 @@ class DockerBackend:
     async def remove(self, container_id: str) -> None:
         try:
             await self.engine.call("DELETE", f"/containers/{container_id}?force=1&v=1")
-        except Exception as e:  # already gone is fine: removal is idempotent
-            if getattr(e, "status", None) not in (404, 409):
+        except EngineError as e:  # already gone (or being removed) is fine: removal is idempotent
+            if e.status not in (404, 409):
                 raise
 
     async def state(self, container_id: str) -> str:
         """Docker's state ('running', 'exited', ...) or 'gone'."""
         try:
             info = await self.engine.call("GET", f"/containers/{container_id}/json")
-        except Exception as e:
-            if getattr(e, "status", None) == 404:
+        except EngineError as e:
+            if e.status == 404:
                 return "gone"
             raise
         return info["State"]["Status"]

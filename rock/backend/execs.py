@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+from rock.backend.base import ExecSpec
 from rock.backend.engine import Engine, frames
 
 KILL_SCRIPT = (
@@ -58,26 +59,19 @@ async def _exit_code(engine: Engine, exec_id: str) -> int | None:
         delay = min(delay * 2, 0.1)
 
 
-async def exec_events(
-    engine: Engine,
-    container: str,
-    cmd: str | list[str],
-    env: dict[str, str],
-    cwd: str | None,
-    stdin: bytes | None,
-    timeout: float | None,
-) -> AsyncIterator[tuple[str, bytes | dict]]:
+async def exec_events(engine: Engine, spec: ExecSpec) -> AsyncIterator[tuple[str, bytes | dict]]:
     """Yield ("started", b"") once the command runs, ("stdout"|"stderr", bytes) as output arrives,
     then ("exit", {exit_code, duration_s, timed_out})."""
     t0 = time.monotonic()
-    marker = uuid.uuid4().hex
-    exec_id = await engine.exec_create(container, argv_of(cmd), {**env, "ROCK_EXEC_ID": marker}, cwd, stdin is not None)
+    marker, container, stdin = uuid.uuid4().hex, spec.container, spec.stdin
+    env = {**spec.env, "ROCK_EXEC_ID": marker}
+    exec_id = await engine.exec_create(container, argv_of(spec.cmd), env, spec.cwd, stdin is not None)
     reader, writer = await engine.exec_start(exec_id)
     if stdin is not None:
         writer.write(stdin)
         await writer.drain()
         writer.write_eof()  # closes the process's stdin, as the docker CLI does at EOF
-    deadline = None if timeout is None else t0 + timeout
+    deadline = None if spec.timeout is None else t0 + spec.timeout
     timed_out = finished = False
     it = frames(reader).__aiter__()
     try:
@@ -121,11 +115,11 @@ class Capped:
         return self.buf.decode("utf-8", errors="replace")
 
 
-async def exec_collect(engine: Engine, container: str, cmd, env, cwd, stdin, timeout, limit: int) -> dict:
+async def exec_collect(engine: Engine, spec: ExecSpec, limit: int) -> dict:
     """The whole exec as one ExecResult dict, each stream capped at `limit` bytes."""
     out, err = Capped(limit), Capped(limit)
     result: dict = {}
-    async for kind, data in exec_events(engine, container, cmd, env, cwd, stdin, timeout):
+    async for kind, data in exec_events(engine, spec):
         if kind == "exit":
             result = data
         elif kind != "started":
