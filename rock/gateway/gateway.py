@@ -70,6 +70,12 @@ class GatewayConfig(BaseModel):
     backoff_s: float = 0.25  # doubled per attempt
     max_connections: int = 512  # pooled upstream connections, all upstreams together
     keepalive_timeout_s: float = 120.0  # an agent's idle connection is closed after this long
+    # What one request of an agent may be (parsed by llhttp, rock/gateway/httpparse.py); past any of
+    # these the request gets its 4xx (431, 413, 408) and the connection closes.
+    max_head_bytes: int = Field(default=64 * 1024, gt=0)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    head_timeout_s: float = Field(default=10.0, gt=0)  # from a request's first byte to the end of its headers
+    body_timeout_s: float = Field(default=60.0, gt=0)  # from the end of the headers to the end of the body
     max_agent_connections: int = 256  # open at once per sandbox; more are closed on arrival
     upstream_api_key: str | None = None  # sent upstream as Bearer; the sandbox's token never leaves the host
 
@@ -103,7 +109,10 @@ class ModelGateway:
     def __init__(self, state_dir: Path, default_upstream: str | None = None, config: GatewayConfig | None = None):
         self.state_dir = Path(state_dir)
         self.default_upstream = default_upstream
-        self.config = config or GatewayConfig()
+        self.config = c = config or GatewayConfig()
+        self.limits = wire.Limits(
+            c.max_head_bytes, c.max_body_bytes, c.keepalive_timeout_s, c.head_timeout_s, c.body_timeout_s
+        )
         self.root = self.state_dir / "gateway"
         self.store = ChunkStore(self.root / "trajectories")
         self.attached: dict[str, Attached] = {}
@@ -264,10 +273,10 @@ class ModelGateway:
     async def serve_connection(self, live: Attached, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         """Requests on one connection of the agent's (handed over by the proxy) until it closes or
         an answer cannot be followed by another; idle keep-alive connections close after a while."""
+        requests = wire.RequestReader(reader, writer, self.limits)
         try:
             while True:
-                async with asyncio.timeout(self.config.keepalive_timeout_s):
-                    request = await wire.read_request(reader, writer)
+                request = await requests.next()
                 if request is None:
                     break
                 out = wire.Responder(writer, request)

@@ -1,128 +1,40 @@
 """HTTP/1.1 over the sandbox's unix socket, as much of it as an agent's OpenAI client uses.
 
-The in-sandbox ModelProxy is a byte relay, so this is the agent's HTTP server: requests with a
-Content-Length or chunked body, `Expect: 100-continue`, keep-alive (a whole answer carries its
-Content-Length; a streamed one is chunked for HTTP/1.1 clients and ends with the connection for
-HTTP/1.0 ones). The socket is reachable from inside the sandbox, so everything is bounded and
-anything malformed gets a 400 and a closed connection. Tested through the gateway in
-tests/gateway/test_gateway.py.
+The in-sandbox ModelProxy hands the agent's connection over, so this is the agent's HTTP server:
+requests with a Content-Length or chunked body, `Expect: 100-continue`, keep-alive (a whole answer
+carries its Content-Length; a streamed one is chunked for HTTP/1.1 clients and ends with the
+connection for HTTP/1.0 ones). Requests are parsed by llhttp (`rock/gateway/httpparse.py`) within
+the limits of `GatewayConfig`; anything malformed, oversized or too slow gets its 4xx and a closed
+connection. Tested through the gateway in tests/gateway/test_http.py and test_malformed.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
 import orjson
 
-MAX_HEAD = 64 * 1024
-MAX_BODY = 64 * 1024 * 1024
+from rock.gateway.httpparse import BadRequest, Limits, Request, RequestReader
+
+__all__ = ["BadRequest", "Limits", "Request", "RequestReader", "Responder", "error_body"]
+MAX_HEAD = 64 * 1024  # the listener's stream buffer limit
 REASONS = {
     200: "OK",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     409: "Conflict",
     410: "Gone",
     413: "Payload Too Large",
     429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
-
-
-class BadRequest(Exception):
-    """A request the gateway cannot parse; answered with `status` and a JSON error, then the connection closes."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str] = field(default_factory=dict)  # lower-cased names
-    body: bytes = b""
-    version: str = "HTTP/1.1"
-
-    def bearer(self) -> str:
-        auth = self.headers.get("authorization", "")
-        return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-
-    @property
-    def keep_alive(self) -> bool:
-        tokens = self.headers.get("connection", "").lower()
-        return "keep-alive" in tokens if self.version == "HTTP/1.0" else "close" not in tokens
-
-
-async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Request | None:
-    """One request, or None if the peer closed before sending anything."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as e:
-        if not e.partial.strip():
-            return None
-        raise BadRequest(400, "bad_request", "incomplete request head") from e
-    except asyncio.LimitOverrunError as e:
-        raise BadRequest(400, "bad_request", f"request head over {MAX_HEAD} bytes") from e
-    request_line, *lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
-    parts = request_line.split(" ")
-    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
-        raise BadRequest(400, "bad_request", f"malformed request line {request_line[:80]!r}")
-    headers = {}
-    for line in lines:
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise BadRequest(400, "bad_request", f"malformed header line {line[:80]!r}")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("expect", "").lower() == "100-continue":
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for this before a large body
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        body = await read_chunked(reader)
-    else:
-        body = await read_sized(reader, headers.get("content-length", "0"))
-    return Request(parts[0], parts[1].split("?", 1)[0], headers, body, parts[2])
-
-
-async def read_sized(reader: asyncio.StreamReader, content_length: str) -> bytes:
-    try:
-        length = int(content_length)
-    except ValueError as e:
-        raise BadRequest(400, "bad_request", "invalid Content-Length") from e
-    if length < 0 or length > MAX_BODY:
-        raise BadRequest(413, "too_large", f"request body over {MAX_BODY} bytes")
-    try:
-        return await reader.readexactly(length)
-    except asyncio.IncompleteReadError as e:
-        raise BadRequest(400, "bad_request", "request body shorter than its Content-Length") from e
-
-
-async def read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts, total = [], 0
-    try:
-        while True:
-            line = await reader.readuntil(b"\r\n")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError as e:
-                raise BadRequest(400, "bad_request", f"malformed chunk size {line[:40]!r}") from e
-            if size == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass  # trailers
-                return b"".join(parts)
-            total += size
-            if total > MAX_BODY:
-                raise BadRequest(413, "too_large", f"request body over {MAX_BODY} bytes")
-            parts.append(await reader.readexactly(size))
-            if await reader.readexactly(2) != b"\r\n":
-                raise BadRequest(400, "bad_request", "chunk not followed by CRLF")
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
-        raise BadRequest(400, "bad_request", "incomplete chunked request body") from e
 
 
 def error_body(code: str, message: str) -> bytes:
