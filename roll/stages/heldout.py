@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+from roll.errors import RollError
 from roll.stages.config import EvalConfig
 
 
@@ -74,13 +75,16 @@ def heldout_pass_rates(model_dir: Path, cfg: EvalConfig, trained: list[str], out
     from roll.eval.cli import first_per_group
     from roll.tasks.suite import generate_suite
 
+    # Absolute: rock bind-mounts each sandbox's model socket from under out_dir, and docker refuses relative paths.
+    model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     train, extra = eval_families(cfg, trained)
     key = {"weights": weights_digest(model_dir), "eval": cfg.model_dump(mode="json"), "families": train + extra}
     cache = out_dir / "heldout.json"
-    if cache.is_file():
-        saved = json.loads(cache.read_text())
+    # The stage before measured these weights already (CPT's "after" is SFT's "before"): not measured twice.
+    for earlier in (cache, model_dir.parent / "eval" / "after" / "heldout.json"):
+        saved = json.loads(earlier.read_text()) if earlier.is_file() else {}
         if saved.get("key") == key:
-            return saved["result"]
+            return saved["result"] | {"from": str(earlier)}
     tasks = generate_suite(families=train + extra, split=cfg.split, heldout_per_family=cfg.per_family)
     tasks = first_per_group(tasks, cfg.per_family)
     from roll.eval.model_server import RomeServer
@@ -93,6 +97,10 @@ def heldout_pass_rates(model_dir: Path, cfg: EvalConfig, trained: list[str], out
                           concurrency=cfg.concurrency, model_name=f"{model_dir.resolve()}@{key['weights']}",
                           agent_options={"max_turns": cfg.max_turns, "max_tokens": cfg.max_tokens}, progress=False,
                           log=log)  # fmt: skip
+    if report.failed:
+        # Not a measurement: attempts the infrastructure could not run. Not cached; a re-run retries them.
+        raise RollError(f"held-out eval of {model_dir}: {len(report.failed)} attempts could not run, e.g. "
+                        f"{report.failed[0]} (logs in {out_dir}); run the same command again to retry them")  # fmt: skip
     result = summarize(report, train, extra) | {"wall_s": round(time.monotonic() - start, 1)}
     cache.write_text(json.dumps({"key": key, "result": result}, indent=1) + "\n")
     log(f"held-out pass rate {result['pass_rate']:.1%} (training families {result['trained_families']}, "
