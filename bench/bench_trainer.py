@@ -4,15 +4,18 @@ ROME-tiny (made by `rome init` in a temp dir), float32 on CPU. The same batches 
 `SupervisedTrainer.fit` (DeepSpeed engine, gloo, micro-batching, metrics, progress off) and through a bare loop
 over a second copy of the same model: the same micro-batches and the same loss (`microbatch_nll`, token mean
 over the step), `loss.backward()`, `clip_grad_norm_`, `torch.optim.AdamW`. The two are interleaved step by step
-(the bare step runs inside the trainer's on_step callback), so load from other processes hits both alike; the
-first step of each is warm-up and not counted. Prints a JSON line; `ratio` = trainer tokens/s ÷ bare tokens/s
-(target >= 0.9), and `max_weight_diff` shows both did the same training.
+(the bare step runs inside the trainer's on_step callback) and every step trains the same batch, so each arm's
+fastest step is its cost with the least interference from other processes on this shared 2-core machine (the
+same work measured 0.2 s and 5 s there); the first step of each is warm-up and not counted. Prints a JSON line;
+`ratio` = trainer tokens/s ÷ bare tokens/s from the fastest steps (target >= 0.9; `ratio_median` and
+`ratio_mean` from the median and the sums), and `max_weight_diff` shows both did the same training.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -64,12 +67,12 @@ class BareLoop:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=6, help="optimizer steps (the first is warm-up)")
+    ap.add_argument("--steps", type=int, default=12, help="optimizer steps (the first is warm-up)")
     ap.add_argument("--batch", type=int, default=4, help="sequences per step")
     ap.add_argument("--zero-stage", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="3 steps")
+    ap.add_argument("--quick", action="store_true", help="5 steps")
     args = ap.parse_args()
-    steps = 3 if args.quick else args.steps
+    steps = 5 if args.quick else args.steps
     from roll.trainer import SupervisedTrainer, TrainerConfig
     from rome.init import init_model
 
@@ -77,7 +80,7 @@ def main() -> int:
         model_dir = init_model(Path(tmp) / "rome-tiny", "tiny")
         cfg = TrainerConfig(batch_sequences=args.batch, micro_batch_tokens=2048, lr=1e-3, schedule="constant",
                             zero_stage=args.zero_stage, shared_prefix=False, progress=False)  # fmt: skip
-        seqs = synthetic_sequences(args.batch * steps)
+        seqs = synthetic_sequences(args.batch)
         trainer = SupervisedTrainer(model_dir, cfg, Path(tmp) / "run")
         bare = BareLoop(model_dir, cfg)
         times = {"trainer": [], "bare": []}
@@ -92,31 +95,39 @@ def main() -> int:
             tokens.append(sum(len(seqs[i]) for i in row["samples"]))
             mark[0] = time.perf_counter()
 
+        class SameBatch:
+            def next_batch(self, n):
+                return list(range(n))
+
+            def state_dict(self):
+                return {}
+
         mark[0] = time.perf_counter()
-        trainer.fit(seqs, steps=steps, on_step=on_step)
+        trainer.fit(seqs, steps=steps, sampler=SameBatch(), on_step=on_step)
         ours = trainer.model.state_dict()
         diff = max((ours[k] - v).abs().max().item() for k, v in bare.model.state_dict().items())
     counted = sum(tokens[1:])
     tps = {k: counted / sum(v[1:]) for k, v in times.items()}
-    print(
-        json.dumps(
-            {
-                "bench": "trainer",
-                "model": "rome-tiny",
-                "dtype": "float32",
-                "zero_stage": args.zero_stage,
-                "steps_timed": steps - 1,
-                "tokens_per_step": tokens[1:],
-                "trainer_tokens_per_s": round(tps["trainer"], 1),
-                "bare_tokens_per_s": round(tps["bare"], 1),
-                "trainer_step_s": [round(t, 3) for t in times["trainer"]],
-                "bare_step_s": [round(t, 3) for t in times["bare"]],
-                "max_weight_diff": diff,
-                "torch_threads": torch.get_num_threads(),
-                "ratio": round(tps["trainer"] / tps["bare"], 3),
-            }
-        )
-    )
+    median = {k: statistics.median(v[1:]) for k, v in times.items()}
+    best = {k: min(v[1:]) for k, v in times.items()}
+    result = {
+        "bench": "trainer",
+        "model": "rome-tiny",
+        "dtype": "float32",
+        "zero_stage": args.zero_stage,
+        "steps_timed": steps - 1,
+        "tokens_per_step": tokens[0],
+        "trainer_tokens_per_s": round(tokens[0] / best["trainer"], 1),
+        "bare_tokens_per_s": round(tokens[0] / best["bare"], 1),
+        "trainer_step_s": [round(t, 3) for t in times["trainer"]],
+        "bare_step_s": [round(t, 3) for t in times["bare"]],
+        "max_weight_diff": diff,
+        "torch_threads": torch.get_num_threads(),
+        "ratio_mean": round(tps["trainer"] / tps["bare"], 3),
+        "ratio_median": round(median["bare"] / median["trainer"], 3),
+        "ratio": round(best["bare"] / best["trainer"], 3),
+    }
+    print(json.dumps(result))
     return 0
 
 
