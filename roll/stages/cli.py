@@ -17,7 +17,7 @@ def _print(summary: dict) -> None:
     train = summary["train"]
     phases = train.values() if summary["stage"] == "sft" else [train]
     print(f"roll {summary['stage']}: {summary['name']}: held-out pass@1 {rate(summary['before'])} -> "
-          f"{rate(summary['after'])}; final loss {[round(p['final_loss'], 4) for p in phases]}; train "
+          f"{rate(summary['after'])}; final loss {[p['final_loss'] and round(p['final_loss'], 4) for p in phases]}; train "
           f"{summary['wall_s']['train']:.0f}s, total {summary['wall_s']['total']:.0f}s; model {summary['model']}; "
           f"{summary['run_dir']}/summary.json, {summary['plot']}")  # fmt: skip
 

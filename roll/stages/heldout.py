@@ -78,7 +78,8 @@ def heldout_pass_rates(model_dir: Path, cfg: EvalConfig, trained: list[str], out
     # Absolute: rock bind-mounts each sandbox's model socket from under out_dir, and docker refuses relative paths.
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     train, extra = eval_families(cfg, trained)
-    key = {"weights": weights_digest(model_dir), "eval": cfg.model_dump(mode="json"), "families": train + extra}
+    settings = cfg.model_dump(mode="json", exclude={"enabled", "before"})  # what changes the measurement
+    key = {"weights": weights_digest(model_dir), "eval": settings, "families": train + extra}
     cache = out_dir / "heldout.json"
     # The stage before measured these weights already (CPT's "after" is SFT's "before"): not measured twice.
     for earlier in (cache, model_dir.parent / "eval" / "after" / "heldout.json"):
