@@ -34,7 +34,9 @@ class TrainerConfig(BaseModel):
     logprob_slice: int = Field(
         1024, ge=1, description="tokens per lm_head slice: [tokens x vocab] never exists at once"
     )
-    shared_prefix: bool = Field(True, description="compute a prefix shared by a micro-batch's sequences once")
+    shared_prefix: bool = Field(
+        True, description="compute a prefix shared by a micro-batch's sequences once (not under ZeRO-3)"
+    )
     min_shared_prefix: int = Field(64, ge=1, description="shorter common prefixes are not worth the second forward")
     seed: int = 0
     max_bad_steps: int = Field(3, ge=1, description="this many NaN/Inf steps in a row stop the run")

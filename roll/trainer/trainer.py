@@ -118,6 +118,9 @@ class SupervisedTrainer:
         module = _LossModule(model, self.cfg.logprob_slice, self.pad_id)
         self.engine, *_ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=ds_config)
         self.engine.train()
+        # ZeRO-3 reduces a parameter's gradient per use of its module, and the shared prefix runs the model twice
+        # in one backward (prefix, then suffixes): DeepSpeed 0.19 asserts on the repeated parameter. Off there.
+        self._shared_prefix = self.cfg.shared_prefix and self.cfg.zero_stage < 3
         self.step = 0  # optimizer steps taken, over all fits of this trainer (the x axis of its metrics)
         self._fit_start = 0  # where the next fit starts: fits run one after another (curriculum phases)
         self._resumed: dict | None = None
@@ -243,7 +246,7 @@ class SupervisedTrainer:
         seq_nll = torch.zeros(len(seqs))
         if n_tokens == 0:
             return 0.0, 0, [0.0] * len(seqs)  # nothing to learn from: no update (Adam would still move weights)
-        plan = plan_microbatches(seqs, self.cfg.micro_batch_tokens, self.cfg.shared_prefix, self.cfg.min_shared_prefix)
+        plan = plan_microbatches(seqs, self.cfg.micro_batch_tokens, self._shared_prefix, self.cfg.min_shared_prefix)
         for mb in plan:
             nll, _ = self.engine(mb)
             total = nll.sum()

@@ -112,8 +112,10 @@ def test_token_budget_microbatches_give_the_update_of_one_big_batch(model_dir, t
     assert max_diff(weights(one), small_model_weights(model_dir)) > 0.5 * lr  # the step moved the weights
     # Adam divides by |grad|: float32 noise on near-zero gradients moves such weights by up to ~0.1 % of a step
     assert max_diff(weights(one), weights(many)) < 1e-2 * lr
-    # ZeRO-2 with the same micro-batches lands on the same weights
-    zero2 = SupervisedTrainer(model_dir, many.cfg.model_copy(update={"zero_stage": 2}), tmp_path / "zero2")
+    # ZeRO-2, micro-batches of a shared prefix and two or three suffixes: the same weights again
+    zero2_cfg = many.cfg.model_copy(update={"zero_stage": 2, "micro_batch_tokens": 150})
+    assert all(len(mb.sequences) > 1 and mb.prefix_len == 40 for mb in plan_microbatches(seqs, 150, True, 16))
+    zero2 = SupervisedTrainer(model_dir, zero2_cfg, tmp_path / "zero2")
     zero2.fit(seqs, steps=1)
     assert max_diff(weights(one), weights(zero2)) < 1e-2 * lr
 
@@ -229,3 +231,15 @@ def test_checkpoint_of_another_model_shape_is_refused_naming_both(model_dir, tmp
     wider = small_model_dir(model_dir.parent, hidden=48)
     with pytest.raises(CheckpointError, match=r"hidden_size=32.*but the model has shape \[.*hidden_size=48"):
         SupervisedTrainer(wider, cfg(), tmp_path / "run", resume=True)
+
+
+@pytest.mark.slow
+def test_zero3_trains_exports_and_resumes_like_stage_0(model_dir, tmp_path):
+    seqs = make_sequences(4)
+    plain = SupervisedTrainer(model_dir, cfg(), tmp_path / "zero0")
+    plain.fit(seqs, steps=1)
+    sharded = SupervisedTrainer(model_dir, cfg(zero_stage=3), tmp_path / "zero3")
+    sharded.fit(seqs, steps=1)
+    exported = small_model_weights(sharded.save_hf(tmp_path / "export"))  # gathered from the partitions
+    assert max_diff(weights(plain), exported) < 1e-2 * plain.cfg.lr
+    assert SupervisedTrainer(model_dir, cfg(zero_stage=3), tmp_path / "zero3", resume=True).step == 1
