@@ -132,3 +132,26 @@ def test_cpt_then_sft_train_a_few_steps_change_the_weights_lower_the_loss_and_wr
         assert Path(summary["plot"]).is_file() and summary["data"]["trajectories"] == 4
     assert sft["data"]["report"]["masked_chunks"]["errors"] == 2  # the fixture's two failed calls
     assert sft["train"]["phase1"]["steps"] == 3 and cpt["train"]["steps"] == 4
+
+
+def test_the_heldout_summary_lists_every_family_and_the_heldout_only_ones_apart_with_failed_calls():
+    from rock.contracts import ToolResult
+    from roll.eval.results import AttemptRecord, EvalReport
+    from roll.stages.heldout import summarize
+
+    def attempt(task: str, family: str, status: str, calls: list[tuple[bool, bool]]):
+        t = Trajectory(trajectory_id=task, task_id=task, family=family, split="heldout", status=status,
+                       reward=float(status == "resolved"),
+                       tool_results=[ToolResult(tool="run_shell_command", parsed=p, ok=o) for p, o in calls])  # fmt: skip
+        return AttemptRecord.of(t, 0, Path("/nowhere")), t
+
+    rows = [attempt("a-1", "create_file", "resolved", [(True, True)]),
+            attempt("a-2", "create_file", "unresolved", [(False, False), (True, False)]),
+            attempt("b-1", "make_dir", "resolved", [(True, True)]),
+            attempt("c-1", "symlink", "unresolved", [])]  # fmt: skip
+    report = EvalReport(agent="iflow", records=[r for r, _ in rows], trajectories=[t for _, t in rows])
+    s = summarize(report, ["create_file", "make_dir"], ["symlink"])
+    assert s["pass_rate"] == 0.5 and s["trained_families"] == round(2 / 3, 4) and s["heldout_only_families"] == 0.0
+    assert s["by_family"]["create_file"]["pass_rate"] == 0.5 and set(s["by_family"]) == {"create_file", "make_dir",
+                                                                                         "symlink"}  # fmt: skip
+    assert (s["tool_calls"], s["failed_tool_calls"], s["unparsed_tool_calls"]) == (4, 2, 1)
