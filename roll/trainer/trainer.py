@@ -159,7 +159,8 @@ class SupervisedTrainer:
         """Train `steps` optimizer steps (or `epochs` passes over `sequences`); returns a summary dict.
 
         `sampler` picks each step's sequences (default: shuffled epochs, see `roll.trainer.sampler`);
-        `on_step(row)` gets each step's metrics row (step, loss, lr, tokens, tokens_per_s, samples, skipped).
+        `on_step(row)` gets each step's metrics row (step, loss, lr, tokens (loss-bearing), input_tokens,
+        tokens_per_s, samples (the indices trained), skipped).
         Several fits run one after another (phases of a curriculum), each with its own schedule over its own
         steps, the step count carried on. Resumed, a fit that ended before the checkpoint returns at once and
         the fit the checkpoint was taken in continues from it: re-running the same script finishes the job.
@@ -197,11 +198,14 @@ class SupervisedTrainer:
                 self.step += 1
                 skipped = not math.isfinite(loss)
                 tokens_done += n_tokens
+                # tokens: the loss-bearing targets trained; input_tokens: all the model read (prompts included)
+                input_tokens = sum(len(sequences[i]) for i in indices)
                 row = {"step": self.step, "loss": loss if not skipped else None, "lr": lr, "tokens": n_tokens,
-                       "tokens_per_s": n_tokens / seconds, "seconds": seconds, "skipped": skipped,
+                       "tokens_per_s": n_tokens / seconds, "input_tokens": input_tokens,
+                       "input_tokens_per_s": input_tokens / seconds, "seconds": seconds, "skipped": skipped,
                        "samples": indices}  # fmt: skip
                 log.log(row)
-                progress.update(loss, n_tokens / seconds)
+                progress.update(loss, input_tokens / seconds)
                 if on_step is not None:
                     on_step(row)
                 if skipped:

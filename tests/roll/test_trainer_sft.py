@@ -12,7 +12,15 @@ import pytest
 import torch
 from trainer_helpers import make_sequences, small_model_dir
 
-from roll.trainer import CheckpointError, DivergedError, NoDataError, SupervisedTrainer, TrainerConfig, lr_at
+from roll.trainer import (
+    CheckpointError,
+    DivergedError,
+    EpochSampler,
+    NoDataError,
+    SupervisedTrainer,
+    TrainerConfig,
+    lr_at,
+)
 from roll.trainer.forward import MicroBatch, common_prefix_len, microbatch_nll, plan_microbatches
 
 
@@ -44,6 +52,18 @@ def test_schedule_warms_up_then_decays_to_min_lr_at_the_last_step():
         TrainerConfig(lr=1e-4, min_lr=1e-3)
     with pytest.raises(ValueError, match="extra"):
         TrainerConfig(learning_rate=1e-4)
+
+
+def test_epoch_sampler_sees_each_sequence_once_per_epoch_and_never_twice_in_a_batch():
+    sampler = EpochSampler(5, seed=0)
+    batches = [sampler.next_batch(4) for _ in range(5)]
+    flat = [i for b in batches for i in b]
+    assert all(len(set(b)) == 4 for b in batches)
+    assert [sorted(flat[k : k + 5]) for k in range(0, 20, 5)] == [list(range(5))] * 4
+    sampler, copy = EpochSampler(5, seed=0), EpochSampler(5, seed=0)
+    sampler.next_batch(4), sampler.next_batch(4)
+    copy.load_state_dict(sampler.state_dict())
+    assert [copy.next_batch(3) for _ in range(4)] == [sampler.next_batch(3) for _ in range(4)]
 
 
 def test_plan_puts_every_sequence_in_one_microbatch_and_finds_the_prefix():
@@ -211,7 +231,11 @@ def test_hf_export_loads_with_the_same_logits_and_the_chat_template(model_dir, t
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     trainer = SupervisedTrainer(model_dir, cfg(), tmp_path / "run")
-    trainer.fit(make_sequences(4), steps=1)
+    sampler = EpochSampler(4)
+    sampler.update = lambda indices, losses: updates.append((indices, losses))  # what phase 2's sampler gets
+    updates = []
+    trainer.fit(make_sequences(4), steps=1, sampler=sampler)
+    assert len(updates) == 1 and sorted(updates[0][0]) == [0, 1, 2, 3] and all(x > 0 for x in updates[0][1])
     out = trainer.save_hf(tmp_path / "export" / "model")
     assert not [p for p in (tmp_path / "export").iterdir() if p.name.startswith(".")]
     loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
