@@ -9,9 +9,12 @@ from pathlib import Path
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a metrics.jsonl (one JSON object per optimizer step)."""
+    """The rows of a metrics.jsonl (one JSON object per optimizer step). A last line without its newline is
+    left out: a run killed while writing it leaves it half-written (and a resumed run trains that step again)."""
     p = Path(path)
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().split("\n")[:-1] if line.strip()]
 
 
 def plot_curves(

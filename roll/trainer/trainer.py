@@ -70,7 +70,7 @@ class SupervisedTrainer:
 
     `resume=True` restores the latest checkpoint under out_dir/checkpoints (model, optimizer, RNG, step, data
     position) when there is one, else starts fresh: the same command serves the first run and the one after a
-    crash.
+    crash. Without it, a run replaces whatever checkpoints and metrics an earlier run left in out_dir.
     """
 
     def __init__(self, model_dir: str | Path, cfg: TrainerConfig | None = None, out_dir: str | Path = "runs/sft", *,
@@ -126,7 +126,11 @@ class SupervisedTrainer:
         self._resumed: dict | None = None
         root = self.out_dir / "checkpoints"
         checkpoint.clean_partial(root)
-        if resume and (ck := checkpoint.latest(root)) is not None:
+        if not resume:
+            # A fresh run replaces the one that was here (as its metrics.jsonl does): old step-N dirs kept beside
+            # the new ones would outnumber them when pruning and leave `latest` naming a deleted checkpoint.
+            shutil.rmtree(root, ignore_errors=True)
+        elif (ck := checkpoint.latest(root)) is not None:
             self._resumed = checkpoint.load(self.engine, ck, self.shape)
             self.step = self._resumed["step"]
 

@@ -5,7 +5,6 @@ losses and weights as a run never interrupted, and its metrics.jsonl has every s
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import torch
 from trainer_helpers import make_sequences, small_model_dir
 
 from roll.trainer import CheckpointError, SupervisedTrainer, TrainerConfig
+from roll.trainer.plots import read_metrics
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,8 +41,7 @@ trainer.save_hf(sys.argv[2] + "/final")
 
 
 def rows(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return read_metrics(out / "metrics.jsonl")  # complete lines only: the run may be writing the next one
 
 
 def start(script: Path, model: Path, out: Path, delay: float) -> subprocess.Popen:

@@ -251,10 +251,14 @@ def test_hf_export_loads_with_the_same_logits_and_the_chat_template(model_dir, t
 
 @pytest.mark.slow
 def test_checkpoint_of_another_model_shape_is_refused_naming_both(model_dir, tmp_path):
-    SupervisedTrainer(model_dir, cfg(), tmp_path / "run").fit(make_sequences(4), steps=1)
+    SupervisedTrainer(model_dir, cfg(), tmp_path / "run").fit(make_sequences(4), steps=2)
     wider = small_model_dir(model_dir.parent, hidden=48)
     with pytest.raises(CheckpointError, match=r"hidden_size=32.*but the model has shape \[.*hidden_size=48"):
         SupervisedTrainer(wider, cfg(), tmp_path / "run", resume=True)
+    # without resume, a new run replaces the old one's checkpoints (and, once it logs, its metrics)
+    SupervisedTrainer(wider, cfg(), tmp_path / "run").fit(make_sequences(4), steps=1)
+    assert (tmp_path / "run/checkpoints/latest").read_text().strip() == "step-1"
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir()) == ["latest", "step-1"]
 
 
 @pytest.mark.slow
