@@ -36,7 +36,7 @@ _SIDE_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken")
 _WEIGHT_FILES = ("config.json", "model.safetensors.index.json")
 
 
-def _init_distributed(device: str) -> None:
+def init_distributed(device: str) -> None:
     """One process of a DeepSpeed world (torchrun/deepspeed launchers set RANK etc.; alone: rank 0 of 1)."""
     os.environ.setdefault("DS_ACCELERATOR", device)  # read when deepspeed is first imported
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
@@ -82,7 +82,7 @@ class SupervisedTrainer:
         if self.cfg.device == "cuda" and not torch.cuda.is_available():
             raise TrainerError("device cuda asked for, but torch sees no CUDA device")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        _init_distributed(self.cfg.device)
+        init_distributed(self.cfg.device)
         import deepspeed
         from deepspeed.utils import logger as ds_logger
         from transformers import AutoModelForCausalLM
@@ -294,17 +294,24 @@ class SupervisedTrainer:
 
     def save_hf(self, out_dir: str | Path) -> Path:
         """Write the model as an HF dir (safetensors + tokenizer + chat template), atomically; returns its path."""
-        out = Path(out_dir).resolve()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp, state_dict=self.state_dict(), safe_serialization=True)
-        for f in self.model_dir.iterdir():
-            if f.is_file() and f.suffix in _SIDE_SUFFIXES and f.name not in _WEIGHT_FILES:
-                shutil.copy2(f, tmp / f.name)
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            out.rename(old)  # rename() cannot replace a non-empty dir
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-        return out
+        return export_hf(self.model, self.model_dir, out_dir, state_dict=self.state_dict())
+
+
+def export_hf(model, source_dir: str | Path, out_dir: str | Path, state_dict: dict | None = None) -> Path:
+    """`model` (or `state_dict` in its layout) as a complete HF dir at `out_dir`: weights, and the tokenizer, chat
+    template and generation config of `source_dir`. Written beside and renamed into place: a reader (vLLM
+    loading a new policy) sees the old dir or the new one, never half of one."""
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    for f in Path(source_dir).iterdir():
+        if f.is_file() and f.suffix in _SIDE_SUFFIXES and f.name not in _WEIGHT_FILES:
+            shutil.copy2(f, tmp / f.name)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)  # rename() cannot replace a non-empty dir
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
