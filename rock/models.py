@@ -7,13 +7,14 @@ silently ignored option.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 DEFAULT_IMAGE = "rock/base:bookworm"
 
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+MIN_MEMORY = 6 << 20  # docker refuses a smaller memory limit
 _MEM_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -38,6 +39,13 @@ def parse_memory(value: object) -> int:
     return n
 
 
+# What reaches the daemon as a C string (argv, environment, paths) cannot hold NUL, and an environment
+# name cannot be empty or hold "=": said here as a 422 rather than by the daemon as a 500.
+Text = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[^=\x00]+$")]
+Env = dict[EnvName, Text]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -45,21 +53,21 @@ class Strict(BaseModel):
 class Mount(Strict):
     """A host directory bind-mounted into the sandbox; `source` must lie under an --allow-mount root."""
 
-    source: str
-    target: str
+    source: Text
+    target: Text
     read_only: bool = True
 
 
 class CreateSandbox(Strict):
     """Body of `POST /v1/sandboxes`. Unset resources take the server's defaults."""
 
-    image: str = DEFAULT_IMAGE
-    cpus: float | None = Field(default=None, gt=0, description="CPU quota in cores")
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1)
+    cpus: float | None = Field(default=None, ge=0.01, description="CPU quota in cores (the daemon's least: 0.01)")
     memory: int | None = Field(default=None, description="bytes; accepts '512m', '2g', ...")
     pids_limit: int | None = Field(default=None, gt=0)
     network: Literal["none", "model"] = "none"
     model_upstream: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: Env = Field(default_factory=dict)
     ttl_seconds: float | None = Field(default=None, gt=0)
     labels: dict[str, str] = Field(default_factory=dict)
     snapshot: str | None = Field(default=None, description="snapshot id to fork from (replaces image)")
@@ -74,7 +82,12 @@ class CreateSandbox(Strict):
     @field_validator("memory", mode="before")
     @classmethod
     def _memory(cls, v):
-        return None if v is None else parse_memory(v)
+        if v is None:
+            return None
+        n = parse_memory(v)
+        if n < MIN_MEMORY:
+            raise ValueError(f"memory must be at least {MIN_MEMORY} bytes (6 MiB, the daemon's least)")
+        return n
 
     @field_validator("cpus", mode="before")
     @classmethod
@@ -115,9 +128,9 @@ class SandboxList(Strict):
 class ExecRequest(Strict):
     """`cmd` as a string runs under `bash -c`; as a list it is the argv."""
 
-    cmd: str | list[str]
-    cwd: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    cmd: Text | list[Text]
+    cwd: Text | None = None
+    env: Env = Field(default_factory=dict)
     timeout: float | None = Field(default=None, gt=0, description="seconds; none = no limit")
     stdin: str | None = None
 
@@ -152,8 +165,8 @@ class ExecChunk(Strict):
 
 
 class CreateSession(Strict):
-    cwd: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    cwd: Text | None = None
+    env: Env = Field(default_factory=dict)
 
 
 class SessionInfo(Strict):

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import docker
-from docker.errors import APIError, ImageNotFound, NotFound
+from docker.errors import APIError, ImageNotFound, NotFound, NullResource
 from docker.types import Mount, Ulimit
 
 from rock import errors
@@ -100,7 +100,7 @@ class DockerBackend(Backend):
         try:
             await self._call(self.client.images.get, image)
             return True
-        except ImageNotFound:
+        except (ImageNotFound, NullResource):  # NullResource: an empty reference
             return False
         except APIError as e:  # a malformed reference is also "no such image"
             if e.status_code in (400, 404):

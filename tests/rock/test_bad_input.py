@@ -45,6 +45,10 @@ def test_unknown_image_is_404_naming_it(http):
         {"memory": {}},  # once a TypeError inside the memory parser, answered 502
         {"memory": [1]},
         {"memory": 1.5},
+        {"memory": 1},  # under the daemon's 6 MiB: once a 502 from docker, found by schemathesis
+        {"cpus": 0.001},
+        {"env": {"": ""}},  # an empty variable name: once a 502 (the session shell did not start)
+        {"env": {"A=B": "1"}},
         {"memory": "12q"},
         {"memory": -5},
         {"cpus": "two"},

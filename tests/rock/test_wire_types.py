@@ -44,3 +44,18 @@ def test_memory_of_wrong_type_names_the_field(value):
 
 def test_memory_integral_float_is_bytes():
     assert CreateSandbox.model_validate({"memory": 1073741824.0}).memory == 1 << 30
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"memory": 1}, {"memory": "5m"}, {"cpus": 0.001}, {"image": ""}, {"env": {"": "x"}}, {"env": {"A=B": "x"}}],
+)
+def test_what_the_daemon_would_refuse_is_a_validation_error(body):
+    with pytest.raises(ValidationError):
+        CreateSandbox.model_validate(body)
+
+
+@pytest.mark.parametrize("body", [{"cmd": ["a\x00b"]}, {"cmd": "a\x00b"}, {"cmd": "x", "env": {"A": "\x00"}}])
+def test_nul_in_what_becomes_argv_or_environment_is_a_validation_error(body):
+    with pytest.raises(ValidationError):
+        ExecRequest.model_validate(body)
