@@ -108,7 +108,7 @@ class SupervisedTrainer:
                     "weight_decay": self.cfg.weight_decay,
                     "torch_adam": True,
                 },
-            },  # fmt: skip
+            },
             "zero_optimization": {"stage": self.cfg.zero_stage},
             "gradient_clipping": self.cfg.grad_clip,
             "bf16": {"enabled": self.cfg.torch_dtype == "bfloat16"},
