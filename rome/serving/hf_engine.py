@@ -118,7 +118,8 @@ class HFEngine(Engine):
 def _sample(logits, spec: SamplingSpec, gen) -> int:
     import torch
 
-    if spec.temperature <= 0:
+    # A temperature this small is greedy in effect, and dividing by it overflows to inf/NaN probabilities.
+    if spec.temperature < 1e-5:
         return int(logits.argmax())
     probs = torch.softmax(logits / spec.temperature, dim=-1)
     if spec.top_p < 1.0:

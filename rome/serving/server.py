@@ -21,6 +21,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rome.errors import RomeError
 from rome.serving.engine import EngineKind
@@ -61,6 +62,11 @@ def create_app(service: ModelService, admin_token: str | None = None) -> FastAPI
     @app.exception_handler(RomeError)
     async def _rome_error(request: Request, e: RomeError):
         return JSONResponse(ApiError(400, str(e)).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        # FastAPI's own errors (a body it cannot parse, an unknown route) in the same OpenAI shape as ours.
+        return JSONResponse(ApiError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
