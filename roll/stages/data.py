@@ -55,6 +55,7 @@ def ensure_dataset(cfg: DataConfig, tokenizer_dir: Path, log=print) -> tuple[Pat
     out = dataset_dir(cfg)
     if ready(cfg):
         return out, 0.0
+    out = out.resolve()  # rock bind-mounts sandbox sockets from under it: docker refuses relative paths
     from roll.data.synth import synthesize
     from roll.tasks.suite import generate_suite
 
