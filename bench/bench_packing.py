@@ -53,11 +53,39 @@ def conversation_chunks(tokenizer, trajectory: int, rng: random.Random) -> list:
                   response_token_ids=response, response_logprobs=[-1.0] * len(response), latency_s=0.0,
                   created_at=0.0)
         )  # fmt: skip
-        lines = [f"-rw-r--r-- 1 root root {rng.randint(10, 9999):>5} Dec  2 10:{rng.randint(10, 59)} "
-                 f"{rng.choice(['settings', 'defaults', 'local', 'notes'])}-{i}.ini" for i in range(rng.randint(3, 8))]  # fmt: skip
-        result = json.dumps({"exit_code": 0, "stdout": "\n".join(lines), "stderr": ""})
+        result = tool_output(rng, word, turn)
         messages += [reply, {"role": "tool", "tool_call_id": f"call_{trajectory}_{turn}", "content": result}]
     return chunks
+
+
+def tool_output(rng: random.Random, word: str, turn: int) -> str:
+    """A tool result as iflow returns them: plain text, mostly short (the suite's synthesised data: median 54
+    tokens a turn, mean 84), now and then a listing or a file's lines."""
+    kind = rng.choice(["created", "listing", "content", "search"])
+    if kind == "created":
+        return f"Created /app/{word}/conf/settings-{turn}.ini ({rng.randint(5, 400)} bytes)"
+    if kind == "listing":
+        names = rng.sample(["settings.ini", "defaults.ini", "local.ini", "notes.txt", "README.md", "run.sh"], 4)
+        return "\n".join(f"-rw-r--r-- 1 root root {rng.randint(10, 9999):>5} {n}" for n in names)
+    if kind == "content":
+        keys = rng.sample(["retries", "timeout", "workers", "log_level", "port", "mode"], rng.randint(3, 5))
+        return "[main]\n" + "\n".join(f"{k} = {rng.randint(1, 99)}" for k in keys)
+    return f"/app/{word}/conf/settings.ini:{rng.randint(1, 40)}:retries = {rng.randint(1, 9)}"
+
+
+def real_trajectories(path: Path, n: int) -> list[list]:
+    """The first n trajectories of a `roll data synth` all.jsonl with 4 or more chunks carrying token ids."""
+    from rock.contracts import Trajectory
+    from roll.algo.packing import untrainable_reason
+
+    out = []
+    for line in path.read_text().splitlines():
+        chunks = Trajectory.model_validate_json(line).chunks
+        if len(chunks) >= 4 and not any(untrainable_reason(c) for c in chunks):
+            out.append(chunks)
+        if len(out) == n:
+            break
+    return out
 
 
 def timed_fit(model_dir: Path, out: Path, sequences: list, per_step: int, steps: int, shared_prefix: bool) -> dict:
@@ -89,6 +117,7 @@ def main() -> int:
     ap.add_argument("--trajectories", type=int, default=4)
     ap.add_argument("--per-step", type=int, default=2, help="trajectories per optimizer step")
     ap.add_argument("--quick", action="store_true", help="2 trajectories, one step, no pack-only arm")
+    ap.add_argument("--data", type=Path, help="a `roll data synth` all.jsonl: its recorded trajectories instead")
     args = ap.parse_args()
     n, per_step = (2, 2) if args.quick else (args.trajectories, args.per_step)
     from roll.algo.packing import pack_trajectory
@@ -99,7 +128,14 @@ def main() -> int:
         model_dir = init_model(Path(tmp) / "rome-tiny", "tiny")
         tokenizer = load_tokenizer(model_dir)
         rng = random.Random(0)
-        trajectories = [conversation_chunks(tokenizer, t, rng) for t in range(n)]
+        if args.data:
+            trajectories = real_trajectories(args.data, n)
+            if len(trajectories) < n:
+                raise SystemExit(
+                    f"{args.data}: {len(trajectories)} trajectories of 4+ chunks with token ids, {n} asked"
+                )
+        else:
+            trajectories = [conversation_chunks(tokenizer, t, rng) for t in range(n)]
         packed = [s for chunks in trajectories for s in pack_trajectory(chunks)]
         rows = [s for chunks in trajectories for s in pack_trajectory(chunks, pack=False)]
         if len(packed) != n:
@@ -118,6 +154,7 @@ def main() -> int:
     result = {
         "bench": "packing",
         "model": "rome-tiny",
+        "data": str(args.data) if args.data else "rendered",
         "trajectories": n,
         "turns": [len(t) for t in trajectories],
         "first_prompt_tokens": prefix,

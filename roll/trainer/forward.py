@@ -72,13 +72,15 @@ def plan_microbatches(
     return out
 
 
-def _pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(rows: list[torch.Tensor], pad_id: int) -> torch.Tensor:
+    # Right padding needs no attention mask in a causal model: a real token only attends to earlier positions,
+    # never to the pads after it, and the pads' own outputs are never read. Passing the 2-D mask anyway made
+    # transformers build a [B, 1, S, P+S] mask on the cached-prefix path: 3.8 s instead of 1.0 s a forward here.
     longest = max(r.shape[0] for r in rows)
     ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), longest, dtype=torch.long)
     for b, r in enumerate(rows):
-        ids[b, : r.shape[0]], mask[b, : r.shape[0]] = r, 1
-    return ids, mask
+        ids[b, : r.shape[0]] = r
+    return ids
 
 
 def microbatch_nll(model, mb: MicroBatch, slice_len: int, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,14 +107,12 @@ def microbatch_nll(model, mb: MicroBatch, slice_len: int, pad_id: int = 0) -> tu
             logp = sliced_token_logprobs(lm_head, prefix_hidden[used], targets, slice_len)  # [n]
             per_seq = per_seq - inner[:, used].float() @ logp
         cache.batch_repeat_interleave(B)
-    ids, attn = _pad([s.input_ids[P:] for s in seqs], pad_id)
-    ids, attn = ids.to(device), attn.to(device)
+    ids = _pad([s.input_ids[P:] for s in seqs], pad_id).to(device)
     if P:
-        attn = torch.cat([torch.ones(B, P, dtype=attn.dtype, device=device), attn], dim=1)
         positions = torch.arange(P, P + ids.shape[1], device=device)[None].expand(B, -1)
-        hidden = backbone(input_ids=ids, attention_mask=attn, past_key_values=cache, position_ids=positions)
+        hidden = backbone(input_ids=ids, past_key_values=cache, position_ids=positions)
     else:
-        hidden = backbone(input_ids=ids, attention_mask=attn)
+        hidden = backbone(input_ids=ids)
     hidden = hidden.last_hidden_state  # [B, S, H]: position P+k of each sequence
     rows_h, rows_t, rows_b = [], [], []
     for b, s in enumerate(seqs):

@@ -92,6 +92,10 @@ def test_shared_prefix_gives_the_gradients_of_separate_rows(model_dir):
     (nll_rows, g_rows), (nll_pre, g_pre) = results
     assert P == 60 and counts.tolist() == [int(s.loss_mask.sum()) for s in seqs]
     assert torch.allclose(nll_rows, nll_pre, rtol=1e-5, atol=1e-5)
+    # and each equals the sequence alone, unpadded (right padding needs no attention mask in a causal model)
+    with torch.no_grad():
+        alone = torch.cat([microbatch_nll(model, MicroBatch([i], [s]), slice_len=7)[0] for i, s in enumerate(seqs)])
+    assert torch.allclose(alone, nll_rows, rtol=1e-5, atol=1e-5)
     assert g_rows.keys() == g_pre.keys() and len(g_rows) > 10
     for name in g_rows:
         torch.testing.assert_close(g_pre[name], g_rows[name], rtol=1e-5, atol=1e-6, msg=name)
