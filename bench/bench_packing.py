@@ -127,7 +127,7 @@ class Arm:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trajectories", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=3, help="rounds; each arm trains all its data once a round")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds; each arm trains all its data once a round")
     ap.add_argument("--quick", action="store_true", help="2 trajectories, 2 rounds, no pack-only arm")
     ap.add_argument("--data", type=Path, help="a `roll data synth` all.jsonl: its recorded trajectories instead")
     args = ap.parse_args()
