@@ -1,7 +1,7 @@
 """schemathesis over `rome serve`'s OpenAPI document (hf engine, ROME-tiny): no generated request,
 valid or not, gets a 5xx, and every error is OpenAI's `{"error": {"message", "type", ...}}`.
 
-    .venv/bin/pytest tests/rome/test_openapi_fuzz.py -q -s
+    .venv/bin/pytest tests/rome/test_rome_openapi_fuzz.py -q -s
 """
 
 from __future__ import annotations

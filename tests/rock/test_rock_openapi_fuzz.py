@@ -1,7 +1,7 @@
 """schemathesis over ROCK's OpenAPI document: no request it generates, valid or not, gets a 5xx,
 and every error is `{"error": {"code", "message"}}`.
 
-    .venv/bin/pytest tests/rock/test_openapi_fuzz.py -q
+    .venv/bin/pytest tests/rock/test_rock_openapi_fuzz.py -q
 
 Against a real `rock serve` on the real daemon; a generated create that succeeds makes a real
 sandbox, removed again at once. For every operation of the document both generation modes run:
