@@ -123,8 +123,10 @@ def evaluate(
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"task id {dup} appears more than once")
+    # Absolute: the rock server started below keeps its sandboxes' model sockets under it, and docker
+    # refuses a relative bind-mount source (every iflow attempt failed with the default runs/eval/...).
+    out_dir = Path(out_dir).resolve()
     options = AgentOptions(**(agent_options or {}))
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run(out_dir, agent, (model_name or model_url) if agent == "iflow" else None)
     start = time.monotonic()

@@ -165,6 +165,18 @@ def test_iflow_against_the_scripted_model_yields_chunks_and_tool_results(rock, t
     assert info["termination_reason"] == "finished"
 
 
+def test_iflow_with_its_own_rock_server_under_a_relative_out_dir(docker_client, tmp_path, monkeypatch):
+    # evaluate() starts rock serve with its state (the sandboxes' model sockets) under out_dir; docker refuses
+    # a relative bind-mount source, so a relative out_dir (the CLI's default runs/eval/...) must still work.
+    monkeypatch.chdir(tmp_path)
+    script = [{"tool_calls": [{"name": "run_shell_command", "arguments": {"command": "cp input.txt rel.txt"}}]}, "ok"]
+    with ScriptedServer(script) as model:
+        report = evaluate([spec("rel")], agent="iflow", out_dir=Path("runs/eval/rel"), model_url=model.url,
+                          progress=False, log=lambda _: None)  # fmt: skip
+    assert [r.status for r in report.records] == ["resolved"]
+    assert len(report.trajectories[0].chunks) == 2
+
+
 def test_ctrl_c_removes_every_sandbox_and_exits_130(docker_client, tmp_path):
     from roll.tasks.loader import write_task_dir
 

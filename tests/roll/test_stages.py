@@ -108,7 +108,7 @@ def test_cpt_then_sft_train_a_few_steps_change_the_weights_lower_the_loss_and_wr
               "trainer.warmup_steps=0", "trainer.schedule=constant"]  # fmt: skip
     rc = main(["cpt", str(ROOT / "configs/cpt/tiny-cpu.yaml"), *common, f"model.dir={tmp_path}/init", "name=cpt",
                "cpt.full=0", "cpt.result_call=0", "cpt.task_call=1", "trainer.batch_sequences=4", "steps=4",
-               "trainer.lr=3e-3"])  # fmt: skip
+               "trainer.lr=1e-3"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     cpt = json.loads((tmp_path / "cpt/summary.json").read_text())
     cpt_losses = losses(tmp_path / "cpt/train/metrics.jsonl")
