@@ -219,12 +219,12 @@ def _containers(docker_client, out: Path) -> list:
 
 
 def test_iflow_on_rome_tiny_runs_end_to_end(rock, tmp_path):
-    """The baseline: random-init ROME-tiny behind `rome serve`; its pass rate is about 0."""
+    """The baseline: random-init ROME-tiny behind `rome serve` on vLLM; its pass rate is about 0."""
     from rome.init import init_model
 
     model_dir = init_model(tmp_path / "tiny", config="tiny", seed=0)
     code, res = roll_eval(rock, tmp_path / "out", "--tasks", "ale", "--families", "create_file", "--split", "heldout",
-                          "--per-family", "2", "--agent", "iflow", "--model", str(model_dir), "--engine", "hf",
+                          "--per-family", "2", "--agent", "iflow", "--model", str(model_dir), "--engine", "vllm",
                           "--max-turns", "2", "--max-tokens", "16")  # fmt: skip
     assert code == 0, res
     assert res["totals"]["attempts"] == 2
