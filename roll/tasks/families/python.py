@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 from roll.tasks.families.base import Draft, Words, family, write_file
 
-PYTEST = "python3 -m pytest -q -p no:cacheprovider"
+# Bytecode is neither read nor written: a fix of the same size made within the second of an earlier run
+# (sed word[2:] -> word[1:]) left a stale __pycache__ that Python trusted, and the fixed code failed its tests.
+PYTEST = "PYTHONDONTWRITEBYTECODE=1 python3 -m pytest -q -p no:cacheprovider"
+FRESH = "find /app -name __pycache__ -prune -exec rm -rf {} +"
 TESTS = '"${TEST_DIR:-/tests}"'  # where the harness put tests/ (its convention: TEST_DIR=/tests)
 
 
@@ -326,7 +329,7 @@ def py_bugfix(w: Words) -> Draft:
         instruction=f"Fix the bug in the Python package {root} so that `python3 -m pytest /app/tests` passes",
         setup=setup,
         test=(
-            f"cd /app && PYTHONPATH=/app {PYTEST} {TESTS}/test_visible.py {TESTS}/test_hidden.py "
+            f"cd /app && {FRESH}\nPYTHONPATH=/app {PYTEST} {TESTS}/test_visible.py {TESTS}/test_hidden.py "
             '|| fail "the unit tests fail"\n'
         ),
         files={"test_visible.py": visible_py, "test_hidden.py": "\n".join(hidden) + "\n"},
@@ -459,7 +462,7 @@ def py_implement(w: Words) -> Draft:
     return Draft(
         instruction=f"Implement the function {spec.name} in {path} as its docstring describes",
         setup=write_file(path, header + _source(spec, "raise NotImplementedError")),
-        test=f'cd /app && PYTHONPATH=/app {PYTEST} {TESTS}/test_hidden.py || fail "{spec.name} is not right"\n',
+        test=f'cd /app && {FRESH}\nPYTHONPATH=/app {PYTEST} {TESTS}/test_hidden.py || fail "{spec.name} is not right"\n',
         files={"test_hidden.py": hidden},
         steps=[write_file(path, header + reference)],
     )
