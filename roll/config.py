@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from roll.errors import ConfigError
 
@@ -78,16 +78,42 @@ class RolloutConfig(_Strict):
 
     tasks_per_iteration: int = Field(2, ge=1)
     group_size: int = Field(2, ge=1, description="attempts per task; the advantage baseline is their mean")
+    oracle_per_group: int = Field(
+        0, ge=0, description="of each group, this many attempts are played by the oracle teacher (a replayed "
+        "success): trained as reference chunks, sampled by no policy (ratio 1, never mismatch-masked)"
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _policy_left(self) -> RolloutConfig:
+        if self.oracle_per_group >= self.group_size:
+            raise ValueError(f"oracle_per_group {self.oracle_per_group} leaves no policy attempt in a group of "
+                             f"{self.group_size}")  # fmt: skip
+        return self
+
+
+class IPAConfig(_Strict):
+    """IPA's knobs (roll/algo/ipa.py): chunk-level returns, the mismatch mask, the negative term's weight."""
+
+    gamma: float = Field(0.95, gt=0.0, le=1.0, description="per-chunk discount of the terminal reward")
+    neg_weight: float = Field(1.0, ge=0.0, description="weight of failed trajectories' truncated term")
+    ratio_low: float = Field(0.5, ge=0.0, le=1.0, description="chunks with ratio below this are masked (mismatch)")
+    ratio_high: float = Field(2.0, ge=1.0, description="chunks with ratio above this are masked (mismatch)")
+    normalize_std: bool = Field(False, description="divide group advantages by the group's std")
 
 
 class TrainConfig(_Strict):
     """The DeepSpeed trainer and the loop around it."""
 
     iterations: int = Field(2, ge=1)
+    algorithm: Literal["ipa", "grpo", "ppo"] = Field(
+        "ipa", description="ipa (chunk-level), or token-level grpo / ppo over the same rollouts"
+    )
+    ipa: IPAConfig = IPAConfig()
     lr: float = Field(1e-4, gt=0)
-    clip_low: float = Field(0.2, ge=0, lt=1, description="chunk importance ratio clipped to [1-low, 1+high]")
+    clip_low: float = Field(0.2, ge=0, lt=1, description="grpo/ppo: token ratio clipped to [1-low, 1+high]")
     clip_high: float = Field(0.28, ge=0)
     grad_clip: float = Field(1.0, gt=0)
+    max_skipped_steps: int = Field(3, ge=1, description="NaN/Inf losses in a row that stop the run")
     zero_stage: Literal[0, 1, 2] = 2
     seed: int = 0
 
