@@ -100,8 +100,12 @@ class Agent:
         self.deadline: float | None = None
 
     # -- the loop -------------------------------------------------------------------------------
-    def run(self, task: str) -> RunResult:
-        """Work on `task` (a new user turn of this session) until an answer or a limit."""
+    def run(self, task: str, history: list[dict] | None = None) -> RunResult:
+        """Work on `task` (a new user turn of this session) until an answer or a limit.
+
+        `history` (iflow --history): the conversation so far, after the system prompt and starting with
+        `task` as its first user message, to continue instead of starting afresh (check_history says
+        what fits); the model is asked for the next reply at once, and maxSessionTurns counts new calls."""
         if len(self.messages) == 1:
             tools = [t["function"]["name"] for t in self.toolbox.schemas()]
             meta = {"session_id": self.session_id, "model": self.model.model, "tools": tools}
@@ -110,7 +114,10 @@ class Agent:
         self.start = time.monotonic()
         self.deadline = self.start + self.settings.timeout if self.settings.timeout else None
         self.task_message = {"role": "user", "content": task}
-        self.add(self.task_message)
+        if history:
+            self.task_message = history[0]
+        for message in history or [self.task_message]:
+            self.add(message)
         while True:
             try:
                 self.step()
@@ -363,6 +370,26 @@ class Agent:
         )
         self.record("result", asdict(result))
         return result
+
+
+HISTORY_ROLES = ("user", "assistant", "tool")
+
+
+def check_history(history: object, task: str) -> list[dict]:
+    """The messages of an --history file, or ValueError saying what is wrong: a list of OpenAI messages
+    (user, assistant, tool; the system prompt stays iflow's own), the first the task as a user message,
+    the last not the assistant's (the model is to reply next)."""
+    if not isinstance(history, list) or not history:
+        raise ValueError("history must be a non-empty JSON list of messages")
+    for i, m in enumerate(history):
+        if not isinstance(m, dict) or m.get("role") not in HISTORY_ROLES:
+            role = m.get("role") if isinstance(m, dict) else type(m).__name__
+            raise ValueError(f"history message {i} has role {role!r}; expected one of {', '.join(HISTORY_ROLES)}")
+    if history[0]["role"] != "user" or history[0].get("content") != task:
+        raise ValueError("history must start with the task (the -p prompt) as its first user message")
+    if history[-1]["role"] == "assistant":
+        raise ValueError("history ends with an assistant message; it must end where the model replies next")
+    return history
 
 
 def first_line(text: str, limit: int = 300) -> str:

@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from iflow_cli.agent import Agent, RunResult, Trajectory
+from iflow_cli.agent import Agent, RunResult, Trajectory, check_history
 from iflow_cli.config import ConfigError, Settings, coerce, describe_keys, load_settings
 from iflow_cli.context import load_memory
 from iflow_cli.executors import Executor, get_executor
@@ -55,6 +55,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--api-key", help="API key (default: apiKey setting, then OPENAI_API_KEY)")
     ap.add_argument("-o", "--output", help="write execution info JSON here (batch mode)")
     ap.add_argument("--trajectory", help="append the session as JSON lines here, after every step")
+    ap.add_argument(
+        "--history",
+        metavar="FILE",
+        help="batch mode: continue this conversation (a JSON list of OpenAI messages after the system prompt, "
+        "the first the -p task) instead of starting afresh",
+    )
     ap.add_argument("--sandbox", help="run tools in a ROCK sandbox: URL#SANDBOX_ID (token from ROCK_API_TOKEN)")
     ap.add_argument("--cwd", help="working directory for the tools (default: the current one)")
     ap.add_argument(
@@ -133,6 +139,16 @@ def write_info(path: str | None, data: dict) -> None:
         Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def load_history(path: str | None, prompt: str) -> list[dict] | None:
+    """The messages of --history FILE (None without it); ConfigError when they cannot be continued."""
+    if not path:
+        return None
+    try:
+        return check_history(json.loads(Path(path).read_text(encoding="utf-8")), prompt)
+    except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"--history {path}: {e}") from e
+
+
 def setup(args) -> tuple[Settings, Executor, OpenAIModel]:
     """Settings, executor and a probed model; raises ConfigError, OSError (ROCK, --cwd) or ModelError."""
     settings = load_settings(flag_settings(args))
@@ -147,9 +163,14 @@ def interrupt(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    if args.history and args.prompt is None:
+        ap.error("--history needs -p (the task it continues)")
     model = None
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     try:
+        history = load_history(args.history, prompt) if prompt is not None else None
         settings, executor, model = setup(args)
     except (ConfigError, OSError) as e:  # RockError is an OSError too
         err(f"iflow: {e}")
@@ -163,12 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         from iflow_cli.repl import repl
 
         return repl(settings, args, executor, model)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     # A supervisor's SIGTERM (roll's timeout, `docker stop`) ends the run like Ctrl-C: tools' process
     # groups are killed and the execution info is still written.
     signal.signal(signal.SIGTERM, interrupt)
     agent = build_agent(settings, args, executor, model, approve=None, show=None if args.quiet else progress)
-    result = agent.run(prompt)
+    result = agent.run(prompt, history)
     if result.answer:
         print(result.answer, flush=True)
     write_info(args.output, info(result, model))
