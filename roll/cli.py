@@ -1,4 +1,4 @@
-"""The `roll` command: `roll train configs/rl/tiny-cpu.yaml [key=value ...]`, `roll plan CONFIG`.
+"""The `roll` command: `roll train configs/rl/tiny-cpu.yaml [key=value ...] [--dry-run]`, `roll plan CONFIG`.
 
 Bad input (a missing config, an unknown key, an unknown task family, a missing image) is one line on
 stderr and exit status 2; an interrupted run exits 130 after removing what it started.
@@ -28,15 +28,33 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from roll.plan import check
+
+        check(cfg)
+        print(f"dry run: {args.config} is valid and fits; nothing was started")
+        return 0
+    if cfg.device == "cuda":
+        # A cluster recipe that does not fit fails here, not an hour into the run. (The CPU default skips
+        # the plan: building the model on the meta device costs ~10 s of torch import on the 2-core machine.)
+        from roll.plan import PlanError, make_plan
+
+        plan = make_plan(cfg)
+        if not plan.fits:
+            raise PlanError(f"{cfg.name} does not fit: {'; '.join(plan.problems)} (see `roll plan {args.config}`)")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RollError("device cuda: no CUDA device is visible here (start the run on the GPU cluster)")
     from roll.driver import train
 
     return train(cfg)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from roll.plan import load_plan_config, print_plan
+    from roll.plan import check
 
-    print_plan(load_plan_config(args.config, args.overrides))
+    check(load_config(args.config, args.overrides))
     return 0
 
 
@@ -58,14 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("config", help="YAML run config, e.g. configs/rl/tiny-cpu.yaml")
     train.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    train.add_argument("--dry-run", action="store_true", help="validate the config, print its plan, start nothing")
     train.set_defaults(func=cmd_train)
     plan = sub.add_parser(
         "plan",
-        help="print the memory and device plan of a cluster recipe",
-        description="Print parameter counts, per-device memory of weights, gradients and optimizer state, and "
-        "the device split between inference and training for a recipe such as configs/rl/rome-30b-a3b.yaml.",
+        help="print the memory and device plan of a run config; exit 2 when it does not fit",
+        description="Print parameter counts, per-device memory of weights, gradients and optimizer state under "
+        "the ZeRO stage, the vLLM tensor/expert-parallel layout and KV-cache budget, and the placement on the "
+        "cluster's nodes, for the same file `roll train` reads (configs/rl/rome-30b-a3b.yaml, tiny-cpu.yaml). "
+        "When it does not fit: one line naming each short resource and by how much, exit status 2.",
     )
-    plan.add_argument("config", help="YAML cluster recipe, e.g. configs/rl/rome-30b-a3b.yaml")
+    plan.add_argument("config", help="YAML run config, e.g. configs/rl/rome-30b-a3b.yaml")
     plan.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     plan.set_defaults(func=cmd_plan)
     from roll.data.cli import register as register_data
@@ -84,7 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `roll train CONFIG --dry-run key=value`: argparse stops the overrides at the flag; the rest come back here
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except KeyboardInterrupt:

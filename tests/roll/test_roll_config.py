@@ -3,11 +3,13 @@
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from roll.config import ConfigError, load_config
+from roll.config import ConfigError, RunConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs/rl/tiny-cpu.yaml"
+RECIPE = REPO / "configs/rl/rome-30b-a3b.yaml"
 
 
 def test_embedded_default_loads():
@@ -31,7 +33,7 @@ def test_missing_file_is_named():
 
 
 def test_unknown_key_is_named(tmp_path):
-    with pytest.raises(ConfigError, match=r"train\.iteratons: Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match=r"train\.iteratons: unknown key"):
         load_config(TINY, ["train.iteratons=1"])
 
 
@@ -51,3 +53,63 @@ def test_invalid_yaml_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(bad)
     assert "invalid YAML" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_keys_name_the_allowed_ones():
+    with pytest.raises(ConfigError) as e:
+        load_config(TINY, ["train.iteratons=1", "cluster.gpus=3", "inference.tp=2", "bogus=1"])
+    msg = str(e.value)
+    assert "train.iteratons: unknown key (allowed: iterations," in msg and "zero_stage" in msg
+    assert "cluster.gpus: unknown key (allowed: nodes, gpus_per_node, gpu_memory_gib, host_memory_gib)" in msg
+    assert "inference.tp: unknown key (allowed: engine, engines, tensor_parallel," in msg
+    assert "bogus: unknown key (allowed: name, runs_dir, device, cluster, model," in msg
+    assert "\n" not in msg
+
+
+def _models(model: type[BaseModel], seen: set) -> set:
+    from roll.config import _model_in
+
+    if model in seen:
+        return seen
+    seen.add(model)
+    for field in model.model_fields.values():
+        if sub := _model_in(field.annotation):
+            _models(sub, seen)
+    return seen
+
+
+def test_every_section_of_the_run_schema_forbids_unknown_keys():
+    models = _models(RunConfig, set())
+    assert {"ClusterConfig", "InferenceConfig", "TrainConfig", "ModelConfig"} <= {m.__name__ for m in models}
+    loose = [m.__name__ for m in models if m.model_config.get("extra") != "forbid"]
+    assert not loose, f"config sections that accept unknown keys: {loose}"
+
+
+def test_the_30b_recipe_is_a_run_config_with_zero_3():
+    cfg = load_config(RECIPE)
+    assert cfg.device == "cuda" and cfg.train.zero_stage == 3
+    assert cfg.cluster.nodes * cfg.cluster.gpus_per_node >= (
+        cfg.inference.engines * cfg.inference.tensor_parallel + cfg.train.workers
+    )
+
+
+def test_the_cpu_default_keeps_its_defaults():
+    cfg = load_config(TINY)
+    assert cfg.device == "cpu" and cfg.cluster.gpus_per_node == 0
+    assert (cfg.inference.engines, cfg.inference.tensor_parallel, cfg.train.workers) == (1, 1, 1)
+    assert cfg.train.zero_stage == 2 and not cfg.train.offload_optimizer
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["device=cuda"], "device cuda needs cluster.gpus_per_node >= 1"),
+        (["inference.tensor_parallel=2"], "tensor_parallel and expert_parallel are for device cuda"),
+        (["train.offload_optimizer=true"], "offload_optimizer is for device cuda"),
+        (["train.zero_stage=4"], r"train\.zero_stage: Input should be 0, 1, 2 or 3"),
+        (["device=tpu"], r"device: Input should be 'cpu' or 'cuda'"),
+    ],
+)
+def test_device_rules(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY, overrides)
