@@ -139,6 +139,18 @@ class TrainConfig(_Strict):
     seed: int = 0
 
 
+class CurriculumConfig(_Strict):
+    """The stages `roll train` runs before RL (roll/curriculum.py): synthesis, CPT and SFT by their own configs,
+    each reused while its config and the weights it starts from are unchanged; RL then starts from SFT's model."""
+
+    enabled: bool = Field(True, description="false: RL starts from model.dir as it is")
+    cpt: Path | None = Field(None, description="a `roll cpt` config, e.g. configs/cpt/tiny-cpu.yaml")
+    sft: Path | None = Field(None, description="a `roll sft` config; it starts from CPT's model")
+    cpt_overrides: list[str] = Field([], description="key=value overrides of the CPT config")
+    sft_overrides: list[str] = Field([], description="key=value overrides of the SFT config")
+    heldout_after: bool = Field(True, description="held-out pass rates of the final policy, by SFT's eval settings")
+
+
 class RunConfig(_Strict):
     """A whole `roll train` run; outputs go to `<runs_dir>/<name>/`."""
 
@@ -153,6 +165,7 @@ class RunConfig(_Strict):
     tasks: TasksConfig = TasksConfig()
     rollout: RolloutConfig = RolloutConfig()
     train: TrainConfig = TrainConfig()
+    curriculum: CurriculumConfig = CurriculumConfig(enabled=False)
 
     @model_validator(mode="after")
     def _devices(self) -> RunConfig:
