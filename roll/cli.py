@@ -48,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise RollError("device cuda: no CUDA device is visible here (start the run on the GPU cluster)")
     from roll.driver import train
 
-    return train(cfg)
+    return train(cfg)[0]
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

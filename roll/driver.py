@@ -1,9 +1,13 @@
-"""The single controller of an RL run: `roll train configs/rl/tiny-cpu.yaml [key=value ...]`.
+"""The single controller of an RL run: `roll train configs/rl/tiny-cpu.yaml [key=value ...]`
+(`.venv/bin/pytest tests/roll/test_roll_driver.py`; end to end: `-m docker tests/roll/test_rl_e2e.py`).
 
-Per iteration: rollouts (iflow in ROCK sandboxes, sampling from the inference worker), one trainer
-update on the recorded chunks, weights saved and loaded into the inference worker; the next iteration's
-chunks carry the new policy_version. Everything it starts (sandboxes, rock server, Ray actors) is
-stopped in `finally`, also on Ctrl-C and SIGTERM.
+Per iteration: rollouts (iflow in ROCK sandboxes, sampling from the inference worker; with
+`rollout.oracle_per_group` some group members are played by the oracle teacher, a replayed success), one
+trainer update on the recorded chunks with `train.algorithm` (IPA by default, token-level GRPO / PPO-clip for
+comparison; roll/workers/trainer.py), the new weights handed to the inference worker in memory (no restart, no
+disk read) and saved as policy/v<N>; the next iteration's chunks carry policy_version N. A NaN/Inf loss applies
+no update and is reported; `train.max_skipped_steps` of them in a row stop the run. Everything it starts
+(sandboxes, rock server, teacher, Ray actors) is stopped in `finally`, also on Ctrl-C and SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from rock.contracts import Chunk, Trajectory
 from roll.algo import group_advantages
 from roll.config import RunConfig
-from roll.errors import PreflightError
+from roll.errors import PreflightError, RollError
 from roll.rollout import AgentOptions, SandboxTracker, iflow_source_dir, run_attempt
 from roll.tasks.spec import TaskSpec
 
@@ -37,6 +41,7 @@ def log(msg: str) -> None:
 class Attempt:
     task: TaskSpec
     group: int  # attempts at the same task share a group: their mean reward is the baseline
+    oracle: bool = False  # played by the oracle teacher (a reference trajectory), not sampled by the policy
     trajectory_id: str = field(default_factory=lambda: f"traj-{uuid.uuid4().hex[:12]}")
 
 
@@ -104,16 +109,28 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def pick_attempts(tasks, cfg: RunConfig, rng: random.Random) -> list[Attempt]:
+    """`tasks_per_iteration` tasks, `group_size` attempts each; the last `oracle_per_group` of a group are the oracle's."""
     chosen = rng.sample(tasks, cfg.rollout.tasks_per_iteration)
-    return [Attempt(task=t, group=g) for g, t in enumerate(chosen) for _ in range(cfg.rollout.group_size)]
+    n, oracle = cfg.rollout.group_size, cfg.rollout.oracle_per_group
+    return [Attempt(task=t, group=g, oracle=i >= n - oracle) for g, t in enumerate(chosen) for i in range(n)]
 
 
 def run_attempts(client, attempts: list[Attempt], cfg: RunConfig, tracker: SandboxTracker, attempts_dir: Path,
-                 on_done: Callable[[Trajectory], None] = lambda t: None) -> list[Trajectory]:  # fmt: skip
-    """Run all attempts at once, iflow on the rock server's default upstream (the inference worker); one thread
-    each, since the work happens in the sandboxes and the engine. Infrastructure failures raise."""
+                 on_done: Callable[[Trajectory], None] = lambda t: None,
+                 teacher_url: str | None = None) -> list[Trajectory]:  # fmt: skip
+    """Run all attempts at once, iflow on the rock server's default upstream (the inference worker), an oracle
+    attempt on `teacher_url`; one thread each, since the work happens in the sandboxes and the engine.
+    Infrastructure failures raise."""
     options = AgentOptions(max_turns=cfg.agent.max_turns, max_tokens=cfg.agent.max_tokens, timeout_s=cfg.agent.timeout_s,
                            iflow_mount=cfg.sandbox.iflow_mount)  # fmt: skip
+    if any(a.oracle for a in attempts):
+        if teacher_url is None:
+            raise ValueError("oracle attempts need the teacher's URL")
+        from roll.data.synth import oracle_turns
+
+        # The oracle's plan (look, act, check, answer) takes more calls than a policy attempt may have.
+        turns = max(cfg.agent.max_turns, oracle_turns([a.task for a in attempts if a.oracle]))
+        oracle_options = options.model_copy(update={"max_turns": turns, "max_tokens": None})
     source = iflow_source_dir()
     pool = ThreadPoolExecutor(max_workers=len(attempts), thread_name_prefix="rollout")
     try:
@@ -126,7 +143,8 @@ def run_attempts(client, attempts: list[Attempt], cfg: RunConfig, tracker: Sandb
                 attempt_dir=attempts_dir / a.trajectory_id,
                 trajectory_id=a.trajectory_id,
                 group=a.group,
-                options=options,
+                model_url=teacher_url if a.oracle else None,
+                options=oracle_options if a.oracle else options,
                 tracker=tracker,
                 iflow_source=source,
             )  # fmt: skip
@@ -144,7 +162,8 @@ def run_attempts(client, attempts: list[Attempt], cfg: RunConfig, tracker: Sandb
 
 
 def chunk_advantages(trajectories: list[Trajectory]) -> tuple[list[Chunk], list[float]]:
-    """Every trainable chunk with the advantage of its trajectory (reward minus its task group's mean)."""
+    """Every chunk with response tokens and its trajectory's reward advantage (reward minus its group's mean):
+    what one iteration offers the update (the trainer computes its own per-chunk targets, roll/algo/returns.py)."""
     rewards = torch.tensor([t.reward for t in trajectories])
     groups = torch.tensor([t.group for t in trajectories])
     advantages = group_advantages(rewards, groups).tolist()
@@ -155,6 +174,29 @@ def chunk_advantages(trajectories: list[Trajectory]) -> tuple[list[Chunk], list[
                 chunks.append(chunk)
                 chunk_adv.append(adv)
     return chunks, chunk_adv
+
+
+class TrainingDiverged(RollError):
+    """`train.max_skipped_steps` updates in a row had a NaN/Inf loss; the policy is the last good one."""
+
+
+def iteration_metrics(it: int, trajectories: list[Trajectory], reference: set[str]) -> dict:
+    """What one iteration's rollouts say, the policy's attempts apart from the oracle's."""
+    policy = [t for t in trajectories if t.trajectory_id not in reference]
+    chunks = [c for t in policy for c in t.chunks if c.response_token_ids]
+    return {
+        "iteration": it,
+        "reward_mean": sum(t.reward for t in policy) / max(1, len(policy)),
+        "pass_rate": sum(t.resolved for t in policy) / max(1, len(policy)),
+        "attempts": len(policy),
+        "oracle_attempts": len(trajectories) - len(policy),
+        "oracle_pass_rate": (sum(t.resolved for t in trajectories if t.trajectory_id in reference) / len(reference))
+        if reference else None,
+        "policy_chunks": len(chunks),
+        "prompt_tokens": sum(len(c.prompt_token_ids or []) for c in chunks),
+        "response_tokens": sum(len(c.response_token_ids) for c in chunks),
+        "policy_versions": sorted({c.policy_version for c in chunks}, key=str),
+    }  # fmt: skip
 
 
 class Run:
@@ -168,9 +210,12 @@ class Run:
         self.client = None
         self.inference = None
         self.trainer = None
+        self.teacher = None
         self.ray_started = False
+        self.version = 0  # the policy version the inference worker serves
+        self.skipped_in_row: list[int] = []
 
-    def start(self, model_dir: Path) -> None:
+    def start(self, model_dir: Path, tasks: list[TaskSpec]) -> None:
         import ray
 
         from roll.workers.inference import InferenceServer
@@ -197,17 +242,19 @@ class Run:
             .options(**opts)
             .remote(str(model_dir), cfg.inference.engine, cfg.inference.kvcache_gb)
         )
-        tc = cfg.train
-        self.trainer = (
-            ray.remote(Trainer)
-            .options(**opts)
-            .remote(str(model_dir), tc.lr, tc.zero_stage, tc.grad_clip, tc.clip_low, tc.clip_high, tc.seed)
-        )
+        self.trainer = ray.remote(Trainer).options(**opts).remote(str(model_dir), cfg.train)
         log(f"starting the inference worker ({cfg.inference.engine}) and the trainer worker (DeepSpeed) ...")
         url = ray.get(self.inference.url.remote(), timeout=cfg.inference.startup_timeout_s)
         log(f"inference worker ({cfg.inference.engine}) serving {url}")
         ray.get(self.trainer.__ray_ready__.remote())
-        log(f"trainer worker ready (DeepSpeed ZeRO-{tc.zero_stage}, CPU)  [{time.monotonic() - t:.0f}s]")
+        log(f"trainer worker ready ({cfg.train.algorithm}, DeepSpeed ZeRO-{cfg.train.zero_stage}, CPU)  "
+            f"[{time.monotonic() - t:.0f}s]")  # fmt: skip
+        if cfg.rollout.oracle_per_group:
+            from roll.data.teacher import OracleTeacher
+
+            # mistake_rate 0: the replayed success is a clean one (its recovery steps are SFT's business).
+            self.teacher = OracleTeacher(tasks, tokenizer=model_dir, mistake_rate=0.0, seed=cfg.tasks.seed).serve()
+            log(f"oracle teacher at {self.teacher.url} plays {cfg.rollout.oracle_per_group} attempt(s) per group")
 
         from rock.launch import RockProcess
 
@@ -219,54 +266,82 @@ class Run:
         self.client = self.rock.client()  # one for the run: `close` still needs it to delete sandboxes
         log(f"rock server at {self.rock.url}")
 
-    def iteration(self, it: int, tasks, rng: random.Random) -> dict:
-        import ray
-
-        cfg, n = self.cfg, self.cfg.train.iterations
+    def rollout(self, it: int, tasks, rng: random.Random) -> tuple[list[Trajectory], set[str]]:
+        cfg = self.cfg
         attempts = pick_attempts(tasks, cfg, rng)
-        log(f"iteration {it}/{n}: rollout of {len(attempts)} attempts at {cfg.rollout.tasks_per_iteration} tasks")
+        log(f"iteration {it}/{cfg.train.iterations}: rollout of {len(attempts)} attempts at "
+            f"{cfg.rollout.tasks_per_iteration} tasks (policy version {self.version})")  # fmt: skip
+        reference = {a.trajectory_id for a in attempts if a.oracle}
         done = []
 
         def progress(traj: Trajectory) -> None:
             done.append(traj)
-            log(f"  [{len(done)}/{len(attempts)}] {traj.task_id}: reward {traj.reward:.0f} ({traj.status}), "
+            who = "oracle" if traj.trajectory_id in reference else "policy"
+            log(f"  [{len(done)}/{len(attempts)}] {traj.task_id} ({who}): reward {traj.reward:.0f} ({traj.status}), "
                 f"{len(traj.chunks)} chunks, {traj.seconds:.0f}s")  # fmt: skip
 
-        t0 = time.monotonic()
+        teacher_url = self.teacher.url if self.teacher is not None else None
         trajectories = run_attempts(self.client, attempts, cfg, self.tracker, self.run_dir / "attempts" / f"it{it}",
-                                    progress)  # fmt: skip
+                                    progress, teacher_url)  # fmt: skip
+        return trajectories, reference
+
+    def iteration(self, it: int, tasks, rng: random.Random) -> dict:
+        import ray
+
+        t0 = time.monotonic()
+        trajectories, reference = self.rollout(it, tasks, rng)
         t1 = time.monotonic()
-        chunks, advantages = chunk_advantages(trajectories)
-        metrics = {
-            "iteration": it,
-            "reward_mean": sum(t.reward for t in trajectories) / len(trajectories),
-            "chunks": len(chunks),
-            "prompt_tokens": sum(len(c.prompt_token_ids or []) for c in chunks),
-            "response_tokens": sum(len(c.response_token_ids) for c in chunks),
-            "policy_versions": sorted({c.policy_version for c in chunks}, key=str),
-            "rollout_s": round(t1 - t0, 1),
-        }
-        if not chunks:
-            log("  no chunks with response tokens were recorded: skipping the update")
-            metrics.update(train_s=0.0, sync_s=0.0)
-            self._write(trajectories, metrics)
-            return metrics
-        metrics.update(ray.get(self.trainer.step.remote(chunks, advantages)))
-        path = ray.get(self.trainer.save.remote(str(self.run_dir / "policy" / f"v{it}")))
+        metrics = iteration_metrics(it, trajectories, reference) | {"rollout_s": round(t1 - t0, 1)}
+        step = ray.get(self.trainer.step.remote(trajectories, sorted(reference)))
         t2 = time.monotonic()
-        ray.get(self.inference.load_weights.remote(path, it))
-        t3 = time.monotonic()
-        metrics.update(train_s=round(t2 - t1, 1), sync_s=round(t3 - t2, 1), policy_dir=path)
-        self._write(trajectories, metrics)
+        metrics.update(step, train_s=round(t2 - t1, 1), sync_s=0.0, policy_version=self.version)
+        if self.note_step(it, step):
+            self._sync(it, metrics)
+        self._write(trajectories, reference, metrics)
+        self.stop_if_diverged()
         return metrics
 
-    def _write(self, trajectories: list[Trajectory], metrics: dict) -> None:
+    def note_step(self, it: int, step: dict) -> bool:
+        """Whether the update was applied (then the weights go to the inference worker); a skipped one is counted."""
+        if step["skipped"]:
+            self.skipped_in_row.append(it)
+            log(f"  update skipped: {step['error']}; policy version stays {self.version}")
+            return False
+        self.skipped_in_row = []
+        if not step["chunks"]:
+            log("  no trainable chunks were recorded: no update")
+        return bool(step["chunks"])
+
+    def stop_if_diverged(self) -> None:
+        if len(self.skipped_in_row) >= self.cfg.train.max_skipped_steps:
+            raise TrainingDiverged(
+                f"NaN/Inf loss in iterations {self.skipped_in_row} in a row (train.max_skipped_steps="
+                f"{self.cfg.train.max_skipped_steps}); stopped with policy version {self.version}, no update was "
+                "applied on a bad step; lower train.lr or check the rollouts' logprobs"
+            )  # fmt: skip
+
+    def _sync(self, it: int, metrics: dict) -> None:
+        """The new weights into the inference worker (in memory, no restart) and to disk as policy/v<N>."""
+        import ray
+
+        t = time.monotonic()
+        version = self.version + 1
+        buckets = self.trainer.weight_buckets.remote()  # an ObjectRef: Ray hands the bytes actor to actor
+        result = ray.get(self.inference.update_weights.remote(buckets, version))
+        self.version = version
+        t2 = time.monotonic()
+        path = ray.get(self.trainer.save.remote(str(self.run_dir / "policy" / f"v{version}")))
+        metrics.update(sync_s=round(t2 - t, 1), save_s=round(time.monotonic() - t2, 1), policy_version=version,
+                       policy_dir=path, synced_tensors=result.get("tensors"))  # fmt: skip
+
+    def _write(self, trajectories: list[Trajectory], reference: set[str], metrics: dict) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         with open(self.run_dir / "trajectories.jsonl", "a") as f:
             for t in trajectories:
-                f.write(json.dumps({"iteration": metrics["iteration"], **t.model_dump(mode="json")}) + "\n")
+                row = {"iteration": metrics["iteration"], "reference": t.trajectory_id in reference}
+                f.write(json.dumps(row | t.model_dump(mode="json")) + "\n")
 
     def close(self) -> None:
         """Stop everything, in reverse order; each step runs even if an earlier one fails."""
@@ -280,6 +355,8 @@ class Run:
                 self.rock.stop()
             except Exception as e:
                 log(f"stopping the rock server failed: {e}")
+        if self.teacher is not None:
+            self.teacher.stop()
         if self.ray_started:
             import ray
 
@@ -295,16 +372,19 @@ class Run:
 
 
 def format_metrics(m: dict) -> str:
-    line = (f"  reward {m['reward_mean']:.2f} | chunks {m['chunks']} | tokens prompt {m['prompt_tokens']} "
-            f"response {m['response_tokens']} | policy_version {m['policy_versions']} | "
+    line = (f"  reward {m['reward_mean']:.2f} pass {m['pass_rate']:.0%} | chunks {m.get('chunks', 0)} "
+            f"(policy {m['policy_chunks']}) | sampled by policy_version {m['policy_versions']} | "
             f"time rollout {m['rollout_s']:.1f}s train {m['train_s']:.1f}s sync {m['sync_s']:.1f}s")  # fmt: skip
-    if "loss" in m:
-        line += f" | loss {m['loss']:.4f} grad_norm {m['grad_norm']:.3f} ratio {m['ratio_mean']:.3f}"
+    if m.get("loss") is not None:
+        line += f" | {m['algorithm']} loss {m['loss']:.4f} grad_norm {m.get('grad_norm', 0):.3f}"
+        if "mismatch_frac" in m:
+            line += f" ratio {m.get('ratio_mean', 1):.3f} mismatch {m['mismatch_frac']:.0%}"
     return line
 
 
-def train(cfg: RunConfig) -> int:
-    """Run `cfg.train.iterations` iterations; returns the process exit status."""
+def train(cfg: RunConfig, model_dir: Path | None = None) -> tuple[int, list[dict]]:
+    """Run `cfg.train.iterations` iterations from `model_dir` (default: cfg.model.dir, made by rome init when
+    missing); returns the process exit status and the per-iteration metrics."""
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     run = Run(cfg)
     history = []
@@ -314,19 +394,18 @@ def train(cfg: RunConfig) -> int:
         if len(tasks) < cfg.rollout.tasks_per_iteration:
             raise ValueError(f"only {len(tasks)} train tasks for rollout.tasks_per_iteration")
         preflight(tasks)
-        model_dir = ensure_model(cfg)
-        run.start(model_dir)
+        run.start(model_dir or ensure_model(cfg), tasks)
         rng = random.Random(cfg.tasks.seed)
         for it in range(1, cfg.train.iterations + 1):
             history.append(run.iteration(it, tasks, rng))
             log(format_metrics(history[-1]))
     except KeyboardInterrupt:
         log("interrupted: removing sandboxes and stopping workers")
-        return 130
+        return 130, history
     finally:
         run.close()
         signal.signal(signal.SIGTERM, previous)
     total = time.monotonic() - start
-    log(f"done: {len(history)} iterations in {total:.0f}s, chunks {[m['chunks'] for m in history]}, "
+    log(f"done: {len(history)} iterations in {total:.0f}s, chunks {[m.get('chunks', 0) for m in history]}, "
         f"reward {[round(m['reward_mean'], 2) for m in history]}, metrics in {run.run_dir / 'metrics.jsonl'}")  # fmt: skip
-    return 0
+    return 0, history

@@ -2,7 +2,8 @@
 
 Started by `roll train CONFIG`. vLLM runs in the actor's process, the HTTP server in a background thread
 of it (rome.serving.server.start_server), so the ROCK gateway reaches the policy at `url()` and the
-driver swaps weights with `load_weights` without restarting the engine.
+driver swaps weights in memory with `update_weights` (or from a dir with `load_weights`) without
+restarting the engine.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class InferenceServer:
 
     def policy_version(self) -> int:
         return self._handle.policy_version
+
+    def update_weights(self, buckets: list[bytes], policy_version: int) -> dict:
+        """Swap in weights sent as safetensors buckets (`rome.serving.weights`), in memory: no restart, no disk.
+        Responses from now on carry `policy_version`; in-flight requests finish on the old weights first."""
+        return self._handle.update_weights_from_bytes(iter(buckets), policy_version)
 
     def load_weights(self, path: str, policy_version: int) -> int:
         """Swap in the HF weights at `path`; responses from now on carry `policy_version`."""

@@ -1,76 +1,230 @@
-"""DeepSpeed trainer over a Hugging Face causal LM (`pytest tests/roll/test_roll_trainer.py`).
+"""The RL trainer: DeepSpeed over a Hugging Face causal LM (`.venv/bin/pytest tests/roll/test_roll_trainer.py
+tests/roll/test_roll_driver.py`).
 
-One `step` per iteration on the recorded chunks, then `save` writes HF safetensors that the inference
-worker loads. On CPU: DS_ACCELERATOR=cpu, gloo, ZeRO-2 with torch's Adam, fp32. Run inside a Ray actor
-by the driver; a single process (RANK 0 of WORLD_SIZE 1) per trainer for now.
+`step(trajectories)` is one optimizer update on an iteration's recorded rollouts: each trajectory's trainable
+chunks packed into causal sequences (roll/algo/packing.py: a shared prompt prefix is computed once), micro-batches
+of whole trajectories by a padded-token budget with gradients accumulated, logprobs only at the response
+tokens and a slice of the logits at a time, then the configured loss from roll/algo/ipa.py — IPA (chunk-level
+returns G_k = γ^(K−k)·R, group baselines, chunk ratio ρ_k against the sampler's recorded logprobs μ with
+mismatch masking) or token-level GRPO / PPO-clip for comparison. A non-finite loss applies no update and says
+so (`skipped`). `weight_buckets` hands the new weights to the inference worker in memory; `save` writes the
+HF dir. On CPU: DS_ACCELERATOR=cpu, gloo, fp32. The driver runs it inside a Ray actor; tests drive it in-process.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
-from roll.algo import collate_chunks, policy_gradient_loss, token_logprobs
+from roll.algo.ipa import grpo_loss, ipa_loss, ppo_clip_loss
+from roll.algo.logprobs import sliced_token_logprobs
+from roll.algo.packing import PackedSequence, budget_microbatches, pack_trajectory, pad_sequences, untrainable_reason
+from roll.algo.returns import ChunkTargets, chunk_targets
+from roll.config import TrainConfig
+from roll.errors import RollError
 from roll.trainer.trainer import export_hf, init_distributed
+
+_AVERAGED = ("mean", "frac")  # loss metrics averaged over micro-batches by chunks; the others are sums
+
+
+class _ResponseLogprobs(torch.nn.Module):
+    """The model under DeepSpeed: padded ids in, the logprob of each selected target out (rows, cols: [N])."""
+
+    def __init__(self, model, slice_len: int):
+        super().__init__()
+        self.model, self.slice_len = model, slice_len
+
+    def forward(self, input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        # Right padding needs no attention mask in a causal model: real tokens never attend to the pads after them.
+        hidden = self.model.get_decoder()(input_ids=input_ids).last_hidden_state  # [B, T, H]
+        targets = input_ids[rows, cols + 1]  # [N]: position j predicts token j+1
+        return sliced_token_logprobs(self.model.get_output_embeddings(), hidden[rows, cols], targets, self.slice_len)
+
+
+class _MicroBatch:
+    """The packed sequences of some whole trajectories, flattened to the response targets: [1, N] tensors."""
+
+    def __init__(self, sequences: list[PackedSequence], reference: set[str]):
+        batch = pad_sequences(sequences)
+        self.input_ids = batch.input_ids  # [B, T]
+        self.rows, self.cols = batch.loss_mask.nonzero(as_tuple=True)  # [N], [N]
+        self.chunk_ids = batch.chunk_ids[self.rows, self.cols][None]  # [1, N] ids into keys
+        self.old = batch.old_logprobs[self.rows, self.cols][None]  # [1, N] μ as recorded
+        self.keys = batch.chunk_keys  # [C] (trajectory_id, Chunk.index)
+        ref = torch.tensor([tid in reference for tid, _ in self.keys], dtype=torch.bool)  # [C]
+        self.is_ref = ref[self.chunk_ids] if self.keys else torch.zeros_like(self.chunk_ids, dtype=torch.bool)
+        self.mask = torch.ones_like(self.old)  # [1, N]: every selected target counts
+
+
+def _select(targets: ChunkTargets, where: dict[tuple[str, int], int], keys: list[tuple[str, int]]) -> ChunkTargets:
+    ix = torch.tensor([where[k] for k in keys], dtype=torch.long)
+    return ChunkTargets(targets.returns[ix], targets.advantages[ix], targets.positive[ix])
 
 
 class Trainer:
     """Holds the DeepSpeed engine of one policy. Methods run synchronously; under Ray, call `.remote`."""
 
-    def __init__(
-        self,
-        model_dir: str,
-        lr: float = 1e-4,
-        zero_stage: int = 2,
-        grad_clip: float = 1.0,
-        clip_low: float = 0.2,
-        clip_high: float = 0.28,
-        seed: int = 0,
-    ):
+    def __init__(self, model_dir: str, cfg: TrainConfig | None = None):
+        self.cfg = cfg = cfg or TrainConfig()
+        if cfg.zero_stage == 3:  # the weight export below reads whole parameters; ZeRO-3 partitions them
+            raise RollError("the RL trainer runs ZeRO stages 0-2 (train.zero_stage=3 is for the supervised trainer)")
         init_distributed("cpu")  # the supervised trainer's: DS_ACCELERATOR before the import, gloo, one process
         import deepspeed
+        from deepspeed.utils import logger as ds_logger
         from transformers import AutoModelForCausalLM
 
-        torch.manual_seed(seed)
+        ds_logger.setLevel("WARNING")
+        torch.manual_seed(cfg.seed)
         self.model_dir = Path(model_dir)
-        self.clip_low, self.clip_high = clip_low, clip_high
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        self.pad_id = model.config.pad_token_id or 0
-        deepspeed.init_distributed(dist_backend="gloo")
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": 1,
-            "optimizer": {"type": "Adam", "params": {"lr": lr, "weight_decay": 0.0, "torch_adam": True}},
-            "zero_optimization": {"stage": zero_stage},
-            "gradient_clipping": grad_clip,
+            # backward() per micro-batch only accumulates; our step() is the boundary, however many there were
+            "managed_gradient_accumulation": False,
+            "optimizer": {"type": "Adam", "params": {"lr": cfg.lr, "weight_decay": 0.0, "torch_adam": True}},
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "gradient_clipping": cfg.grad_clip,
             "fp16": {"enabled": False},
             "bf16": {"enabled": False},
+            "steps_per_print": 1 << 30,
         }
-        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+        module = _ResponseLogprobs(model, cfg.logprob_slice)
+        self.engine, *_ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=ds_config)
         self.engine.train()
 
-    def step(self, chunks: list, advantages: list[float]) -> dict[str, float]:
-        """One optimizer update on all chunks (`rock.contracts.Chunk`) at once (`advantages[i]` belongs to chunk i)."""
-        batch = collate_chunks(chunks, advantages, pad_id=self.pad_id)
-        logits = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # [B, T, V]
-        new_logp = token_logprobs(logits[:, :-1], batch.targets)  # [B, T-1]
-        loss, stats = policy_gradient_loss(
-            new_logp, batch.old_logprobs, batch.response_mask, batch.advantages, self.clip_low, self.clip_high
-        )
-        self.engine.backward(loss)
+    @property
+    def model(self):
+        """The HF model being trained."""
+        return self.engine.module.model
+
+    # -- the update
+    def _plan(self, trajectories, reference: set[str]) -> tuple[list[_MicroBatch], int]:
+        """Micro-batches of whole trajectories (so per-chunk and per-trajectory means never straddle two) and the
+        number of recorded chunks left out as untrainable (an aborted call, no token ids)."""
+        packs, dropped = [], 0
+        for t in trajectories:
+            chunks = [c for c in t.chunks if untrainable_reason(c) is None]
+            dropped += len(t.chunks) - len(chunks)
+            if chunks:
+                packs.append(pack_trajectory(chunks))
+        cost = [len(p) * max(len(s) for s in p) for p in packs]  # padded tokens of a trajectory's sequences
+        plan = budget_microbatches(cost, self.cfg.micro_batch_tokens)
+        return [_MicroBatch([s for i in ix for s in packs[i]], reference) for ix in plan], dropped
+
+    def _loss(self, mb: _MicroBatch, logp: torch.Tensor, old: torch.Tensor, t: ChunkTargets, denominators: dict):
+        algo, ipa = self.cfg.algorithm, self.cfg.ipa
+        if algo == "ipa":
+            return ipa_loss(logp, old, mb.chunk_ids, mb.mask, t.returns, t.advantages, t.positive,
+                            neg_weight=ipa.neg_weight, ratio_low=ipa.ratio_low, ratio_high=ipa.ratio_high,
+                            denominator=denominators["chunks"])  # fmt: skip
+        if algo == "grpo":  # one sample per trajectory: its chunks' ids mapped to the trajectory's
+            trajs = list(dict.fromkeys(tid for tid, _ in mb.keys))
+            of_chunk = torch.tensor([trajs.index(tid) for tid, _ in mb.keys], dtype=torch.long)  # [C]
+            adv = torch.zeros(len(trajs)).index_copy(0, of_chunk, t.advantages)  # [S]: equal over a trajectory
+            return grpo_loss(logp, old, of_chunk[mb.chunk_ids], mb.mask, adv, clip_eps=self.cfg.clip_low,
+                             denominator=denominators["trajectories"])  # fmt: skip
+        return ppo_clip_loss(logp, old, mb.chunk_ids, mb.mask, t.advantages, clip_eps=self.cfg.clip_low,
+                             denominator=denominators["tokens"])  # fmt: skip
+
+    def step(self, trajectories: Sequence, reference: Iterable[str] = ()) -> dict:
+        """One optimizer update on the iteration's trajectories (`rock.contracts.Trajectory`, rewards set).
+
+        `reference`: ids of trajectories no policy of ours sampled (a replayed oracle success): their recorded
+        logprobs are not μ, so the trainer's own (detached) logprobs stand in — ratio 1, never masked as mismatch.
+        Returns metrics; `skipped` is true (and no update was applied) when the loss was NaN/Inf.
+        """
+        reference = set(reference)
+        plan, dropped = self._plan(trajectories, reference)
+        base = {"dropped_chunks": dropped, "algorithm": self.cfg.algorithm}
+        if not plan:
+            return base | {"skipped": False, "chunks": 0, "loss": None}
+        gamma = self.cfg.ipa.gamma if self.cfg.algorithm == "ipa" else 1.0  # GRPO/PPO: A = R − group mean
+        keys = [k for mb in plan for k in mb.keys]
+        targets = chunk_targets(trajectories, keys, gamma, self.cfg.ipa.normalize_std)
+        where = {k: i for i, k in enumerate(keys)}
+        denominators = {"chunks": len(keys), "trajectories": len({tid for tid, _ in keys}),
+                        "tokens": sum(mb.old.numel() for mb in plan)}  # fmt: skip
+        stats: dict[str, float] = {}
+        loss_total, abs_diff, policy_tokens = 0.0, 0.0, 0
+        before: list[torch.Tensor] = []  # [C_mb] chunk mean logprob per micro-batch, before the update
+        for mb in plan:
+            logp = self.engine(mb.input_ids, mb.rows, mb.cols)[None]  # [1, N]
+            old = torch.where(mb.is_ref, logp.detach(), mb.old)  # [1, N]
+            t = _select(targets, where, mb.keys)
+            loss, m = self._loss(mb, logp, old, t, denominators)
+            if not torch.isfinite(loss):
+                self._discard_gradients()
+                return base | {"skipped": True, "chunks": len(keys), "loss": math.nan,
+                               "error": f"non-finite loss {loss.item()} on a micro-batch of {len(mb.keys)} chunks"}  # fmt: skip
+            self.engine.backward(loss, scale_wrt_gas=False)
+            loss_total += loss.item()
+            for k, v in m.items():
+                if k != "loss":
+                    stats[k] = stats.get(k, 0.0) + v * (len(mb.keys) if k.endswith(_AVERAGED) else 1.0)
+            on_policy = ~mb.is_ref
+            abs_diff += (logp.detach() - mb.old)[on_policy].abs().sum().item()
+            policy_tokens += int(on_policy.sum())
+            before.append(self._chunk_means(logp.detach(), mb))
         self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
-        mask = batch.response_mask.bool()
-        return {
-            "loss": loss.item(),
-            "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
-            # how far the trainer's logprobs are from the sampler's on the same tokens
-            "logprob_abs_diff": (new_logp.detach() - batch.old_logprobs)[mask].abs().mean().item(),
-            **stats,
-        }
+        for k in [k for k in stats if k.endswith(_AVERAGED)]:
+            stats[k] /= len(keys)
+        out = (
+            base
+            | stats
+            | {
+                "skipped": False,
+                "loss": loss_total,
+                "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
+                "chunks": len(keys),
+                "reference_chunks": sum(tid in reference for tid, _ in keys),
+                "trained_tokens": denominators["tokens"],
+                # how far the trainer's logprobs are from the sampler's on the same tokens (policy chunks only)
+                "logprob_abs_diff": abs_diff / policy_tokens if policy_tokens else 0.0,
+            }
+        )
+        if self.cfg.algorithm == "ipa":
+            out["mismatch_frac"] = stats.get("mismatch_chunks", 0.0) / len(keys)
+        return out | self._shift(plan, before, targets, where)
+
+    @staticmethod
+    def _chunk_means(logp: torch.Tensor, mb: _MicroBatch) -> torch.Tensor:
+        from roll.algo.ratio import chunk_means
+
+        return chunk_means(logp, mb.chunk_ids, mb.mask, len(mb.keys))[0]  # [C_mb]
+
+    @torch.no_grad()
+    def _shift(self, plan, before, targets: ChunkTargets, where) -> dict[str, float]:
+        """Mean change of the chunks' mean logprob through the update, over successful and over failed
+        trajectories' chunks: the update should raise the first and (with a negative advantage) lower the second."""
+        deltas, positive = [], []
+        for mb, b in zip(plan, before, strict=True):
+            after = self._chunk_means(self.engine(mb.input_ids, mb.rows, mb.cols)[None], mb)
+            deltas.append(after - b)
+            positive.append(_select(targets, where, mb.keys).positive)
+        d, pos = torch.cat(deltas), torch.cat(positive)
+        return {"delta_logp_pos": d[pos].mean().item() if pos.any() else 0.0,
+                "delta_logp_neg": d[~pos].mean().item() if (~pos).any() else 0.0}  # fmt: skip
+
+    def _discard_gradients(self) -> None:
+        # A bad micro-batch poisons the whole step: drop what the earlier micro-batches accumulated, no update.
+        if self.cfg.zero_stage > 0:
+            self.engine.optimizer.zero_grad(set_to_none=True)
+        self.engine.zero_grad()
+        self.engine._unmanaged_backward_count = 0
+
+    # -- the weights out
+    def weight_buckets(self) -> list[bytes]:
+        """The weights as safetensors buckets of whole layers, for the inference worker's in-memory update."""
+        from rome.serving.weights import model_buckets
+
+        # ZeRO-1/2 partition optimizer state and gradients only: every rank holds the full fp32 parameters.
+        return list(model_buckets(self.model))
 
     def save(self, out_dir: str) -> str:
         """Write the policy as an HF dir, atomically: a reader sees either nothing or the complete dir."""
-        # ZeRO-2 partitions optimizer state and gradients only; every rank holds full fp32 parameters.
-        return str(export_hf(self.engine.module, self.model_dir, out_dir))
+        return str(export_hf(self.model, self.model_dir, out_dir))

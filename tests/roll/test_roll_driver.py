@@ -7,7 +7,7 @@ import pytest
 
 from rock.contracts import Chunk, Trajectory
 from roll.config import load_config
-from roll.driver import chunk_advantages, pick_attempts
+from roll.driver import Run, TrainingDiverged, chunk_advantages, iteration_metrics, pick_attempts
 from roll.errors import ConfigError
 from roll.tasks.spec import Environment, TaskSpec
 
@@ -47,3 +47,41 @@ def test_the_default_config_draws_from_the_suite_and_unknown_families_are_named(
     assert cfg.tasks.families == ["create_file"]
     with pytest.raises(ConfigError, match="no_such_family"):
         load_config(TINY, ["tasks.families=[create_file, no_such_family]"])
+
+
+def test_the_oracle_plays_the_last_members_of_each_group_and_must_leave_the_policy_some():
+    cfg = load_config(TINY, ["rollout.tasks_per_iteration=2", "rollout.group_size=3", "rollout.oracle_per_group=1"])
+    tasks = [TaskSpec(id=f"t{i}", instruction="x", family="f", environment=Environment(image="i"),
+                      tests={"run-tests.sh": "true"}, solution="true") for i in range(3)]  # fmt: skip
+    attempts = pick_attempts(tasks, cfg, random.Random(0))
+    assert [(a.group, a.oracle) for a in attempts] == [(0, False), (0, False), (0, True), (1, False), (1, False),
+                                                       (1, True)]  # fmt: skip
+    with pytest.raises(ConfigError, match="oracle_per_group"):
+        load_config(TINY, ["rollout.group_size=2", "rollout.oracle_per_group=2"])
+
+
+def test_iteration_metrics_count_the_policys_attempts_apart_from_the_oracles():
+    ok, bad = traj(0, 1.0, 2), traj(0, 0.0, 1, empty=1)
+    oracle = traj(1, 1.0, 3).model_copy(update={"trajectory_id": "oracle"})
+    m = iteration_metrics(1, [ok, bad, oracle], {"oracle"})
+    assert (m["attempts"], m["oracle_attempts"], m["oracle_pass_rate"]) == (2, 1, 1.0)
+    assert m["reward_mean"] == 0.5 and m["pass_rate"] == 0.5 and m["policy_chunks"] == 3
+
+
+def test_a_skipped_update_is_not_synced_and_several_in_a_row_stop_the_run():
+    run = Run(load_config(TINY, ["train.max_skipped_steps=2"]))
+    bad = {"skipped": True, "error": "non-finite loss nan", "chunks": 4}
+    assert run.note_step(1, bad) is False
+    run.stop_if_diverged()  # one is reported, not fatal
+    assert run.note_step(2, {"skipped": False, "chunks": 4}) is True  # a good step resets the count
+    assert run.note_step(3, bad) is False and run.note_step(4, bad) is False
+    with pytest.raises(TrainingDiverged, match=r"iterations \[3, 4\] in a row"):
+        run.stop_if_diverged()
+    assert run.version == 0
+
+
+def test_the_algorithm_is_ipa_by_default_and_a_wrong_one_is_named():
+    assert load_config(TINY).train.algorithm == "ipa"
+    assert load_config(TINY, ["train.algorithm=grpo"]).train.algorithm == "grpo"
+    with pytest.raises(ConfigError, match="train.algorithm"):
+        load_config(TINY, ["train.algorithm=reinforce"])
