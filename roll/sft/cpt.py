@@ -30,6 +30,7 @@ from rock.contracts import Chunk, Trajectory
 from roll.algo.packing import PackedSequence, pack_trajectory
 from roll.sft.data import DataError
 from roll.sft.masks import changes_state, chunk_calls, outcomes
+from roll.sft.relex import augment
 from roll.sft.render import RenderError, load_tokenizer, render_chunk, render_trajectory
 
 
@@ -44,6 +45,13 @@ class CptDataConfig(BaseModel):
     per_behaviour: int | None = Field(None, ge=1, description="at most this many trajectories per behaviour")
     loss_on: Literal["responses", "all"] = Field("responses", description="the model's replies, or every token")
     order: Literal["shuffled", "short_first"] = Field("shuffled", description="short_first: short examples first")
+    variants: int = Field(
+        0,
+        ge=0,
+        description="relexicalised copies of each trajectory, the instance's words replaced "
+        "by fresh ones (roll/sft/relex.py): word diversity is what teaches copying",
+    )
+    pseudo_share: float = Field(0.5, ge=0, le=1, description="share of replacement words that are made up")
     seed: int = 0
 
 
@@ -137,6 +145,7 @@ def cpt_dataset(trajectories: list[Trajectory], tokenizer, cfg: CptDataConfig | 
     chosen = select(trajectories, cfg.per_behaviour, cfg.seed)
     report = CptReport(trajectories=len(trajectories), selected=len(chosen))
     report.behaviours = len({behaviour(t) for t in chosen})
+    chosen = augment(chosen, cfg.variants, cfg.pseudo_share, cfg.seed)
     short: list[tuple[PackedSequence, str]] = []
     full: list[tuple[PackedSequence, str]] = []
     kinds = Counter()

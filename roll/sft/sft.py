@@ -20,6 +20,7 @@ from roll.errors import ConfigError
 from roll.sft.data import DataError, NoVerifiedDataError
 from roll.sft.filters import RULES, Rule, violation
 from roll.sft.masks import duplicate_chunks, failed_chunks, mask_chunks, replaced_history_chunks, trained_chunks
+from roll.sft.relex import augment
 from roll.sft.render import RenderError, load_tokenizer, render_trajectory
 
 
@@ -38,6 +39,14 @@ class SftDataConfig(BaseModel):
     )
     filters: list[Rule] = Field(default_factory=lambda: list(RULES), description="phase 1's rules, by name")
     pack: bool = Field(True, description="one sequence per run of extending prompts (False: one per chunk)")
+    variants: int = Field(
+        0,
+        ge=0,
+        description="relexicalised copies of each kept trajectory, the instance's words "
+        "replaced by fresh ones (roll/sft/relex.py)",
+    )
+    pseudo_share: float = Field(0.5, ge=0, le=1, description="share of replacement words that are made up")
+    seed: int = 0
 
 
 class SftReport(BaseModel):
@@ -80,6 +89,7 @@ def sft_dataset(trajectories: list[Trajectory], tokenizer, cfg: SftDataConfig | 
     if "tests_failed" in cfg.filters and not any(t.resolved for t in trajectories):
         raise NoVerifiedDataError(f"none of the {len(trajectories)} trajectories is verified (resolved by its tests)")
     tokenizer = load_tokenizer(tokenizer)
+    trajectories = augment(trajectories, cfg.variants, cfg.pseudo_share, cfg.seed)
     rules = set(cfg.filters)
     report, dropped, masked = SftReport(trajectories=len(trajectories)), Counter(), Counter()
     sequences, families = [], []

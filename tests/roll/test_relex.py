@@ -1,0 +1,86 @@
+"""Relexicalised trajectories (roll/sft/relex.py): the instance's words replaced everywhere, the protocol untouched."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from rock.contracts import Chunk, ChunkResponse, ToolCall, ToolResult, Trajectory
+from roll.sft.relex import augment, instance_words, mapping, pseudo_word, relexicalize
+from roll.tasks.suite import generate
+from roll.tasks.words import vocab_split
+
+SYSTEM = {"role": "system", "content": "You are iflow. Use the tools; give a path to write_file."}
+TOOLS = [{"type": "function", "function": {"name": "write_file", "parameters": {"type": "object", "properties": {
+    "path": {"type": "string"}, "content": {"type": "string"}}}}}]  # fmt: skip
+
+
+def _trajectory(family: str = "create_file", seed: int = 3) -> Trajectory:
+    task = generate(family, seed)
+    args = {"path": task.solution_steps and "/app/x.txt", "content": "y"}
+    words = instance_words(family, seed)
+    text = " ".join(words)
+    call = ToolCall(id="c0", function={"name": "write_file", "arguments": json.dumps({**args, "content": text})})
+    chunk0 = Chunk(trajectory_id="t", sandbox_id="s", index=0, latency_s=0.1, created_at=0.0, tools=TOOLS,
+                   messages=[SYSTEM, {"role": "user", "content": task.instruction}],
+                   response=ChunkResponse(text="", tool_calls=[call]),
+                   prompt_token_ids=[1, 2], response_token_ids=[3])  # fmt: skip
+    tool_msg = {"role": "tool", "tool_call_id": "c0", "content": f"wrote {len(text)} bytes: {text}"}
+    chunk1 = chunk0.model_copy(update={
+        "index": 1, "messages": [*chunk0.messages, {"role": "assistant", "content": "", "tool_calls": [call.model_dump()]},
+                                 tool_msg], "response": ChunkResponse(text=f"Done: {text}")})  # fmt: skip
+    return Trajectory(trajectory_id="t", task_id=task.id, family=family, split="train", reward=1.0, status="resolved",
+                      chunks=[chunk0, chunk1], tool_results=[ToolResult(chunk_index=0, tool="write_file", parsed=True,
+                      ok=True, error=f"no {words[0]}")])  # fmt: skip
+
+
+def test_instance_words_are_the_ones_the_instruction_uses():
+    task = generate("create_file", 3)
+    words = instance_words("create_file", 3)
+    assert words and all(w in vocab_split("train") for w in words)
+    assert all(w in task.instruction for w in words)
+
+
+def test_every_instance_word_is_replaced_consistently_and_the_protocol_kept():
+    traj = _trajectory()
+    words = instance_words("create_file", 3)
+    new = relexicalize(traj, random.Random(0), pseudo_share=1.0)
+    assert new.trajectory_id == "t~relex" and all(c.trajectory_id == "t~relex" for c in new.chunks)
+    dump = new.model_dump_json()
+    for w in words:
+        assert f" {w}" not in dump and f"/{w}" not in dump, w
+    # the same replacement everywhere: instruction, call arguments, history, tool message, response text, errors
+    instruction = new.chunks[0].messages[1]["content"]
+    content = json.loads(new.chunks[0].response.tool_calls[0].function["arguments"])["content"]
+    assert all(part in instruction for part in content.split())
+    assert new.chunks[1].response.text == f"Done: {content}"
+    assert content in new.chunks[1].messages[-1]["content"]
+    assert json.loads(new.chunks[1].messages[2]["tool_calls"][0]["function"]["arguments"])["content"] == content
+    assert new.tool_results[0].error == f"no {content.split()[0]}"
+    # the system prompt, tool schemas and argument names are untouched; token ids are re-rendered later
+    assert new.chunks[0].messages[0] == SYSTEM and new.chunks[0].tools == TOOLS
+    assert set(json.loads(new.chunks[0].response.tool_calls[0].function["arguments"])) == {"path", "content"}
+    assert new.chunks[0].prompt_token_ids is None and new.chunks[0].response_token_ids is None
+    assert traj.chunks[0].prompt_token_ids == [1, 2]  # the original is not modified
+
+
+def test_replacements_are_distinct_fresh_and_never_held_out():
+    rng = random.Random(1)
+    heldout = set(vocab_split("heldout"))
+    for _ in range(200):
+        words = ["apple", "apples", "river"]
+        table = mapping(words, rng, 0.5, list(vocab_split("train")))
+        new = list(table.values())
+        assert len(set(new)) == 3
+        assert not any(a != b and a in b for a in new for b in new)
+        assert not heldout & set(new)
+    assert len({pseudo_word(rng) for _ in range(500)}) > 400
+
+
+def test_augment_adds_variants_with_their_own_ids_and_leaves_foreign_tasks_alone():
+    traj = _trajectory()
+    out = augment([traj], variants=3, seed=0)
+    assert [t.trajectory_id for t in out] == ["t", "t~relex0", "t~relex1", "t~relex2"]
+    assert len({t.chunks[0].messages[1]["content"] for t in out}) == 4
+    foreign = traj.model_copy(update={"task_id": "my-own-task", "family": "other"})
+    assert relexicalize(foreign, random.Random(0)) is foreign
