@@ -57,6 +57,8 @@ class AgentOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_turns: int = Field(10, ge=1, description="iflow --max-turns: model calls before it stops")
     max_tokens: int | None = Field(None, ge=1, description="IFLOW_MAX_TOKENS: cap on each completion")
+    temperature: float | None = Field(None, ge=0, le=2, description="IFLOW_TEMPERATURE: sampling temperature "
+                                      "(None: the server's default, 1.0 for rome serve; 0: greedy)")
     timeout_s: float | None = Field(None, gt=0, description="wall-clock limit of the agent (default: the task's)")
     iflow_mount: str = Field(f"{AGENT_SRC_ROOT}/iflow_cli", description="where the iflow_cli source is mounted")
 
@@ -283,6 +285,8 @@ def run_attempt(
         env = {"PYTHONPATH": AGENT_SRC_ROOT}
         if options.max_tokens:
             env["IFLOW_MAX_TOKENS"] = str(options.max_tokens)
+        if options.temperature is not None:
+            env["IFLOW_TEMPERATURE"] = str(options.temperature)
         create.update(network="model", env=env,
                       mounts=[{"source": str(source), "target": options.iflow_mount, "read_only": True}])  # fmt: skip
         if model_url:

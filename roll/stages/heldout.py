@@ -96,7 +96,8 @@ def heldout_pass_rates(model_dir: Path, cfg: EvalConfig, trained: list[str], out
     with RomeServer(model_dir, out_dir / "rome-serve.log", engine=cfg.engine) as url:
         report = evaluate(tasks, agent="iflow", out_dir=out_dir / f"attempts-{key['weights']}", model_url=url,
                           concurrency=cfg.concurrency, model_name=f"{model_dir.resolve()}@{key['weights']}",
-                          agent_options={"max_turns": cfg.max_turns, "max_tokens": cfg.max_tokens}, progress=False,
+                          agent_options={"max_turns": cfg.max_turns, "max_tokens": cfg.max_tokens,
+                                         "temperature": cfg.temperature}, progress=False,
                           log=log)  # fmt: skip
     if report.failed:
         # Not a measurement: attempts the infrastructure could not run. Not cached; a re-run retries them.
