@@ -91,6 +91,10 @@ class Trajectory(BaseModel):
     group: int | None = None  # attempts at the same task in one RL iteration share a group
     seconds: float = 0.0
     error: str = ""  # one line on why, when the status is an error
+    # Initialized resampling (roll/rollout/resample.py): chunks[:start_chunk] were given (the reference's prefix,
+    # for an imitation term), chunks[start_chunk:] sampled by the policy from the state before chunk start_chunk.
+    start_chunk: int = Field(0, ge=0)
+    reference_id: str | None = None  # the trajectory whose prefix was given
 
     @property
     def resolved(self) -> bool:

@@ -1,0 +1,109 @@
+"""Initialized resampling on real sandboxes: `.venv/bin/pytest tests/roll/test_resample_docker.py -m docker`.
+
+The reference is one oracle-teacher iflow attempt at multi_step_chain-0 (8 chunks: look, four reads along the
+chain, write_file of the word at chunk 5, a check, the answer). The teacher continues its plan from the call ids
+in the history it is given, so from start k it makes exactly the reference's calls k.. : an attempt that starts
+after the write (k = 6) resolves only if the replay (or the snapshot) put the written file back.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rock.launch import RockProcess
+from roll.data.teacher import OracleTeacher
+from roll.rollout.attempt import AgentOptions, iflow_source_dir, run_attempt
+from roll.rollout.resample import SnapshotCache, resampled_attempt
+from roll.tasks.suite import generate
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+TASK = generate("multi_step_chain", 0)
+OPTIONS = AgentOptions(max_turns=12)
+
+
+@pytest.fixture(scope="module")
+def rock(docker_client, tmp_path_factory):
+    with RockProcess(state_dir=tmp_path_factory.mktemp("rock"), allow_mounts=[str(iflow_source_dir())],
+                     warm_pool=0) as proc:  # fmt: skip
+        with proc.client() as client:
+            yield client
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    with OracleTeacher([TASK], None, mistake_rate=0.0).serve() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def reference(rock, teacher):
+    ref = run_attempt(rock, TASK, "iflow", model_url=teacher, options=OPTIONS)
+    assert ref.resolved and len(ref.chunks) == 8, (ref.status, ref.error, len(ref.chunks))
+    assert json.loads(ref.chunks[5].response.tool_calls[0].function["arguments"])["path"] == "/app/thunder.txt"
+    return ref
+
+
+@pytest.fixture(scope="module")
+def snapshots(rock):
+    cache = SnapshotCache()
+    yield cache
+    cache.delete_all(rock)
+
+
+def same_calls(a, b) -> bool:
+    return [c.function for c in a.response.tool_calls] == [c.function for c in b.response.tool_calls]
+
+
+def test_a_start_after_the_write_resolves_from_the_replayed_state_then_from_its_snapshot(
+    rock, teacher, reference, snapshots, tmp_path
+):
+    first = resampled_attempt(rock, TASK, reference, 6, OPTIONS, model_url=teacher, snapshots=snapshots,
+                              attempt_dir=tmp_path / "a", group=3)  # fmt: skip
+    assert first.resolved, (first.status, first.error)
+    assert (first.start_chunk, first.reference_id, first.group, len(first.chunks)) == (6, reference.trajectory_id, 3, 8)
+    restore = (tmp_path / "a/restore.log").read_text()
+    assert "ran  chunk 5 write_file" in restore and "skip chunk 1 run_shell_command" not in restore, restore
+    # the policy's first prompt is the reference's chunk-6 prompt (iflow's own system prompt, then the prefix)
+    assert first.chunks[6].messages == reference.chunks[6].messages
+    assert [c.index for c in first.chunks] == list(range(8))
+    assert {c.trajectory_id for c in first.chunks} == {first.trajectory_id}
+    assert all(same_calls(a, b) for a, b in zip(first.chunks, reference.chunks, strict=True))
+    assert first.chunks[5].sandbox_id == reference.sandbox_id and first.chunks[6].sandbox_id == first.sandbox_id
+    # tool results: the reference's for chunks 0..5, then the sampled check (chunk 6)
+    assert [r.chunk_index for r in first.tool_results] == list(range(7)) and first.tool_results[6].ok
+    assert len(snapshots) == 1
+
+    second = resampled_attempt(rock, TASK, reference, 6, OPTIONS, model_url=teacher, snapshots=snapshots,
+                               attempt_dir=tmp_path / "b")  # fmt: skip
+    assert second.resolved, (second.status, second.error)
+    assert (tmp_path / "b/restore.log").read_text().startswith("forked snapshot ")
+
+
+def test_a_wrong_write_in_the_prefix_is_what_the_tests_see(rock, teacher, reference):
+    """The control: the replayed prefix, not the agent, made the state a start at chunk 6 relies on."""
+    ref = reference.model_copy(deep=True)
+    ref.chunks[5].response.tool_calls[0].function["arguments"] = json.dumps(
+        {"path": "/app/thunder.txt", "content": "not-the-word\n"}
+    )
+    traj = resampled_attempt(rock, TASK, ref, 6, OPTIONS, model_url=teacher)
+    assert traj.status == "unresolved" and len(traj.chunks) == 8, (traj.status, traj.error)
+
+
+def test_a_reference_that_no_longer_reproduces_is_reported_and_skipped(rock, teacher, reference, snapshots, tmp_path):
+    # the task's setup changed since the reference was recorded: the chain's first file is gone
+    setup = TASK.environment.setup.replace("echo /app/knife/summer.txt > /app/knife/pasta.txt\n", "")
+    moved = TASK.model_copy(update={"environment": TASK.environment.model_copy(update={"setup": setup})})
+    results, cached = [], len(snapshots)
+    for task, k in ((moved, 4), (TASK, 3)):  # the broken one, then one (mid-chain) that goes on
+        results.append(resampled_attempt(rock, task, reference, k, OPTIONS, model_url=teacher, snapshots=snapshots,
+                                         attempt_dir=tmp_path / str(k)))  # fmt: skip
+    broken, good = results
+    assert broken.status == "environment_error" and broken.chunks == [] and broken.start_chunk == 4
+    assert "reference does not reproduce" in broken.error and "chunk 1 run_shell_command" in broken.error
+    assert "cat /app/knife/pasta.txt" in broken.error and "failed" in broken.error, broken.error
+    assert good.resolved and good.start_chunk == 3 and len(good.chunks) == 8, (good.status, good.error)
+    assert good.chunks[3].messages == reference.chunks[3].messages
+    assert all(same_calls(a, b) for a, b in zip(good.chunks, reference.chunks, strict=True))
+    assert len(snapshots) == cached + 1  # the good start's; nothing for the broken reference
