@@ -47,10 +47,12 @@ train-sft: install images
 	@test -f runs/tiny-cpt/model/config.json || [ "$(SFT_CONFIG)" != configs/sft/tiny-cpu.yaml ] || $(MAKE) --no-print-directory train-cpt
 	$(BIN)/roll sft "$(SFT_CONFIG)" $(STAGE_ARGS)
 
+# The whole curriculum in one command: synthesis -> CPT -> SFT (each reused while unchanged) -> IPA; writes
+# runs/<name>/summary.json (held-out pass rates before/after each stage) and curves.png. E.g. RL_ARGS="train.iterations=2".
 train-rl:
 	@test -f "$(CONFIG)" || { echo "error: config file not found: $(CONFIG)" >&2; exit 2; }
 	@$(MAKE) --no-print-directory install images
-	$(BIN)/roll train "$(CONFIG)"
+	$(BIN)/roll train "$(CONFIG)" $(RL_ARGS)
 
 # The harness on the generated suite; e.g. make eval EVAL_ARGS="--tasks ale --agent iflow --model runs/tiny-cpu/policy/v2"
 eval: install images

@@ -46,9 +46,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise RollError("device cuda: no CUDA device is visible here (start the run on the GPU cluster)")
-    from roll.driver import train
+    from roll.curriculum import run_train
 
-    return train(cfg)[0]
+    return run_train(cfg)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -69,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="run RL iterations: rollouts in sandboxes, a trainer update, weight sync",
-        description="Run an RL training job from a YAML config. Creates the initial model with rome init if its "
-        "dir is missing, starts Ray, the inference and trainer workers and a rock server, then per iteration: "
-        "iflow attempts in sandboxes, rewards from the task tests, one policy-gradient update, new weights "
-        "loaded for sampling. Writes metrics.jsonl, trajectories.jsonl and policy/v<N> under runs/<name>/.",
+        description="Run the training curriculum from a YAML config: the config's `curriculum` stages first "
+        "(synthesis, CPT, SFT; each reused while its config and starting weights are unchanged), then RL from "
+        "SFT's model (or model.dir, created with rome init if missing): Ray, the inference and trainer workers "
+        "and a rock server; per iteration iflow attempts in sandboxes, rewards from the task tests, one update "
+        "(train.algorithm: ipa, grpo or ppo), the new weights loaded for sampling. Writes metrics.jsonl, "
+        "trajectories.jsonl, policy/v<N>, summary.json and curves.png under runs/<name>/.",
     )
     train.add_argument("config", help="YAML run config, e.g. configs/rl/tiny-cpu.yaml")
     train.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)

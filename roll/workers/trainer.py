@@ -14,7 +14,7 @@ HF dir. On CPU: DS_ACCELERATOR=cpu, gloo, fp32. The driver runs it inside a Ray 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ import torch
 from roll.algo.ipa import grpo_loss, ipa_loss, ppo_clip_loss
 from roll.algo.logprobs import sliced_token_logprobs
 from roll.algo.packing import PackedSequence, budget_microbatches, pack_trajectory, pad_sequences, untrainable_reason
-from roll.algo.returns import ChunkTargets, chunk_targets
+from roll.algo.returns import ChunkTargets, chunk_returns, chunk_targets
 from roll.config import TrainConfig
 from roll.errors import RollError
 from roll.trainer.trainer import export_hf, init_distributed
@@ -47,14 +47,14 @@ class _ResponseLogprobs(torch.nn.Module):
 class _MicroBatch:
     """The packed sequences of some whole trajectories, flattened to the response targets: [1, N] tensors."""
 
-    def __init__(self, sequences: list[PackedSequence], reference: set[str]):
+    def __init__(self, sequences: list[PackedSequence], is_reference: Callable[[tuple[str, int]], bool]):
         batch = pad_sequences(sequences)
         self.input_ids = batch.input_ids  # [B, T]
         self.rows, self.cols = batch.loss_mask.nonzero(as_tuple=True)  # [N], [N]
         self.chunk_ids = batch.chunk_ids[self.rows, self.cols][None]  # [1, N] ids into keys
         self.old = batch.old_logprobs[self.rows, self.cols][None]  # [1, N] μ as recorded
         self.keys = batch.chunk_keys  # [C] (trajectory_id, Chunk.index)
-        ref = torch.tensor([tid in reference for tid, _ in self.keys], dtype=torch.bool)  # [C]
+        ref = torch.tensor([is_reference(k) for k in self.keys], dtype=torch.bool)  # [C]
         self.is_ref = ref[self.chunk_ids] if self.keys else torch.zeros_like(self.chunk_ids, dtype=torch.bool)
         self.mask = torch.ones_like(self.old)  # [1, N]: every selected target counts
 
@@ -62,6 +62,23 @@ class _MicroBatch:
 def _select(targets: ChunkTargets, where: dict[tuple[str, int], int], keys: list[tuple[str, int]]) -> ChunkTargets:
     ix = torch.tensor([where[k] for k in keys], dtype=torch.long)
     return ChunkTargets(targets.returns[ix], targets.advantages[ix], targets.positive[ix])
+
+
+def _imitate_prefixes(
+    targets: ChunkTargets, trajectories, keys, given: Mapping[str, int], gamma: float
+) -> ChunkTargets:
+    """The given prefix chunks as positives with a success's return G_k = γ^(K−k) (the reference succeeded)."""
+    returns, positive = targets.returns.clone(), targets.positive.clone()
+    for t in trajectories:
+        k0 = given.get(t.trajectory_id, 0)
+        if not k0:
+            continue
+        order = {c.index: i for i, c in enumerate(sorted(t.chunks, key=lambda c: c.index))}
+        g = chunk_returns(len(order), 1.0, gamma)  # [K]
+        for j, (tid, index) in enumerate(keys):
+            if tid == t.trajectory_id and index < k0:
+                returns[j], positive[j] = g[order[index]], True
+    return ChunkTargets(returns, targets.advantages, positive)
 
 
 class Trainer:
@@ -102,18 +119,20 @@ class Trainer:
         return self.engine.module.model
 
     # -- the update
-    def _plan(self, trajectories, reference: set[str]) -> tuple[list[_MicroBatch], int]:
+    def _plan(self, trajectories, is_reference, given: Mapping[str, int]) -> tuple[list[_MicroBatch], int]:
         """Micro-batches of whole trajectories (so per-chunk and per-trajectory means never straddle two) and the
         number of recorded chunks left out as untrainable (an aborted call, no token ids)."""
         packs, dropped = [], 0
         for t in trajectories:
             chunks = [c for c in t.chunks if untrainable_reason(c) is None]
+            if self.cfg.algorithm != "ipa":  # GRPO/PPO have no imitation term: a given prefix is context only
+                chunks = [c for c in chunks if c.index >= given.get(t.trajectory_id, 0)]
             dropped += len(t.chunks) - len(chunks)
             if chunks:
                 packs.append(pack_trajectory(chunks))
         cost = [len(p) * max(len(s) for s in p) for p in packs]  # padded tokens of a trajectory's sequences
         plan = budget_microbatches(cost, self.cfg.micro_batch_tokens)
-        return [_MicroBatch([s for i in ix for s in packs[i]], reference) for ix in plan], dropped
+        return [_MicroBatch([s for i in ix for s in packs[i]], is_reference) for ix in plan], dropped
 
     def _loss(self, mb: _MicroBatch, logp: torch.Tensor, old: torch.Tensor, t: ChunkTargets, denominators: dict):
         algo, ipa = self.cfg.algorithm, self.cfg.ipa
@@ -130,25 +149,36 @@ class Trainer:
         return ppo_clip_loss(logp, old, mb.chunk_ids, mb.mask, t.advantages, clip_eps=self.cfg.clip_low,
                              denominator=denominators["tokens"])  # fmt: skip
 
-    def step(self, trajectories: Sequence, reference: Iterable[str] = ()) -> dict:
+    def step(
+        self, trajectories: Sequence, reference: Iterable[str] = (), given: Mapping[str, int] | None = None
+    ) -> dict:
         """One optimizer update on the iteration's trajectories (`rock.contracts.Trajectory`, rewards set).
 
         `reference`: ids of trajectories no policy of ours sampled (a replayed oracle success): their recorded
         logprobs are not μ, so the trainer's own (detached) logprobs stand in — ratio 1, never masked as mismatch.
+        `given`: trajectory id -> k for a resampled attempt whose chunks before index k are a reference's prefix:
+        those chunks are reference chunks too, and under IPA an imitation term (positive, with the return of a
+        success, whatever became of the attempt); the policy's chunks k.. get the RL terms.
         Returns metrics; `skipped` is true (and no update was applied) when the loss was NaN/Inf.
         """
-        reference = set(reference)
-        plan, dropped = self._plan(trajectories, reference)
+        reference, given = set(reference), dict(given or {})
+
+        def is_reference(key: tuple[str, int]) -> bool:
+            return key[0] in reference or key[1] < given.get(key[0], 0)
+
+        plan, dropped = self._plan(trajectories, is_reference, given)
         base = {"dropped_chunks": dropped, "algorithm": self.cfg.algorithm}
         if not plan:
             return base | {"skipped": False, "chunks": 0, "loss": None}
         gamma = self.cfg.ipa.gamma if self.cfg.algorithm == "ipa" else 1.0  # GRPO/PPO: A = R − group mean
         keys = [k for mb in plan for k in mb.keys]
         targets = chunk_targets(trajectories, keys, gamma, self.cfg.ipa.normalize_std)
+        if given and self.cfg.algorithm == "ipa":
+            targets = _imitate_prefixes(targets, trajectories, keys, given, gamma)
         where = {k: i for i, k in enumerate(keys)}
         denominators = {"chunks": len(keys), "trajectories": len({tid for tid, _ in keys}),
                         "tokens": sum(mb.old.numel() for mb in plan)}  # fmt: skip
-        stats: dict[str, float] = {}
+        stats: dict[str, float] = {"given_chunks": float(sum(k[1] < given.get(k[0], 0) for k in keys))}
         loss_total, abs_diff, policy_tokens = 0.0, 0.0, 0
         before: list[torch.Tensor] = []  # [C_mb] chunk mean logprob per micro-batch, before the update
         for mb in plan:

@@ -1,5 +1,6 @@
 """The driver's bookkeeping between rollout and trainer: `.venv/bin/pytest tests/roll/test_roll_driver.py`."""
 
+import json
 import random
 from pathlib import Path
 
@@ -9,9 +10,11 @@ from rock.contracts import Chunk, Trajectory
 from roll.config import load_config
 from roll.driver import Run, TrainingDiverged, chunk_advantages, iteration_metrics, pick_attempts
 from roll.errors import ConfigError
+from roll.stages.config import SftConfig
 from roll.tasks.spec import Environment, TaskSpec
 
-TINY = Path(__file__).resolve().parents[2] / "configs/rl/tiny-cpu.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs/rl/tiny-cpu.yaml"
 
 
 def chunk(i: int, response: list[int]) -> Chunk:
@@ -44,7 +47,8 @@ def test_attempts_are_tasks_times_group_size_with_shared_groups():
 
 def test_the_default_config_draws_from_the_suite_and_unknown_families_are_named():
     cfg = load_config(TINY)
-    assert cfg.tasks.families == ["create_file"]
+    sft = load_config(ROOT / cfg.curriculum.sft, [], SftConfig)
+    assert cfg.tasks.families == sft.data.families  # RL trains on the families SFT taught
     with pytest.raises(ConfigError, match="no_such_family"):
         load_config(TINY, ["tasks.families=[create_file, no_such_family]"])
 
@@ -85,3 +89,50 @@ def test_the_algorithm_is_ipa_by_default_and_a_wrong_one_is_named():
     assert load_config(TINY, ["train.algorithm=grpo"]).train.algorithm == "grpo"
     with pytest.raises(ConfigError, match="train.algorithm"):
         load_config(TINY, ["train.algorithm=reinforce"])
+
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "stages" / "trajectories.jsonl"
+
+
+def heldout(rate: float) -> dict:
+    return {"pass_rate": rate, "by_family": {"create_file": {"split": "heldout", "pass_rate": rate}}}
+
+
+def test_the_summary_holds_heldout_rates_through_the_stages_and_the_rl_iterations(tmp_path):
+    from roll.curriculum import heldout_points, write_summary
+
+    cfg = load_config(TINY, [f"runs_dir={tmp_path}"])
+    iterations = [{"iteration": i, "reward_mean": r, "pass_rate": r} for i, r in ((1, 0.25), (2, 0.5))]
+    stages = {"cpt": {"before": None, "after": heldout(0.0)}, "sft": {"before": heldout(0.0), "after": heldout(0.25)},
+              "rl": {"algorithm": "ipa", "before": heldout(0.25), "after": heldout(0.5), "iterations": iterations}}  # fmt: skip
+    assert heldout_points(stages) == [("after CPT", 0.0), ("after SFT", 0.25), ("after RL", 0.5)]
+    summary = write_summary(cfg, stages, 12.0)
+    saved = json.loads((tmp_path / "tiny-cpu/summary.json").read_text())
+    assert saved["heldout"][-1] == {"point": "after RL", "pass_rate": 0.5} and saved["settings"]["name"] == "tiny-cpu"
+    assert saved["stages"]["rl"]["after"]["by_family"]["create_file"]["split"] == "heldout"
+    assert Path(summary["plot"]).is_file() and Path(summary["plot"]).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_a_stage_is_reused_only_while_its_config_and_starting_weights_are_unchanged(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from roll.curriculum import run_stage
+
+    common = [f"runs_dir={tmp_path}", f"data.path={FIXTURE}", "eval.enabled=false", "trainer.progress=false",
+              "trainer.batch_sequences=2", "steps=1"]  # fmt: skip
+    cpt_args = ("cpt", ROOT / "configs/cpt/tiny-cpu.yaml", [*common, f"model.dir={tmp_path}/init", "name=cpt"])
+    cpt, cpt_cfg = run_stage(*cpt_args)
+    sft_args = ("sft", ROOT / "configs/sft/tiny-cpu.yaml", [*common, f"model.dir={cpt['model']}", "name=sft",
+                                                            "phase2.steps=0"])  # fmt: skip
+    sft, _ = run_stage(*sft_args)
+    assert not cpt["reused"] and not sft["reused"] and Path(sft["model"], "config.json").is_file()
+    assert run_stage(*cpt_args)[0]["reused"] and run_stage(*sft_args)[0]["reused"]
+    assert "sft: reusing" in capsys.readouterr().out
+    changed, _ = run_stage(sft_args[0], sft_args[1], [*sft_args[2], "trainer.lr=5e-4"])  # another config: retrained
+    assert not changed["reused"]
+    weights = cpt_cfg.run_dir / "model" / "model.safetensors"  # other starting weights for SFT: retrained
+    tensors = load_file(str(weights))
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] + 1e-3
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    assert not run_stage(*sft_args)[0]["reused"]

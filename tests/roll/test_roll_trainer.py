@@ -126,3 +126,19 @@ def test_token_level_grpo_and_ppo_run_through_the_same_step(ipa_trainer, algorit
     # on-policy (ratio 1) the surrogate's value is Σ A = 0 over a group; its gradient is not
     assert stats["algorithm"] == algorithm and stats["grad_norm"] > 0 and 0 <= stats["clip_frac"] <= 1
     assert changed(before, weights(trainer))  # (the direction is not asserted: Adam's momentum of earlier tests)
+
+
+def test_a_given_prefix_is_imitated_whatever_became_of_the_resampled_attempt(ipa_trainer):
+    # a resampled attempt that failed after the reference's chunk 0 (given: recorded logprobs 0.0, not μ)
+    resampled = trajectory("resampled", 0.0, logprob=0.0)
+    resampled.chunks[1].response_logprobs = [-4.0] * 5  # the policy's own chunk
+    stats = ipa_trainer.step([resampled], given={"resampled": 1})
+    # the given chunk: imitated at ratio 1; the sampled one: a failure (or a mismatch, after the earlier tests' steps)
+    assert stats["given_chunks"] == 1 and stats["pos_chunks"] == 1 and stats["pos_term"] > 0
+    assert stats["neg_chunks"] + stats["mismatch_chunks"] == 1
+    cfg = ipa_trainer.cfg
+    ipa_trainer.cfg = cfg.model_copy(update={"algorithm": "grpo"})
+    try:  # token-level GRPO has no imitation term: the given chunk is context only
+        assert ipa_trainer.step([resampled], given={"resampled": 1})["chunks"] == 1
+    finally:
+        ipa_trainer.cfg = cfg
