@@ -89,11 +89,32 @@ class TasksConfig(_Strict):
         return families
 
 
+class ResampleConfig(_Strict):
+    """Chunk-level initialized resampling (roll/rollout/resample.py): a share of each group's policy attempts start
+    at the state before chunk k of a reference trajectory of the task, k chosen by the rollback schedule
+    (roll/algo/rollback.py; the schedule's knobs below are its RollbackConfig's, kept here so that reading a config
+    does not import torch)."""
+
+    enabled: bool = False
+    references: Literal["oracle", "successes"] = Field(
+        "oracle", description="oracle: the oracle teacher's replay of the task (run once per task); successes: the "
+        "latest resolved attempt at the task so far (the policy's own or the oracle's)"
+    )  # fmt: skip
+    share: float = Field(0.5, gt=0, le=1, description="of a group's policy attempts, the share started from a prefix")
+    mode: Literal["sequential", "parallel"] = Field("sequential", description="rollback one start at a time, or all")
+    group: int = Field(4, ge=1, description="outcomes a start's success rate is measured over")
+    threshold: float = Field(0.5, ge=0, le=1, description="success rate at which a start counts as learned")
+    drop: float = Field(0.5, gt=0, le=1, description="rate fall from the later start that marks a chunk critical")
+    budget: int = Field(16, ge=1, description="sequential: attempts at an ordinary start before moving on")
+    critical_budget: int = Field(32, ge=1, description="sequential: attempts at a critical start before moving on")
+
+
 class RolloutConfig(_Strict):
     """How many attempts per iteration: `tasks_per_iteration` tasks, each tried `group_size` times."""
 
     tasks_per_iteration: int = Field(2, ge=1)
     group_size: int = Field(2, ge=1, description="attempts per task; the advantage baseline is their mean")
+    resample: ResampleConfig = ResampleConfig()
     oracle_per_group: int = Field(
         0, ge=0, description="of each group, this many attempts are played by the oracle teacher (a replayed "
         "success): trained as reference chunks, sampled by no policy (ratio 1, never mismatch-masked)"
