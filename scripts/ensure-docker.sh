@@ -1,31 +1,152 @@
 #!/usr/bin/env bash
-# Make sure a Docker engine answers; start one if we can (root on Debian/Ubuntu).
-#   bash scripts/ensure-docker.sh
+# Make sure a Docker engine answers, with a data root that can bound each sandbox's disk; start one if we can
+# (root on Debian/Ubuntu).
+#   bash scripts/ensure-docker.sh                    (what `make docker` runs; idempotent)
+#   ROCK_DISK_QUOTA=0 bash scripts/ensure-docker.sh   leave the daemon's storage as it is
 # Sandboxes run with --network none, so the daemon needs no bridge and no iptables rules.
+#
+# Disk quotas: overlay2 on ext4 refuses `--storage-opt size=` and this kernel has no ext4/XFS project quotas, but
+# btrfs quotas work. So the daemon's data root is a btrfs filesystem in a sparse image file (ROCK_BTRFS_IMG)
+# loop-mounted on ROCK_DOCKER_ROOT, with the `btrfs` storage driver and btrfs *simple* quotas, which `rock serve`
+# sets per container (rock/backend/btrfsquota.py says why not full qgroups or --storage-opt). Docker's driver
+# decides once, at its first layer removal, whether quotas are on, and would then rescan on every removal (which
+# simple quotas refuse): so quotas are off while the daemon starts and removes one layer, and turned on after.
+# A running daemon on another storage is switched only when no container runs (restarting dockerd kills them).
+# Where btrfs, loop devices or root are missing the daemon is left (or started) as it is, and `rock serve` then
+# refuses `disk` with a line saying how to get here.
 set -euo pipefail
 
+ROCK_DISK_QUOTA="${ROCK_DISK_QUOTA:-1}"
+ROCK_DOCKER_ROOT="${ROCK_DOCKER_ROOT:-/var/lib/rock-docker}"
+ROCK_BTRFS_IMG="${ROCK_BTRFS_IMG:-/var/lib/rock-docker.btrfs.img}"
+ROCK_BTRFS_SIZE_GB="${ROCK_BTRFS_SIZE_GB:-}" # default: 64, at most 80% of the free space where the image lives
+LOG=/var/log/rock-dockerd.log
+DOCKERD_FLAGS=(--bridge=none --iptables=false --ip6tables=false)
+QUOTA=(python3 "$(cd "$(dirname "$0")/.." && pwd)/rock/backend/btrfsquota.py")
+
 answers() { docker info >/dev/null 2>&1; }
+driver() { docker info --format '{{.Driver}}' 2>/dev/null || true; }
+note() { echo "ensure-docker: $*" >&2; }
+quota_mode() { "${QUOTA[@]}" mode "$ROCK_DOCKER_ROOT" 2>/dev/null || echo none; }
 
-if answers; then exit 0; fi
+# The btrfs data root, mounted (idempotent); returns 1, saying why, where it cannot be made.
+btrfs_root() {
+  if [ "$(findmnt -n -o FSTYPE --target "$ROCK_DOCKER_ROOT" 2>/dev/null)" = btrfs ] && mountpoint -q "$ROCK_DOCKER_ROOT"; then
+    return 0
+  fi
+  if ! command -v mkfs.btrfs >/dev/null 2>&1; then
+    note "installing btrfs-progs from Debian ..."
+    (export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q btrfs-progs >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q btrfs-progs >/dev/null 2>&1; }) ||
+      { note "cannot install btrfs-progs"; return 1; }
+  fi
+  grep -qw btrfs /proc/filesystems || modprobe btrfs 2>/dev/null || true
+  grep -qw btrfs /proc/filesystems || { note "this kernel has no btrfs"; return 1; }
+  mkdir -p "$ROCK_DOCKER_ROOT" "$(dirname "$ROCK_BTRFS_IMG")"
+  if [ ! -s "$ROCK_BTRFS_IMG" ] || ! btrfs inspect-internal dump-super "$ROCK_BTRFS_IMG" >/dev/null 2>&1; then
+    local size="$ROCK_BTRFS_SIZE_GB"
+    if [ -z "$size" ]; then
+      local free_gb
+      free_gb=$(($(df --output=avail -k "$(dirname "$ROCK_BTRFS_IMG")" | tail -1) / 1048576))
+      size=$((free_gb * 8 / 10))
+      [ "$size" -gt 64 ] && size=64
+    fi
+    [ "$size" -ge 4 ] || { note "only ${size} GB free for a btrfs image"; return 1; }
+    note "creating a ${size} GB sparse btrfs image at $ROCK_BTRFS_IMG ..."
+    rm -f "$ROCK_BTRFS_IMG"
+    truncate -s "${size}G" "$ROCK_BTRFS_IMG"
+    mkfs.btrfs -q -f "$ROCK_BTRFS_IMG" >/dev/null || { note "mkfs.btrfs failed"; rm -f "$ROCK_BTRFS_IMG"; return 1; }
+  fi
+  # discard: space freed inside (removed sandboxes) is punched out of the sparse image, back to the host;
+  # noatime: reads write no metadata (which the quota would charge)
+  mount -o loop,discard,noatime "$ROCK_BTRFS_IMG" "$ROCK_DOCKER_ROOT" 2>/dev/null ||
+    { note "cannot loop-mount $ROCK_BTRFS_IMG"; return 1; }
+}
 
-if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "error: no Docker engine answers; start one (e.g. 'sudo systemctl start docker') or run 'make docker' as root on Debian/Ubuntu" >&2
+# With the btrfs daemon up and quotas off: let the driver settle its quota state (one layer made and removed),
+# then turn simple quotas on. Without them (kernels before 6.7) rock serve refuses `disk`.
+settle_and_enable_squota() {
+  local ref=rock/quota-settle:latest
+  if ! { tar -cf - -T /dev/null | docker import - "$ref" >/dev/null && docker rmi "$ref" >/dev/null; }; then
+    note "could not settle the daemon's quota state; quotas stay off"
+    return 0
+  fi
+  "${QUOTA[@]}" enable-simple "$ROCK_DOCKER_ROOT" || note "this kernel has no btrfs simple quotas; rock serve refuses 'disk'"
+}
+
+start_dockerd() { # start_dockerd EXTRA_FLAGS...; 0 when it answers within 60 s
+  mkdir -p /var/log
+  # at niceness 0 even when make runs under `nice`: the daemon's containers inherit it
+  nohup nice -n "$((-$(nice)))" dockerd "${DOCKERD_FLAGS[@]}" "$@" >>"$LOG" 2>&1 &
+  for _ in $(seq 1 60); do
+    if answers; then return 0; fi
+    sleep 1
+  done
+  return 1
+}
+
+stop_dockerd() { # SIGTERM the daemon(s) we may manage and wait until they are gone
+  local pids
+  pids=$(pgrep -x dockerd || true)
+  [ -n "$pids" ] || return 0
+  kill -TERM $pids
+  for _ in $(seq 1 60); do
+    if ! pgrep -x dockerd >/dev/null; then return 0; fi
+    sleep 0.5
+  done
+  note "dockerd did not stop within 30 s"
+  return 1
+}
+
+start_with_quota_root() { # the btrfs daemon, else the plain one
+  if [ "$ROCK_DISK_QUOTA" != 0 ] && btrfs_root; then
+    note "starting dockerd on btrfs at $ROCK_DOCKER_ROOT (per-sandbox disk quotas) ..."
+    [ "$(quota_mode)" = disabled ] || "${QUOTA[@]}" disable "$ROCK_DOCKER_ROOT" || true
+    if start_dockerd --storage-driver=btrfs --data-root="$ROCK_DOCKER_ROOT"; then
+      settle_and_enable_squota
+      return 0
+    fi
+    note "dockerd on btrfs did not answer (see $LOG); starting it on its default storage"
+    stop_dockerd || true
+  fi
+  note "starting dockerd (--bridge=none --iptables=false) ..."
+  start_dockerd
+}
+
+can_manage() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
+
+if answers; then
+  [ "$ROCK_DISK_QUOTA" = 0 ] && exit 0
+  if [ "$(driver)" = btrfs ]; then
+    case "$(quota_mode)" in
+      squota) exit 0 ;;
+      disabled) can_manage && settle_and_enable_squota; exit 0 ;;
+    esac # full qgroups (or a root we cannot read): restart below, as for another storage driver
+  fi
+  how="without a btrfs data root with simple quotas, rock serve refuses 'disk' (run 'make docker' as root with no container running)"
+  if ! can_manage || [ -d /run/systemd/system ]; then note "$how"; exit 0; fi
+  running=$(docker ps -q | wc -l)
+  if [ "$running" != 0 ]; then note "$running containers are running, not restarting dockerd; $how"; exit 0; fi
+  if ! btrfs_root; then note "$how"; exit 0; fi
+  note "restarting dockerd on btrfs with simple quotas (no container is running) ..."
+  stop_dockerd
+  start_with_quota_root && { note "docker engine is up (storage driver: $(driver))"; exit 0; }
+  note "error: dockerd did not answer within 60 s; see $LOG"
+  exit 1
+fi
+
+if ! can_manage; then
+  note "error: no Docker engine answers; start one (e.g. 'sudo systemctl start docker') or run 'make docker' as root on Debian/Ubuntu"
   exit 1
 fi
 
 if ! command -v dockerd >/dev/null 2>&1; then
-  echo "installing docker.io from Debian ..." >&2
+  note "installing docker.io from Debian ..."
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   apt-get install -y -q docker.io >/dev/null
 fi
 
-echo "starting dockerd (--bridge=none --iptables=false) ..." >&2
-mkdir -p /var/log
-nohup dockerd --bridge=none --iptables=false --ip6tables=false >/var/log/rock-dockerd.log 2>&1 &
-for _ in $(seq 1 60); do
-  if answers; then echo "docker engine is up" >&2; exit 0; fi
-  sleep 1
-done
-echo "error: dockerd did not answer within 60 s; see /var/log/rock-dockerd.log" >&2
+if start_with_quota_root; then note "docker engine is up (storage driver: $(driver))"; exit 0; fi
+note "error: dockerd did not answer within 60 s; see $LOG"
 exit 1
