@@ -48,6 +48,10 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _size_or_zero(text: str) -> int:
+    return 0 if text.strip() == "0" else _size(text)
+
+
 # ---- serve ------------------------------------------------------------------------------------
 
 
@@ -117,8 +121,12 @@ def cmd_serve(args) -> int:
 
     state_dir = Path(args.state_dir).expanduser()
     given = {"max_cpus": args.max_cpus, "max_memory": args.max_memory, "max_pids_limit": args.max_pids,
-             "max_upload_bytes": args.max_upload}  # fmt: skip
+             "max_upload_bytes": args.max_upload, "max_disk": args.disk_max}  # fmt: skip
     limits = Limits(**{k: v for k, v in given.items() if v})
+    if args.disk_default is not None:
+        limits.disk = args.disk_default or None  # 0: no default, sandboxes that do not ask are unbounded
+    if limits.disk is not None and limits.disk > limits.max_disk:
+        raise SystemExit(f"error: --disk-default {limits.disk} is over --disk-max {limits.max_disk}")
     for d in args.allow_mount or []:
         if not Path(d).is_dir():
             raise SystemExit(f"error: --allow-mount {d}: not a directory")
@@ -185,7 +193,7 @@ def cmd_create(args) -> int:
         "labels": _kv(args.label, "--label"),
         "mounts": _mounts(args.mount),
     }
-    for key in ("cpus", "memory", "pids_limit", "model_upstream", "ttl_seconds", "snapshot", "trajectory_id"):
+    for key in ("cpus", "memory", "disk", "pids_limit", "model_upstream", "ttl_seconds", "snapshot", "trajectory_id"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     with _client(args) as c:
@@ -337,6 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-cpus", type=float, help="largest cpus a sandbox may ask for (default: host cores)")
     s.add_argument("--max-memory", type=_size, metavar="SIZE", help="largest memory a sandbox may ask for (default 8g)")
     s.add_argument("--max-pids", type=int, metavar="N", help="largest pids_limit a sandbox may ask for (default 4096)")
+    s.add_argument(
+        "--disk-default",
+        type=_size_or_zero,
+        metavar="SIZE",
+        help="what a sandbox may write on top of its image when its create does not say (default 10g; 0: unbounded); "
+        "enforced only on a quota-capable data root (`make docker`)",
+    )
+    s.add_argument("--disk-max", type=_size, metavar="SIZE", help="largest disk a sandbox may ask for (default 100g)")
     s.add_argument("--db", metavar="PATH", help="SQLite file of the records (default: STATE_DIR/rock.db)")
     s.add_argument(
         "--max-upload", type=_size, metavar="SIZE", help="largest file or tar upload, e.g. 64m (default 256m)"
@@ -350,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--image", default=DEFAULT_IMAGE)
     c.add_argument("--cpus", type=float)
     c.add_argument("--memory", help="e.g. 512m, 2g")
+    c.add_argument("--disk", help="what it may write on top of its image, e.g. 2g (default: the server's)")
     c.add_argument("--pids-limit", type=int)
     c.add_argument(
         "--network",

@@ -24,6 +24,10 @@ class Limits(BaseModel):
     max_cpus: float = Field(default_factory=lambda: float(os.cpu_count() or 1))
     max_memory: int = 8 << 30
     max_pids_limit: int = 4096
+    # Disk: what a sandbox may write on top of its image, enforced by btrfs simple quotas (rock/backend/btrfsquota.py).
+    # The default applies only where the data root can enforce it (elsewhere sandboxes are unbounded); None: none.
+    disk: int | None = 10 << 30
+    max_disk: int = 100 << 30
     max_ttl_seconds: float = 7 * 24 * 3600
     nofile: int = 4096
     max_output_bytes: int = 1 << 20  # per stream of one exec; the rest is drained and `truncated` set

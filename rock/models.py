@@ -15,27 +15,28 @@ DEFAULT_IMAGE = "rock/base:bookworm"
 
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 MIN_MEMORY = 6 << 20  # docker refuses a smaller memory limit
+MIN_DISK = 1 << 20  # below this a sandbox cannot even write its shell history
 _MEM_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def parse_memory(value: object) -> int:
-    """Bytes from `512m`, `2g`, `1.5GiB` or a plain integer; ValueError on anything else.
+def parse_memory(value: object, what: str = "memory") -> int:
+    """Bytes from `512m`, `2g`, `1.5GiB` or a plain integer; ValueError (naming `what`) on anything else.
 
     Any type is accepted and checked here: this runs as a `mode="before"` validator, so a JSON
     object or list reaches it unvalidated, and a TypeError would escape pydantic as a 5xx."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # JSON writers may send 1073741824.0
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError("memory must be a size like '512m', '2g' or a byte count")
+        raise ValueError(f"{what} must be a size like '512m', '2g' or a byte count")
     if isinstance(value, int):
         n = value
     else:
         m = _MEM_RE.match(value)
         if not m:
-            raise ValueError(f"memory {value!r} is not a size like '512m', '2g' or a byte count")
+            raise ValueError(f"{what} {value!r} is not a size like '512m', '2g' or a byte count")
         n = int(float(m.group(1)) * _MEM_UNITS[m.group(2).lower()])
     if n <= 0:
-        raise ValueError("memory must be positive")
+        raise ValueError(f"{what} must be positive")
     return n
 
 
@@ -65,6 +66,11 @@ class CreateSandbox(Strict):
     cpus: float | None = Field(default=None, ge=0.01, description="CPU quota in cores (the daemon's least: 0.01)")
     memory: int | None = Field(default=None, description="bytes; accepts '512m', '2g', ...")
     pids_limit: int | None = Field(default=None, gt=0)
+    disk: int | None = Field(
+        default=None,
+        description="bytes the sandbox may write on top of its image (or snapshot); accepts '512m', '2g', ...; "
+        "past it writes fail with EDQUOT. Needs a quota-capable data root (`make docker`)",
+    )
     network: Literal["none", "model"] = "none"
     model_upstream: str | None = None
     env: Env = Field(default_factory=dict)
@@ -89,6 +95,16 @@ class CreateSandbox(Strict):
             raise ValueError(f"memory must be at least {MIN_MEMORY} bytes (6 MiB, the daemon's least)")
         return n
 
+    @field_validator("disk", mode="before")
+    @classmethod
+    def _disk(cls, v):
+        if v is None:
+            return None
+        n = parse_memory(v, "disk")
+        if n < MIN_DISK:
+            raise ValueError(f"disk must be at least {MIN_DISK} bytes (1 MiB)")
+        return n
+
     @field_validator("cpus", mode="before")
     @classmethod
     def _cpus(cls, v):
@@ -105,6 +121,7 @@ class Sandbox(Strict):
     cpus: float
     memory: int
     pids_limit: int
+    disk: int | None = Field(default=None, description="bytes it may write on top of its image; null: unbounded")
     network: str
     env: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""Warm pool: per (image, cpus, memory, pids_limit) spec, keep `size` containers started.
+"""Warm pool: per (image, cpus, memory, pids_limit, disk) spec, keep `size` containers started.
 
 A create whose spec matches takes one (the sandbox id was fixed when the container was made,
 since labels cannot change later) and a background task starts a replacement. Sandboxes with
@@ -23,6 +23,7 @@ class PoolKey(NamedTuple):
     cpus: float
     memory: int  # bytes
     pids_limit: int
+    disk: int | None = None  # bytes; None = unbounded
 
 
 class WarmPool:

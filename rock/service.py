@@ -96,10 +96,16 @@ class SandboxService:
         self._gateway_lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
         self._builds: dict[str, asyncio.Lock] = {}  # image tag -> lock: one build per content at a time
+        self.disk_problem: str | None = "not checked yet"  # None once the backend can bound each sandbox's disk
 
     # ---- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.disk_problem = await self.backend.disk_quota_problem()
+        if self.disk_problem:
+            log.warning("disk quotas: %s; a create asking for `disk` gets 422, others are unbounded", self.disk_problem)
+        else:
+            log.info("disk quotas: on; a sandbox may write %s bytes by default", self.limits.disk)
         await self.reconcile()
         model = [sb for sb in self.store.list_sandboxes() if sb.network == "model"]
         if model:
@@ -181,25 +187,29 @@ class SandboxService:
 
     # ---- sandboxes --------------------------------------------------------------------------
 
-    def _pool_key(self, image: str, cpus, memory, pids) -> PoolKey:
+    def _pool_key(self, image: str, cpus, memory, pids, disk=None) -> PoolKey:
         lim = self.limits
-        return PoolKey(image, cpus or lim.cpus, memory or lim.memory, pids or lim.pids_limit)
+        disk = disk or (lim.disk if self.disk_problem is None else None)  # the default only where it is enforced
+        return PoolKey(image, cpus or lim.cpus, memory or lim.memory, pids or lim.pids_limit, disk)
 
     async def _spawn_pooled(self, key: PoolKey) -> tuple[str, str]:
         sid = new_id("sb")
-        spec = ContainerSpec(key.image, key.cpus, key.memory, key.pids_limit, self.limits.nofile)
+        spec = ContainerSpec(key.image, key.cpus, key.memory, key.pids_limit, self.limits.nofile, disk=key.disk)
         return sid, await self.backend.run(sid, spec, self.backend.place(key.cpus, key.memory))
 
     def _validate(self, req: CreateSandbox) -> None:
         lim = self.limits
+        if req.disk is not None and self.disk_problem:
+            raise errors.ValidationFailed(f"disk cannot be enforced here: {self.disk_problem}")
         for name, value, top in (
             ("cpus", req.cpus, lim.max_cpus),
             ("memory", req.memory, lim.max_memory),
+            ("disk", req.disk, lim.max_disk),
             ("pids_limit", req.pids_limit, lim.max_pids_limit),
             ("ttl_seconds", req.ttl_seconds, lim.max_ttl_seconds),
         ):
             if value is not None and value > top:
-                if name == "memory":
+                if name in ("memory", "disk"):
                     value, top = f"{value} ({value / (1 << 30):.2f} GiB)", f"{top} ({top / (1 << 30):.2f} GiB)"
                 raise errors.ValidationFailed(f"{name} {value} is over the maximum {top}")
         if req.model_upstream and req.network != "model":
@@ -232,7 +242,7 @@ class SandboxService:
             if snap is None:
                 raise errors.SnapshotNotFound(f"no snapshot {req.snapshot}")
             image = snap.image
-        key = self._pool_key(image, req.cpus, req.memory, req.pids_limit)
+        key = self._pool_key(image, req.cpus, req.memory, req.pids_limit, req.disk)
         pooled = not (req.snapshot or req.mounts or req.network == "model")
         taken = self.pool.take(key) if pooled else None
         if taken:
@@ -255,6 +265,7 @@ class SandboxService:
             cpus=key.cpus,
             memory=key.memory,
             pids_limit=key.pids_limit,
+            disk=key.disk,
             network=req.network,
             env=req.env,
             labels=req.labels,
@@ -292,6 +303,7 @@ class SandboxService:
             self.limits.nofile,
             dict(req.env),
             [(m.source, m.target, m.read_only) for m in req.mounts],
+            disk=key.disk,
         )
         if req.network != "model":
             if not (req.snapshot or req.mounts):

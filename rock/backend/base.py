@@ -37,6 +37,7 @@ class ContainerSpec:
     nofile: int
     env: dict[str, str] = field(default_factory=dict)
     mounts: list[tuple[str, str, bool]] = field(default_factory=list)  # (source, target, read_only)
+    disk: int | None = None  # bytes the container may write on top of its image; None = unbounded
 
 
 class Backend(ABC):
@@ -51,6 +52,10 @@ class Backend(ABC):
     @abstractmethod
     def node_of(self, container_id: str) -> str | None:
         """The node that owns `container_id` (None on a single daemon or if unknown)."""
+
+    async def disk_quota_problem(self) -> str | None:
+        """None when `ContainerSpec.disk` is enforced below the containers; else one line saying why not and how."""
+        return "this backend cannot bound a sandbox's disk"
 
     # ---- containers -----------------------------------------------------------------------------
 

@@ -14,8 +14,9 @@ Isolation of every container:
   AUDIT_WRITE, SETPCAP, SETFCAP, SYS_PTRACE and everything else.
 - `no-new-privileges`, never privileged, a pids limit, memory with swap equal to memory (no swap),
   a CPU quota, a nofile ulimit, and docker's init as PID 1 so orphaned background jobs are reaped.
-- Disk: this daemon refuses `--storage-opt size=` (overlay2 on ext4), so the writable layer is not
-  bounded; a read-only rootfs would break snapshots (`docker commit` does not capture tmpfs).
+- Disk: on a btrfs data root with simple quotas (`make docker`) the container's writable layer, a btrfs
+  subvolume, gets a quota limit (`ContainerSpec.disk`) before the container starts: past it every write inside,
+  data or metadata, fails with EDQUOT. Elsewhere `disk_quota_problem` says why not, and rock refuses `disk`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from docker.errors import APIError, ImageNotFound, NotFound, NullResource
 from docker.types import Mount, Ulimit
 
 from rock import errors
+from rock.backend import btrfsquota
 from rock.backend.base import Backend, ContainerSpec, ExecSpec
 from rock.backend.engine import Engine, EngineError
 from rock.backend.execs import exec_collect, exec_events
@@ -48,6 +50,22 @@ LABEL_TASK_IMAGE = "ale.task.image"
 BUILD_LOG_TAIL = 25  # lines of the build log an ImageBuildFailed carries
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the daemon colours a RUN step's stderr
 CAP_ADD = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETUID", "SETGID", "NET_BIND_SERVICE"]
+QUOTA_HOW = (
+    "run `make docker` as root with no container running (scripts/ensure-docker.sh puts dockerd on a btrfs data "
+    "root with simple quotas)"
+)
+
+
+def disk_problem(driver: str | None, data_root: str | None) -> str | None:
+    """None when a daemon with this storage driver and data root can bound each container's disk; else why not."""
+    if driver != "btrfs" or not data_root:
+        return f"the Docker daemon's storage driver {driver} cannot bound a sandbox's disk; {QUOTA_HOW}"
+    mode = btrfsquota.mode(data_root)
+    if mode == "none":
+        return f"cannot open the daemon's data root {data_root} (rock serve must run as root on its host); {QUOTA_HOW}"
+    if mode != "squota":
+        return f"the daemon's btrfs data root {data_root} has quotas {mode}, not simple quotas; {QUOTA_HOW}"
+    return None
 
 
 __all__ = ["ContainerSpec", "DockerBackend", "base_images", "file_from_tar", "single_file_tar"]
@@ -63,6 +81,7 @@ class DockerBackend(Backend):
         self.engine = Engine()
         self.sessions: dict[str, ShellSession] = {}
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rock-docker")
+        self.data_root: str | None = None  # the daemon's, once disk_quota_problem has asked
 
     def place(self, cpus: float, memory: int, local: bool = False, node: str | None = None) -> str | None:
         return None
@@ -95,6 +114,11 @@ class DockerBackend(Backend):
     async def _call(self, fn, *args, **kwargs):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    async def disk_quota_problem(self) -> str | None:
+        info = await self._call(self.client.info)
+        self.data_root = info.get("DockerRootDir")
+        return await self._call(disk_problem, info.get("Driver"), self.data_root)
 
     async def image_exists(self, image: str, node: str | None = None) -> bool:
         try:
@@ -134,11 +158,19 @@ class DockerBackend(Backend):
             mounts=mounts,
         )
         try:
+            if spec.disk is not None:  # before start: no process of the sandbox ever runs unbounded
+                self._limit_disk(c.id, spec.disk)
             c.start()
-        except APIError:
+        except (APIError, errors.BackendError):
             c.remove(force=True)
             raise
         return c.id
+
+    def _limit_disk(self, container_id: str, nbytes: int) -> None:
+        try:
+            btrfsquota.limit(btrfsquota.container_subvolume(self.data_root or "", container_id), nbytes)
+        except OSError as e:
+            raise errors.BackendError(f"cannot bound the disk of container {container_id[:12]}: {e}") from e
 
     async def remove(self, container_id: str) -> None:
         try:

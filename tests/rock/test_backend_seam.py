@@ -43,8 +43,9 @@ def test_exec_spec_is_frozen_with_defaults():
 
 def test_pool_key_fields_are_named():
     key = PoolKey("img", 1.0, 1 << 30, 256)
-    assert (key.image, key.cpus, key.memory, key.pids_limit) == ("img", 1.0, 1 << 30, 256)
-    assert key == ("img", 1.0, 1 << 30, 256) and hash(key) == hash(("img", 1.0, 1 << 30, 256))
+    assert (key.image, key.cpus, key.memory, key.pids_limit, key.disk) == ("img", 1.0, 1 << 30, 256, None)
+    assert key == ("img", 1.0, 1 << 30, 256, None) and hash(key) == hash(("img", 1.0, 1 << 30, 256, None))
+    assert PoolKey("img", 1.0, 1 << 30, 256, 2 << 30) != key  # a different disk bound is another spec
 
 
 def test_is_a_directory_travels_as_its_own_code():
