@@ -37,6 +37,9 @@ class ClusterConfig(_Strict):
     gpus_per_node: int = Field(0, ge=0, description="0 for a CPU run")
     gpu_memory_gib: float = Field(80, gt=0, description="memory of one GPU")
     host_memory_gib: float | None = Field(None, gt=0, description="memory of one node; None: this machine's")
+    ray_address: str | None = Field(
+        None, description="None: a fresh local Ray; 'auto' or HOST:PORT: join the cluster `ray start` made"
+    )
 
 
 class InferenceConfig(_Strict):

@@ -14,9 +14,8 @@ RECIPE = REPO / "configs/rl/rome-30b-a3b.yaml"
 
 def test_embedded_default_loads():
     cfg = load_config(TINY)
-    assert cfg.train.iterations == 2
-    assert cfg.rollout.tasks_per_iteration * cfg.rollout.group_size == 4  # the skeleton's 4 sandboxes
-    assert 64 <= cfg.agent.max_tokens <= 128
+    assert cfg.device == "cpu" and cfg.train.iterations >= 1
+    assert cfg.rollout.tasks_per_iteration * cfg.rollout.group_size <= 16  # sandboxes a 2-core iteration can hold
 
 
 def test_dotted_overrides_are_typed_and_win_over_the_file():
@@ -60,7 +59,9 @@ def test_unknown_keys_name_the_allowed_ones():
         load_config(TINY, ["train.iteratons=1", "cluster.gpus=3", "inference.tp=2", "bogus=1"])
     msg = str(e.value)
     assert "train.iteratons: unknown key (allowed: iterations," in msg and "zero_stage" in msg
-    assert "cluster.gpus: unknown key (allowed: nodes, gpus_per_node, gpu_memory_gib, host_memory_gib)" in msg
+    assert (
+        "cluster.gpus: unknown key (allowed: nodes, gpus_per_node, gpu_memory_gib, host_memory_gib, ray_address)" in msg
+    )
     assert "inference.tp: unknown key (allowed: engine, engines, tensor_parallel," in msg
     assert "bogus: unknown key (allowed: name, runs_dir, device, cluster, model," in msg
     assert "\n" not in msg
@@ -88,6 +89,7 @@ def test_every_section_of_the_run_schema_forbids_unknown_keys():
 def test_the_30b_recipe_is_a_run_config_with_zero_3():
     cfg = load_config(RECIPE)
     assert cfg.device == "cuda" and cfg.train.zero_stage == 3
+    assert cfg.cluster.ray_address == "auto"  # joins the cluster `ray start` / KubeRay made
     assert cfg.cluster.nodes * cfg.cluster.gpus_per_node >= (
         cfg.inference.engines * cfg.inference.tensor_parallel + cfg.train.workers
     )
@@ -95,7 +97,7 @@ def test_the_30b_recipe_is_a_run_config_with_zero_3():
 
 def test_the_cpu_default_keeps_its_defaults():
     cfg = load_config(TINY)
-    assert cfg.device == "cpu" and cfg.cluster.gpus_per_node == 0
+    assert cfg.device == "cpu" and cfg.cluster.gpus_per_node == 0 and cfg.cluster.ray_address is None
     assert (cfg.inference.engines, cfg.inference.tensor_parallel, cfg.train.workers) == (1, 1, 1)
     assert cfg.train.zero_stage == 2 and not cfg.train.offload_optimizer
 
