@@ -161,5 +161,6 @@ def test_gpu_checks_script_runs_its_steps_on_cpu(tmp_path):
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "tests/roll/test_gpu_paths.py" in done.stdout and "skipped" in done.stdout
-    line = json.loads((tmp_path / "bench_plan_layer.json").read_text().strip().splitlines()[-1])
-    assert line["bench"] == "plan_layer" and line["device"] == "cpu" and line["weights_ratio"] == 1.0
+    lines = [json.loads(x) for x in (tmp_path / "bench_plan_layer.json").read_text().strip().splitlines()]
+    assert [x["experts"] for x in lines] == ["eager", "grouped_mm"]
+    assert all(x["bench"] == "plan_layer" and x["device"] == "cpu" and x["weights_ratio"] == 1.0 for x in lines)
