@@ -1,9 +1,13 @@
-"""A small asyncio client for the few Docker Engine API calls on the exec hot path.
+"""A small asyncio client for the Docker Engine API calls ROCK makes on the event loop.
 
-The docker SDK is synchronous and opens a `requests` session per call; exec is ROCK's most
-frequent operation, so it goes straight to the daemon's socket instead: exec create and
-inspect reuse kept-alive connections, exec start hijacks a fresh one (as the docker CLI does)
-and the multiplexed stdout/stderr frames are read as they arrive.
+    .venv/bin/pytest tests/rock/test_api.py -q -k exec
+
+Request/response calls (exec create and inspect, container state, remove, list, build) go through
+`httpx` over the daemon's unix socket, on kept-alive pooled connections. Exec start hijacks a
+fresh connection of its own, as the docker CLI does: its request and response head are written
+and parsed by `h11`, and the raw stream after the `101` stays an asyncio StreamReader/Writer
+because the exec's stdin ends at the client's half-close (`write_eof`), which httpx's upgraded
+stream does not offer. The multiplexed stdout/stderr frames are read as they arrive (`frames`).
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ import json
 import os
 import struct
 from collections.abc import AsyncIterator
-from urllib.parse import urlencode, urlparse
+from urllib.parse import urlparse
+
+import h11
+import httpx
 
 API = "/v1.41"  # Docker 20.10's API; newer daemons still serve it
+MAX_HEAD = 64 << 10  # the exec start response head; the daemon's is about 150 bytes
 
 
 class EngineError(Exception):
@@ -39,42 +47,32 @@ def _address() -> tuple[str, str | tuple[str, int]]:
     raise ValueError(f"unsupported DOCKER_HOST {host!r} (unix:// or tcp:// only)")
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            headers[k.strip().lower()] = v.strip()
-    return status, headers
-
-
-async def _read_body(reader: asyncio.StreamReader, status: int, headers: dict[str, str]) -> bytes:
-    if status in (204, 304) or status < 200:
-        return b""
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        out = bytearray()
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                await reader.readuntil(b"\r\n")
-                return bytes(out)
-            out += await reader.readexactly(size)
-            await reader.readexactly(2)
-    if "content-length" in headers:
-        return await reader.readexactly(int(headers["content-length"]))
-    return await reader.read()
+def _error(status: int, data: bytes) -> EngineError:
+    try:
+        message = json.loads(data).get("message", data.decode(errors="replace"))
+    except (ValueError, AttributeError):
+        message = data.decode(errors="replace")
+    return EngineError(status, str(message).strip())
 
 
 class Engine:
-    """Async Docker Engine API calls for exec; safe to share between tasks of one event loop."""
+    """Async Docker Engine API calls; safe to share between tasks of one event loop."""
 
     def __init__(self, pool_size: int = 16):
         self._kind, self._addr = _address()
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self._pool_size = pool_size
+        if self._kind == "unix":
+            transport, base = httpx.AsyncHTTPTransport(uds=self._addr, limits=self._limits(pool_size)), "http://docker"
+        else:
+            host, port = self._addr
+            transport, base = httpx.AsyncHTTPTransport(limits=self._limits(pool_size)), f"http://{host}:{port}"
+        # No timeouts: a busy daemon can take minutes (a commit, a build); callers bound what they wait for.
+        self._http = httpx.AsyncClient(transport=transport, base_url=base + API, timeout=None, trust_env=False)
+
+    @staticmethod
+    def _limits(pool_size: int) -> httpx.Limits:
+        # As many connections at once as callers make (1,000 sandboxes' execs must not queue on a pool
+        # limit), `pool_size` of them kept alive between calls.
+        return httpx.Limits(max_connections=None, max_keepalive_connections=pool_size)
 
     async def _connect(self):
         if self._kind == "unix":
@@ -82,60 +80,25 @@ class Engine:
         host, port = self._addr
         return await asyncio.open_connection(host, port, limit=1 << 20)
 
-    @staticmethod
-    def _request_bytes(method: str, path: str, body: bytes | None, extra: str = "") -> bytes:
-        head = f"{method} {API}{path} HTTP/1.1\r\nHost: docker\r\n{extra}"
-        if body is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        return head.encode() + b"\r\n" + (body or b"")
-
     async def call(self, method: str, path: str, payload: dict | None = None) -> dict | None:
         """One JSON request on a pooled keep-alive connection; EngineError on a non-2xx status."""
-        body = None if payload is None else json.dumps(payload).encode()
-        for attempt in (0, 1):
-            reused = bool(self._idle)
-            reader, writer = self._idle.pop() if reused else await self._connect()
-            try:
-                writer.write(self._request_bytes(method, path, body))
-                await writer.drain()
-                status, headers = await _read_head(reader)
-                data = await _read_body(reader, status, headers)
-            except (ConnectionError, asyncio.IncompleteReadError):
-                writer.close()
-                if reused and attempt == 0:  # the daemon closed an idle connection: retry on a new one
-                    continue
-                raise
-            if headers.get("connection", "").lower() == "close" or len(self._idle) >= self._pool_size:
-                writer.close()
-            else:
-                self._idle.append((reader, writer))
-            if status >= 300:
-                try:
-                    message = json.loads(data).get("message", data.decode(errors="replace"))
-                except ValueError:
-                    message = data.decode(errors="replace")
-                raise EngineError(status, message)
-            return json.loads(data) if data else None
-        raise AssertionError("unreachable")
+        try:
+            r = await self._http.request(method, path, json=payload)
+        except httpx.RemoteProtocolError:  # the daemon closed a kept-alive connection as we reused it
+            r = await self._http.request(method, path, json=payload)
+        if r.status_code >= 300:
+            raise _error(r.status_code, r.content)
+        return r.json() if r.content else None
 
     async def build(self, context: bytes, params: dict[str, str]) -> list[dict]:
-        """`POST /build` of a tar context on a connection of its own; the daemon's JSON progress messages.
+        """`POST /build` of a tar context; the daemon's JSON progress messages.
         A Dockerfile that fails still answers 200: its failure is a message with an `error` key."""
-        reader, writer = await self._connect()
-        try:
-            head = (
-                f"POST {API}/build?{urlencode(params)} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n"
-                f"Content-Type: application/x-tar\r\nContent-Length: {len(context)}\r\n\r\n"
-            )
-            writer.write(head.encode() + context)
-            await writer.drain()
-            status, headers = await _read_head(reader)
-            data = await _read_body(reader, status, headers)
-        finally:
-            writer.close()
-        if status >= 300:
-            raise EngineError(status, data.decode(errors="replace").strip())
-        return _json_stream(data.decode(errors="replace"))
+        r = await self._http.post(
+            "/build", params=params, content=context, headers={"Content-Type": "application/x-tar"}
+        )
+        if r.status_code >= 300:
+            raise EngineError(r.status_code, r.text.strip())
+        return _json_stream(r.content.decode(errors="replace"))
 
     async def exec_create(
         self, container: str, argv: list[str], env: dict[str, str], cwd: str | None, stdin: bool
@@ -156,25 +119,63 @@ class Engine:
     async def exec_start(self, exec_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Start an exec on a hijacked connection; read frames with `frames()`, write stdin to the writer."""
         reader, writer = await self._connect()
-        body = b'{"Detach":false,"Tty":false}'
-        writer.write(
-            self._request_bytes("POST", f"/exec/{exec_id}/start", body, "Connection: Upgrade\r\nUpgrade: tcp\r\n")
-        )
-        await writer.drain()
-        status, headers = await _read_head(reader)
-        if status not in (101, 200):
-            data = await _read_body(reader, status, headers)
+        try:
+            status, data = await _upgrade(
+                reader, writer, f"{API}/exec/{exec_id}/start", b'{"Detach":false,"Tty":false}'
+            )
+        except BaseException:
             writer.close()
-            raise EngineError(status, data.decode(errors="replace"))
+            raise
+        if status != 101:
+            writer.close()
+            raise _error(status, data)
         return reader, writer
 
     async def exec_inspect(self, exec_id: str) -> dict:
         return await self.call("GET", f"/exec/{exec_id}/json")
 
     async def close(self) -> None:
-        for _, writer in self._idle:
-            writer.close()
-        self._idle.clear()
+        await self._http.aclose()
+
+
+async def _upgrade(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: str, body: bytes
+) -> tuple[int, bytes]:
+    """POST `body` asking to upgrade the connection; (101, b"") once switched, else (status, error body).
+    The head is read up to its blank line only, so the raw stream after a 101 stays in `reader`."""
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+    headers = [
+        ("Host", "docker"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        ("Connection", "Upgrade"),
+        ("Upgrade", "tcp"),
+    ]
+    writer.write(conn.send(h11.Request(method="POST", target=target, headers=headers)) + conn.send(h11.Data(body)))
+    conn.send(h11.EndOfMessage())
+    await writer.drain()
+    conn.receive_data(await reader.readuntil(b"\r\n\r\n"))
+    event = conn.next_event()
+    while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
+        conn.receive_data(await reader.readuntil(b"\r\n\r\n"))  # a 100 Continue before the real answer
+        event = conn.next_event()
+    if isinstance(event, h11.InformationalResponse):
+        return 101, b""
+    if not isinstance(event, h11.Response):
+        raise EngineError(502, f"docker answered exec start with {event!r}")
+    status, out = event.status_code, bytearray()
+    while True:  # an error answer (404 no such exec, 409 not running): read its body to the end
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            chunk = await reader.read(65536)
+            conn.receive_data(chunk)
+            if not chunk:
+                break
+        elif isinstance(event, h11.Data):
+            out += event.data
+        else:
+            break
+    return status, bytes(out)
 
 
 def _json_stream(text: str) -> list[dict]:
