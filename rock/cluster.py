@@ -170,6 +170,11 @@ class ClusterBackend(Backend):
         await _await(self._host(container_id).call.remote("open_session", container_id, session_id, env, cwd))
         self.session_node[session_id] = node
 
+    async def adopt_session(self, container_id: str, session_id: str) -> None:
+        node = self.where.get(container_id)
+        await _await(self._host(container_id).call.remote("adopt_session", container_id, session_id))
+        self.session_node[session_id] = node
+
     async def run_session(self, session_id: str, cmd: str, timeout: float | None, limit: int) -> dict:
         node = self.session_node.get(session_id)
         if node is None:

@@ -92,6 +92,11 @@ class SandboxService:
         self.pool = WarmPool(config.warm_pool, self._spawn_pooled, self.backend.remove)
         self.metrics.pool_ready.set_function(self.pool.count)
         self.sessions: dict[str, set[str]] = {}  # sandbox id -> its session ids
+        # Sessions a previous manager opened: adopted on first use (their shells outlive the manager),
+        # or, if that fails, answered with why they ended until they are deleted.
+        self._unadopted: set[str] = set()
+        self._ended: dict[str, str] = {}
+        self._adopting: dict[str, asyncio.Lock] = {}
         self.gateway = None
         self._gateway_lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
@@ -107,6 +112,9 @@ class SandboxService:
         else:
             log.info("disk quotas: on; a sandbox may write %s bytes by default", self.limits.disk)
         await self.reconcile()
+        for ssid, sandbox_id in self.store.list_sessions():
+            self.sessions.setdefault(sandbox_id, set()).add(ssid)
+            self._unadopted.add(ssid)
         model = [sb for sb in self.store.list_sandboxes() if sb.network == "model"]
         if model:
             # Eagerly: an agent inside a re-adopted sandbox must get answers without waiting for
@@ -138,6 +146,7 @@ class SandboxService:
             c = containers.get(sb.id)
             if c is None or c["id"] != sb.container_id:
                 self.store.delete_sandbox(sb.id)
+                self.store.delete_sessions_of(sb.id)
             elif c["state"] != "running":
                 try:
                     await self.backend.start(sb.container_id)
@@ -145,6 +154,7 @@ class SandboxService:
                     log.warning("sandbox %s: container will not start again; removing it", sb.id)
                     await self.backend.remove(sb.container_id)
                     self.store.delete_sandbox(sb.id)
+                    self.store.delete_sessions_of(sb.id)
         await self._remove_orphans()
         self.metrics.active.set(len(self.store.list_sandboxes()))
 
@@ -371,13 +381,15 @@ class SandboxService:
 
     async def delete(self, sandbox_id: str) -> None:
         sb = self.record(sandbox_id)
-        for ssid in self.sessions.pop(sandbox_id, set()):
-            await self.backend.close_session(ssid)
         # Container first, record last: a failed removal leaves the record, so nothing leaks.
         await self.backend.remove(sb.container_id)
+        for ssid in self.sessions.pop(sandbox_id, set()):
+            await self.backend.close_session(ssid)  # the shell went with the container: this closes our end
+            self._forget_session(ssid)
         if self.store.get_sandbox(sandbox_id) is None:
             return  # a concurrent delete (the reaper, another client) finished first
         self.store.delete_sandbox(sandbox_id)
+        self.store.delete_sessions_of(sandbox_id)
         if sb.network == "model" and self.gateway is not None:
             await self.gateway.detach(sandbox_id)
         self.metrics.active.dec()
@@ -433,24 +445,50 @@ class SandboxService:
         except EngineError as e:
             raise _engine_errors(e, sandbox_id) from e
         self.sessions.setdefault(sandbox_id, set()).add(ssid)
+        self.store.put_session(ssid, sandbox_id)
         return SessionInfo(id=ssid, sandbox_id=sandbox_id)
 
-    def _session(self, sandbox_id: str, session_id: str) -> str:
-        self.record(sandbox_id)
+    async def _session(self, sandbox_id: str, session_id: str) -> str:
+        """The session's id once this manager holds its shell: adopted now if an earlier manager opened
+        it; Conflict (naming the session and why) if it has ended."""
+        sb = self.record(sandbox_id)
         if session_id not in self.sessions.get(sandbox_id, set()):
             raise errors.SessionNotFound(f"no session {session_id} in sandbox {sandbox_id}")
+        if session_id in self._unadopted:
+            async with self._adopting.setdefault(session_id, asyncio.Lock()):
+                if session_id in self._unadopted:
+                    try:
+                        await self.backend.adopt_session(sb.container_id, session_id)
+                    except errors.Conflict as e:
+                        self._ended[session_id] = f"{e.message} (sandbox {sandbox_id})"
+                    except EngineError as e:
+                        raise _engine_errors(e, sandbox_id) from e
+                    self._unadopted.discard(session_id)
+            self._adopting.pop(session_id, None)
+        if session_id in self._ended:
+            raise errors.Conflict(self._ended[session_id])
         return session_id
 
+    def _forget_session(self, session_id: str) -> None:
+        self.store.delete_session(session_id)
+        self._unadopted.discard(session_id)
+        self._ended.pop(session_id, None)
+
     async def run_session(self, sandbox_id: str, session_id: str, req: SessionRun) -> ExecResult:
-        ssid = self._session(sandbox_id, session_id)
+        ssid = await self._session(sandbox_id, session_id)
         out = await self.backend.run_session(ssid, req.cmd, req.timeout, self.limits.max_output_bytes)
         self.metrics.exec_total.labels("session").inc()
         self.metrics.exec_seconds.labels("session").observe(out["duration_s"])
         return ExecResult(**out)
 
     async def delete_session(self, sandbox_id: str, session_id: str) -> None:
-        await self.backend.close_session(self._session(sandbox_id, session_id))
+        try:
+            await self._session(sandbox_id, session_id)  # an earlier manager's shell is adopted, to end it
+        except errors.Conflict:
+            pass  # it has ended already
+        await self.backend.close_session(session_id)
         self.sessions[sandbox_id].discard(session_id)
+        self._forget_session(session_id)
 
     # ---- files ------------------------------------------------------------------------------
 

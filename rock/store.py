@@ -1,4 +1,4 @@
-"""SQLite records of sandboxes and snapshots, so a restarted manager knows what it owns.
+"""SQLite records of sandboxes, sessions and snapshots, so a restarted manager knows what it owns.
 
 Rows hold the wire models as JSON; the database is small and local, so calls run inline on
 the event loop (well under a millisecond each).
@@ -14,6 +14,7 @@ from rock.models import Sandbox, Snapshot
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, sandbox_id TEXT NOT NULL);
 """
 
 
@@ -37,6 +38,19 @@ class Store:
 
     def delete_sandbox(self, sandbox_id: str) -> None:
         self.db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+
+    def put_session(self, session_id: str, sandbox_id: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?)", (session_id, sandbox_id))
+
+    def list_sessions(self) -> list[tuple[str, str]]:
+        """(session id, sandbox id) of every recorded session."""
+        return self.db.execute("SELECT id, sandbox_id FROM sessions ORDER BY rowid").fetchall()
+
+    def delete_session(self, session_id: str) -> None:
+        self.db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+    def delete_sessions_of(self, sandbox_id: str) -> None:
+        self.db.execute("DELETE FROM sessions WHERE sandbox_id = ?", (sandbox_id,))
 
     def put_snapshot(self, snap: Snapshot) -> None:
         self.db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (snap.snapshot_id, snap.model_dump_json()))

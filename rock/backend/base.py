@@ -119,13 +119,17 @@ class Backend(ABC):
         """Start a persistent shell. Raises EngineError, or BackendError if the shell does not come up."""
 
     @abstractmethod
+    async def adopt_session(self, container_id: str, session_id: str) -> None:
+        """Attach to a shell that an earlier manager opened. Raises Conflict if it has ended."""
+
+    @abstractmethod
     async def run_session(self, session_id: str, cmd: str, timeout: float | None, limit: int) -> dict:
         """One command in the session's shell; an ExecResult dict. Raises SessionNotFound or Conflict (ended)."""
 
     @abstractmethod
     async def close_session(self, session_id: str) -> None:
-        """End the session's shell; an unknown id is fine."""
+        """End the session's shell (kill it); an unknown id is fine."""
 
     @abstractmethod
     async def close(self) -> None:
-        """Close sessions, connections and threads (containers stay)."""
+        """Close connections and threads; containers and session shells stay for the next manager."""

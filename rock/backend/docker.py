@@ -100,6 +100,11 @@ class DockerBackend(Backend):
         await s.open(env, cwd)
         self.sessions[session_id] = s
 
+    async def adopt_session(self, container_id: str, session_id: str) -> None:
+        s = ShellSession(self.engine, container_id, session_id)
+        await s.adopt()
+        self.sessions[session_id] = s
+
     async def run_session(self, session_id: str, cmd: str, timeout: float | None, limit: int) -> dict:
         s = self.sessions.get(session_id)
         if s is None:
@@ -259,7 +264,7 @@ class DockerBackend(Backend):
 
     async def close(self) -> None:
         for s in list(self.sessions.values()):
-            await s.close()
+            await s.close(end_shell=False)  # the shells live on for the next manager to adopt
         await self.engine.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
