@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     from roll.stages.cli import register as register_stages
 
     register_stages(sub)
+    from roll.rollout.resample_cli import register as register_resample
+
+    register_resample(sub)
     return parser
 
 

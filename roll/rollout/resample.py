@@ -311,6 +311,8 @@ def resampled_attempt(
     env = {"PYTHONPATH": AGENT_SRC_ROOT}
     if options.max_tokens:
         env["IFLOW_MAX_TOKENS"] = str(options.max_tokens)
+    if options.temperature is not None:
+        env["IFLOW_TEMPERATURE"] = str(options.temperature)
     source = iflow_source or iflow_source_dir()
     create: dict = {"image": image, "trajectory_id": base["trajectory_id"], "network": "model", "env": env,
                     "mounts": [{"source": str(source), "target": options.iflow_mount, "read_only": True}]}  # fmt: skip

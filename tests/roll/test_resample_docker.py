@@ -13,6 +13,7 @@ import json
 import pytest
 
 from rock.launch import RockProcess
+from roll.cli import main
 from roll.data.teacher import OracleTeacher
 from roll.rollout.attempt import AgentOptions, iflow_source_dir, run_attempt
 from roll.rollout.resample import SnapshotCache, resampled_attempt
@@ -24,11 +25,16 @@ OPTIONS = AgentOptions(max_turns=12)
 
 
 @pytest.fixture(scope="module")
-def rock(docker_client, tmp_path_factory):
+def rock_proc(docker_client, tmp_path_factory):
     with RockProcess(state_dir=tmp_path_factory.mktemp("rock"), allow_mounts=[str(iflow_source_dir())],
                      warm_pool=0) as proc:  # fmt: skip
-        with proc.client() as client:
-            yield client
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def rock(rock_proc):
+    with rock_proc.client() as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +113,34 @@ def test_a_reference_that_no_longer_reproduces_is_reported_and_skipped(rock, tea
     assert good.chunks[3].messages == reference.chunks[3].messages
     assert all(same_calls(a, b) for a, b in zip(good.chunks, reference.chunks, strict=True))
     assert len(snapshots) == cached + 1  # the good start's; nothing for the broken reference
+
+
+class WeakTeacher(OracleTeacher):
+    """The oracle, except that its write_file writes the wrong word: a policy that has not learned that step."""
+
+    def message(self, plan, index, step):
+        msg = super().message(plan, index, step)
+        for call in msg.get("tool_calls") or []:
+            if call["function"]["name"] == "write_file":
+                args = json.loads(call["function"]["arguments"]) | {"content": "wrong\n"}
+                call["function"]["arguments"] = json.dumps(args)
+        return msg
+
+
+def test_cli_rollback_finds_the_write_as_the_critical_chunk(rock_proc, reference, tmp_path, capsys):
+    ref = tmp_path / "reference.json"
+    ref.write_text(reference.model_dump_json())
+    out = tmp_path / "out"
+    with WeakTeacher([TASK], None, mistake_rate=0.0).serve() as weak:
+        code = main(["resample", "--task", TASK.id, "--reference", str(ref), "--model-url", weak.url, "--group", "1",
+                     "--budget", "1", "--critical-budget", "1", "--max-attempts", "3", "--concurrency", "1",
+                     "--rock-url", rock_proc.url, "--rock-token", rock_proc.token, "--out", str(out)])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0, text
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["start"]: r for r in report["starts"]}
+    # starts 7 (the answer) and 6 (the check) resolve from the reference's state; from 5 the weak write fails
+    assert [(rows[k]["attempts"], rows[k]["resolved"]) for k in (7, 6, 5, 4)] == [(1, 1), (1, 1), (1, 0), (0, 0)]
+    assert report["critical"] == [5] and rows[5]["does"] == "write_file /app/thunder.txt folder"
+    assert "critical chunks: 5 (write_file /app/thunder.txt folder)" in text
+    assert len((out / "attempts.jsonl").read_text().splitlines()) == 3
