@@ -2,7 +2,9 @@
 (`.venv/bin/pytest tests/roll/test_roll_driver.py`; end to end: `-m docker tests/roll/test_rl_e2e.py`).
 
 Per iteration: rollouts (iflow in ROCK sandboxes, sampling from the inference worker; with
-`rollout.oracle_per_group` some group members are played by the oracle teacher, a replayed success), one
+`rollout.oracle_per_group` some group members are played by the oracle teacher, a replayed success; with
+`rollout.resample` a share of the policy's attempts start from a reference's prefix at the chunk the rollback
+schedule picks, roll/rollout/resample.py and roll/algo/rollback.py), one
 trainer update on the recorded chunks with `train.algorithm` (IPA by default, token-level GRPO / PPO-clip for
 comparison; roll/workers/trainer.py), the new weights handed to the inference worker in memory (no restart, no
 disk read) and saved as policy/v<N>; the next iteration's chunks carry policy_version N. A NaN/Inf loss applies
@@ -42,6 +44,8 @@ class Attempt:
     task: TaskSpec
     group: int  # attempts at the same task share a group: their mean reward is the baseline
     oracle: bool = False  # played by the oracle teacher (a reference trajectory), not sampled by the policy
+    reference: Trajectory | None = None  # set: a resampled attempt from the state before chunk `start_chunk` of it
+    start_chunk: int = 0
     trajectory_id: str = field(default_factory=lambda: f"traj-{uuid.uuid4().hex[:12]}")
 
 
@@ -116,8 +120,8 @@ def pick_attempts(tasks, cfg: RunConfig, rng: random.Random) -> list[Attempt]:
 
 
 def run_attempts(client, attempts: list[Attempt], cfg: RunConfig, tracker: SandboxTracker, attempts_dir: Path,
-                 on_done: Callable[[Trajectory], None] = lambda t: None,
-                 teacher_url: str | None = None) -> list[Trajectory]:  # fmt: skip
+                 on_done: Callable[[Trajectory], None] = lambda t: None, teacher_url: str | None = None,
+                 snapshots=None) -> list[Trajectory]:  # fmt: skip
     """Run all attempts at once, iflow on the rock server's default upstream (the inference worker), an oracle
     attempt on `teacher_url`; one thread each, since the work happens in the sandboxes and the engine.
     Infrastructure failures raise."""
@@ -134,22 +138,18 @@ def run_attempts(client, attempts: list[Attempt], cfg: RunConfig, tracker: Sandb
     source = iflow_source_dir()
     pool = ThreadPoolExecutor(max_workers=len(attempts), thread_name_prefix="rollout")
     try:
-        futures = [
-            pool.submit(
-                run_attempt,
-                client,
-                a.task,
-                "iflow",
-                attempt_dir=attempts_dir / a.trajectory_id,
-                trajectory_id=a.trajectory_id,
-                group=a.group,
-                model_url=teacher_url if a.oracle else None,
-                options=oracle_options if a.oracle else options,
-                tracker=tracker,
-                iflow_source=source,
-            )  # fmt: skip
-            for a in attempts
-        ]
+        futures = []
+        for a in attempts:
+            common = {"attempt_dir": attempts_dir / a.trajectory_id, "trajectory_id": a.trajectory_id, "group": a.group,
+                      "tracker": tracker, "iflow_source": source}  # fmt: skip
+            if a.reference is not None:
+                from roll.rollout.resample import resampled_attempt
+
+                futures.append(pool.submit(resampled_attempt, client, a.task, a.reference, a.start_chunk, options,
+                                           snapshots=snapshots, **common))  # fmt: skip
+            else:
+                futures.append(pool.submit(run_attempt, client, a.task, "iflow", model_url=teacher_url if a.oracle else None,
+                                           options=oracle_options if a.oracle else options, **common))  # fmt: skip
         trajectories = []
         for future in as_completed(futures):
             trajectories.append(future.result())
@@ -176,14 +176,105 @@ def chunk_advantages(trajectories: list[Trajectory]) -> tuple[list[Chunk], list[
     return chunks, chunk_adv
 
 
+class Resampler:
+    """Initialized resampling across iterations (`rollout.resample`): one reference per task (the oracle's replay,
+    or the first success), a rollback schedule per reference (roll/algo/rollback.py), the snapshot cache of the
+    restored states. `plan` turns a share of each group's policy attempts into resampled ones where the schedule
+    says; `observe` feeds the outcomes back. A reference that no longer reproduces is dropped (reported), the
+    others go on."""
+
+    def __init__(self, cfg: RunConfig):
+        from roll.algo.rollback import RollbackConfig
+        from roll.rollout.resample import SnapshotCache
+
+        self.cfg = cfg.rollout.resample
+        self.rollback = RollbackConfig(**self.cfg.model_dump(exclude={"enabled", "references", "share"}))
+        self.n_tasks = cfg.rollout.tasks_per_iteration
+        self.references: dict[str, Trajectory] = {}  # task id -> reference trajectory
+        self.schedules: dict[str, object] = {}  # reference id -> its schedule
+        self.snapshots = SnapshotCache()
+
+    def oracle_attempts(self, attempts: list[Attempt]) -> list[Attempt]:
+        """With oracle references: the attempts to run first so that every group's task has one (the group's
+        oracle members, or one extra oracle attempt for a group with none)."""
+        if self.cfg.references != "oracle":
+            return []
+        first = []
+        for g in dict.fromkeys(a.group for a in attempts):
+            members = [a for a in attempts if a.group == g]
+            if members[0].task.id in self.references:
+                continue
+            first += [a for a in members if a.oracle] or [Attempt(task=members[0].task, group=g, oracle=True)]
+        return first
+
+    def plan(self, attempts: list[Attempt]) -> None:
+        """Start a share of each group's policy attempts from its reference (in place; start 0 = a whole attempt)."""
+        from roll.algo.rollback import make_schedule
+        from roll.rollout.resample import BadReference, check_reference
+
+        for g in dict.fromkeys(a.group for a in attempts):
+            policy = [a for a in attempts if a.group == g and not a.oracle]
+            ref = self.references.get(policy[0].task.id) if policy else None
+            if ref is None:
+                continue
+            schedule = self.schedules.setdefault(ref.trajectory_id, make_schedule(len(ref.chunks), self.rollback))
+            n = max(1, round(self.cfg.share * len(policy)))
+            for a, k in zip(policy[-n:], schedule.next_starts(n), strict=True):
+                try:
+                    check_reference(a.task, ref, k)
+                except BadReference as e:
+                    log(f"  resampling: {e}; reference dropped")
+                    self.references.pop(a.task.id, None)
+                    break
+                if k > 0:  # baselines among attempts from the same start
+                    a.reference, a.start_chunk, a.group = ref, k, g + self.n_tasks * k
+
+    def observe(self, attempts: list[Attempt], trajectories: list[Trajectory]) -> dict:
+        """Outcomes into the schedules, new references from resolved whole attempts; returns the metrics."""
+        by_id = {a.trajectory_id: a for a in attempts}
+        resampled = [t for t in trajectories if by_id[t.trajectory_id].reference is not None]
+        for t in resampled:
+            a = by_id[t.trajectory_id]
+            if t.status == "environment_error":  # e.g. the prefix's calls no longer reproduce its state
+                log(f"  resampling: reference {a.reference.trajectory_id} of {t.task_id} at chunk {a.start_chunk}: "
+                    f"{t.error}; reference dropped")  # fmt: skip
+                self.references.pop(t.task_id, None)
+                continue
+            self.schedules[a.reference.trajectory_id].record(a.start_chunk, t.resolved)
+        for t in trajectories:
+            a = by_id[t.trajectory_id]
+            wanted = a.oracle if self.cfg.references == "oracle" else a.reference is None
+            if wanted and t.resolved and t.task_id not in self.references and t.chunks:
+                self.references[t.task_id] = t
+        return {
+            "resampled_attempts": len(resampled),
+            "resampled_pass_rate": sum(t.resolved for t in resampled) / len(resampled) if resampled else None,
+            "resampled_starts": sorted(by_id[t.trajectory_id].start_chunk for t in resampled),
+            "rollback": {task: self.state(ref) for task, ref in self.references.items()},
+        }
+
+    def state(self, ref: Trajectory) -> dict:
+        """Where the reference's schedule stands: the next start (sequential), the critical chunks, its decisions."""
+        from roll.algo.rollback import SequentialRollback
+
+        out = {"reference": ref.trajectory_id, "chunks": len(ref.chunks)}
+        schedule = self.schedules.get(ref.trajectory_id)
+        if schedule is not None:
+            sequential = isinstance(schedule, SequentialRollback)
+            out |= {"next_start": schedule.next_starts(1)[0] if sequential else None,
+                    "critical": schedule.critical, "events": list(schedule.events)}  # fmt: skip
+        return out
+
+
 class TrainingDiverged(RollError):
     """`train.max_skipped_steps` updates in a row had a NaN/Inf loss; the policy is the last good one."""
 
 
 def iteration_metrics(it: int, trajectories: list[Trajectory], reference: set[str]) -> dict:
     """What one iteration's rollouts say, the policy's attempts apart from the oracle's."""
-    policy = [t for t in trajectories if t.trajectory_id not in reference]
-    chunks = [c for t in policy for c in t.chunks if c.response_token_ids]
+    sampled = [t for t in trajectories if t.trajectory_id not in reference]
+    policy = [t for t in sampled if not t.start_chunk]  # whole attempts (resampled ones are reported apart)
+    chunks = [c for t in sampled for c in t.chunks[t.start_chunk :] if c.response_token_ids]
     return {
         "iteration": it,
         "reward_mean": sum(t.reward for t in policy) / max(1, len(policy)),
@@ -211,6 +302,7 @@ class Run:
         self.inference = None
         self.trainer = None
         self.teacher = None
+        self.resampler = Resampler(cfg) if cfg.rollout.resample.enabled else None
         self.ray_started = False
         self.version = 0  # the policy version the inference worker serves
         self.skipped_in_row: list[int] = []
@@ -249,12 +341,13 @@ class Run:
         ray.get(self.trainer.__ray_ready__.remote())
         log(f"trainer worker ready ({cfg.train.algorithm}, DeepSpeed ZeRO-{cfg.train.zero_stage}, CPU)  "
             f"[{time.monotonic() - t:.0f}s]")  # fmt: skip
-        if cfg.rollout.oracle_per_group:
+        if cfg.rollout.oracle_per_group or (self.resampler and self.resampler.cfg.references == "oracle"):
             from roll.data.teacher import OracleTeacher
 
             # mistake_rate 0: the replayed success is a clean one (its recovery steps are SFT's business).
             self.teacher = OracleTeacher(tasks, tokenizer=model_dir, mistake_rate=0.0, seed=cfg.tasks.seed).serve()
-            log(f"oracle teacher at {self.teacher.url} plays {cfg.rollout.oracle_per_group} attempt(s) per group")
+            log(f"oracle teacher at {self.teacher.url} ({cfg.rollout.oracle_per_group} attempt(s) per group, "
+                f"references for resampling: {bool(self.resampler)})")  # fmt: skip
 
         from rock.launch import RockProcess
 
@@ -266,33 +359,48 @@ class Run:
         self.client = self.rock.client()  # one for the run: `close` still needs it to delete sandboxes
         log(f"rock server at {self.rock.url}")
 
-    def rollout(self, it: int, tasks, rng: random.Random) -> tuple[list[Trajectory], set[str]]:
+    def rollout(self, it: int, tasks, rng: random.Random) -> tuple[list[Trajectory], list[Attempt], dict]:
+        """The iteration's attempts and their trajectories (same order), and the resampling metrics. With oracle
+        references for resampling, the oracle attempts of tasks without one run first, then the rest."""
         cfg = self.cfg
         attempts = pick_attempts(tasks, cfg, rng)
+        first = self.resampler.oracle_attempts(attempts) if self.resampler else []
+        attempts = first + [a for a in attempts if a not in first]
         log(f"iteration {it}/{cfg.train.iterations}: rollout of {len(attempts)} attempts at "
             f"{cfg.rollout.tasks_per_iteration} tasks (policy version {self.version})")  # fmt: skip
-        reference = {a.trajectory_id for a in attempts if a.oracle}
         done = []
 
         def progress(traj: Trajectory) -> None:
             done.append(traj)
-            who = "oracle" if traj.trajectory_id in reference else "policy"
+            a = next(a for a in attempts if a.trajectory_id == traj.trajectory_id)
+            who = "oracle" if a.oracle else f"policy from chunk {a.start_chunk}" if a.start_chunk else "policy"
             log(f"  [{len(done)}/{len(attempts)}] {traj.task_id} ({who}): reward {traj.reward:.0f} ({traj.status}), "
                 f"{len(traj.chunks)} chunks, {traj.seconds:.0f}s")  # fmt: skip
 
         teacher_url = self.teacher.url if self.teacher is not None else None
-        trajectories = run_attempts(self.client, attempts, cfg, self.tracker, self.run_dir / "attempts" / f"it{it}",
-                                    progress, teacher_url)  # fmt: skip
-        return trajectories, reference
+        out_dir = self.run_dir / "attempts" / f"it{it}"
+        snapshots = self.resampler.snapshots if self.resampler else None
+        trajectories = (
+            run_attempts(self.client, first, cfg, self.tracker, out_dir, progress, teacher_url) if first else []
+        )
+        rest = attempts[len(first) :]
+        if self.resampler:
+            self.resampler.observe(first, trajectories)  # the references the rest may start from
+            self.resampler.plan(rest)
+        trajectories += run_attempts(self.client, rest, cfg, self.tracker, out_dir, progress, teacher_url, snapshots)
+        resampling = self.resampler.observe(rest, trajectories[len(first) :]) if self.resampler else {}
+        return trajectories, attempts, resampling
 
     def iteration(self, it: int, tasks, rng: random.Random) -> dict:
         import ray
 
         t0 = time.monotonic()
-        trajectories, reference = self.rollout(it, tasks, rng)
+        trajectories, attempts, resampling = self.rollout(it, tasks, rng)
         t1 = time.monotonic()
-        metrics = iteration_metrics(it, trajectories, reference) | {"rollout_s": round(t1 - t0, 1)}
-        step = ray.get(self.trainer.step.remote(trajectories, sorted(reference)))
+        reference = {a.trajectory_id for a in attempts if a.oracle}
+        given = {a.trajectory_id: a.start_chunk for a in attempts if a.start_chunk}
+        metrics = iteration_metrics(it, trajectories, reference) | resampling | {"rollout_s": round(t1 - t0, 1)}
+        step = ray.get(self.trainer.step.remote(trajectories, sorted(reference), given))
         t2 = time.monotonic()
         metrics.update(step, train_s=round(t2 - t1, 1), sync_s=0.0, policy_version=self.version)
         if self.note_step(it, step):
@@ -348,6 +456,8 @@ class Run:
         left = self.tracker.delete_all()
         if left:
             log(f"could not delete sandboxes {left}; the rock server removes them on exit")
+        if self.resampler is not None and self.client is not None:
+            self.resampler.snapshots.delete_all(self.client)
         if self.client is not None:
             self.client.close()
         if self.rock is not None:
@@ -375,6 +485,8 @@ def format_metrics(m: dict) -> str:
     line = (f"  reward {m['reward_mean']:.2f} pass {m['pass_rate']:.0%} | chunks {m.get('chunks', 0)} "
             f"(policy {m['policy_chunks']}) | sampled by policy_version {m['policy_versions']} | "
             f"time rollout {m['rollout_s']:.1f}s train {m['train_s']:.1f}s sync {m['sync_s']:.1f}s")  # fmt: skip
+    if m.get("resampled_attempts"):
+        line += f" | resampled from chunks {m['resampled_starts']}: pass {m['resampled_pass_rate']:.0%}"
     if m.get("loss") is not None:
         line += f" | {m['algorithm']} loss {m['loss']:.4f} grad_norm {m.get('grad_norm', 0):.3f}"
         if "mismatch_frac" in m:

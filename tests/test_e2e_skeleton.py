@@ -25,7 +25,7 @@ def run_argv(tmp_path: Path, *overrides: str) -> list[str]:
     return [ROLL, "train", "configs/rl/tiny-cpu.yaml", "name=e2e", f"runs_dir={tmp_path}",
             f"model.dir={tmp_path}/init", "curriculum.enabled=false", "tasks.families=[create_file]",
             "rollout.tasks_per_iteration=2", "rollout.group_size=2", "rollout.oracle_per_group=0",
-            "agent.max_turns=3", "agent.max_tokens=64", *overrides]  # fmt: skip
+            "rollout.resample.enabled=false", "agent.max_turns=3", "agent.max_tokens=64", *overrides]  # fmt: skip
 
 
 def containers_of_run(docker_client, run_dir: Path) -> list:

@@ -136,3 +136,48 @@ def test_a_stage_is_reused_only_while_its_config_and_starting_weights_are_unchan
     tensors["lm_head.weight"] = tensors["lm_head.weight"] + 1e-3
     save_file(tensors, str(weights), metadata={"format": "pt"})
     assert not run_stage(*sft_args)[0]["reused"]
+
+
+def reference_traj(task: TaskSpec, n_chunks: int = 4, tid: str = "oracle-1") -> Trajectory:
+    messages = [{"role": "system", "content": "iflow"}, {"role": "user", "content": task.instruction}]
+    chunks = [chunk(i, [2]).model_copy(update={"trajectory_id": tid, "messages": messages}) for i in range(n_chunks)]
+    return Trajectory(trajectory_id=tid, task_id=task.id, family="f", split="train", reward=1.0, status="resolved",
+                      chunks=chunks, group=0)  # fmt: skip
+
+
+def test_resampling_starts_a_share_of_the_policy_attempts_where_the_rollback_schedule_says():
+    from roll.driver import Resampler
+
+    cfg = load_config(TINY, ["rollout.tasks_per_iteration=1", "rollout.group_size=3", "rollout.oracle_per_group=1",
+                             "rollout.resample.enabled=true", "rollout.resample.group=2",
+                             "rollout.resample.budget=2"])  # fmt: skip
+    task = TaskSpec(id="t0", instruction="make it", family="f", environment=Environment(image="i"),
+                    tests={"run-tests.sh": "true"}, solution="true")  # fmt: skip
+    resampler = Resampler(cfg)
+    attempts = pick_attempts([task], cfg, random.Random(0))
+    first = resampler.oracle_attempts(attempts)
+    assert first == [attempts[2]] and first[0].oracle  # the task has no reference yet: its oracle member runs first
+    ref = reference_traj(task, tid=first[0].trajectory_id)
+    resampler.observe(first, [ref])
+    assert resampler.references == {"t0": ref} and resampler.oracle_attempts(attempts) == []
+
+    for outcome, expected_start in ((True, 3), (True, 3), (False, 2)):
+        rest = [a for a in pick_attempts([task], cfg, random.Random(0)) if not a.oracle]
+        resampler.plan(rest)
+        assert [a.start_chunk for a in rest] == [0, expected_start]  # the last policy attempt of the group
+        assert rest[1].reference is ref and rest[1].group == 0 + 1 * expected_start  # its own baseline group
+        out = Trajectory(trajectory_id=rest[1].trajectory_id, task_id="t0", family="f", split="train",
+                         reward=float(outcome), status="resolved" if outcome else "unresolved",
+                         start_chunk=expected_start)  # fmt: skip
+        whole = traj(0, 0.0, 1).model_copy(update={"trajectory_id": rest[0].trajectory_id})
+        m = resampler.observe(rest, [whole, out])
+        assert m["resampled_attempts"] == 1 and m["resampled_starts"] == [expected_start]
+    assert "start 3 learned" in " ".join(m["rollback"]["t0"]["events"])  # 2 of 2 resolved: rolled back to 2
+
+    # a reference whose prefix no longer reproduces is dropped; the run goes on
+    rest = [a for a in pick_attempts([task], cfg, random.Random(0)) if not a.oracle]
+    resampler.plan(rest)
+    broken = Trajectory(trajectory_id=rest[1].trajectory_id, task_id="t0", family="f", split="train", reward=0.0,
+                        status="environment_error", error="replayed call differs", start_chunk=2)  # fmt: skip
+    resampler.observe(rest, [traj(0, 0.0, 1).model_copy(update={"trajectory_id": rest[0].trajectory_id}), broken])
+    assert resampler.references == {}
