@@ -5,7 +5,8 @@ then holds `--alive` sandboxes at once; (3) exec p99 of `true` with all of them 
 by exec p99 with one alive. Targets: 100 % of creates succeed; ratio <= 3.
 Every sandbox is removed at the end. The JSON line holding "ratio" is printed before removal starts
 (removing a thousand takes minutes); `--fill-minutes` stops filling after M minutes and measures with
-what is alive by then (the JSON's "alive" says how many).
+what is alive by then (the JSON's "alive" says how many); so does host memory falling under
+`--min-available-mib` (default 3 GiB), so that a fill never pushes the machine's other work into the OOM killer.
 
 What bounds the count is measured with one and with all alive and printed: host memory per
 sandbox (MemAvailable's fall, divided), the containerd shims' RSS (one Go process per
@@ -102,13 +103,18 @@ async def exec_latencies(boxes, n: int) -> list[float]:
     return out
 
 
-async def create_many(c, n: int, limit: int, until: float = float("inf")) -> tuple[list, list]:
-    """`n` creates, `limit` at a time; none started after the monotonic time `until`."""
+def mem_available_mib() -> int:
+    return next(int(line.split()[1]) // 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable:"))
+
+
+async def create_many(c, n: int, limit: int, until: float = float("inf"), floor_mib: int = 0) -> tuple[list, list]:
+    """`n` creates, `limit` at a time; none started after the monotonic time `until` or with less than
+    `floor_mib` of host memory available (the machine's other work must not be pushed into the OOM killer)."""
     sem = asyncio.Semaphore(limit)
 
     async def one():
         async with sem:
-            if time.monotonic() > until:
+            if time.monotonic() > until or mem_available_mib() < floor_mib:
                 return None
             return await c.create_sandbox(**SPEC)
 
@@ -146,7 +152,7 @@ async def run(rock, args) -> None:
         for e in failed[:3]:
             print("  failure:", type(e).__name__, e)
         t = time.perf_counter()
-        more, failed2 = await create_many(c, max(0, args.alive - len(boxes)), 16, until)
+        more, failed2 = await create_many(c, max(0, args.alive - len(boxes)), 16, until, args.min_available_mib)
         boxes += more
         alive = len(await c.list_sandboxes())
         print(f"filled to {alive} alive sandboxes in {time.perf_counter() - t:.0f}s ({len(failed2)} failures)")
@@ -199,6 +205,7 @@ def main() -> None:
     p.add_argument("--execs", type=int, default=100)
     p.add_argument("--fill-minutes", type=float, default=float("inf"), help="stop filling after this long")
     p.add_argument("--remove-concurrency", type=int, default=16)
+    p.add_argument("--min-available-mib", type=int, default=3072, help="stop filling below this MemAvailable")
     args = p.parse_args()
     with RockProcess() as rock:
         asyncio.run(run(rock, args))
