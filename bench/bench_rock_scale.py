@@ -71,8 +71,11 @@ def bounds(manager_pid: int) -> dict:
     tasks = sum(len(os.listdir(f"/proc/{p}/task")) for p in os.listdir("/proc") if p.isdigit() and _alive(p))
     out = {
         "mem_available_mib": mem["MemAvailable"] // 1024,
+        # the kernel's share: unreclaimable slab (cgroups, namespaces, btrfs), thread stacks, page tables
+        "kernel_mib": (mem["SUnreclaim"] + mem["KernelStack"] + mem["PageTables"]) // 1024,
         "shims": len(shims),
         "shim_rss_mib": sum(_status(p, "VmRSS") for p in shims) / 1024,
+        "shim_anon_mib": sum(_status(p, "RssAnon") for p in shims) / 1024,  # its own; the rest is shared text
         "shim_threads": sum(_status(p, "Threads") for p in shims),
         "tasks": tasks,
         "pid_max": int(open("/proc/sys/kernel/pid_max").read()),
@@ -164,8 +167,9 @@ async def run(rock, args) -> None:
         print(f"with 1 alive: {json.dumps(at1)}")
         print(f"with {alive} alive: {json.dumps(atn)}")
         print(
-            f"per sandbox: {per:.1f} MiB of host memory, of which the shim {atn['shim_rss_mib'] / max(1, atn['shims']):.1f}"
-            f" MiB RSS and {atn['shim_threads'] / max(1, atn['shims']):.0f} threads"
+            f"per sandbox: {per:.1f} MiB of host memory; its shim {atn['shim_rss_mib'] / max(1, atn['shims']):.1f}"
+            f" MiB RSS ({atn['shim_anon_mib'] / max(1, atn['shims']):.1f} MiB its own)"
+            f" and {atn['shim_threads'] / max(1, atn['shims']):.0f} threads"
         )
         res = {"lat1": lat1, "latn": latn, "ok": len(ok), "alive": alive, "failed_fill": len(failed2)}
         report(args, res | {"mem_per_sandbox_mib": per})
