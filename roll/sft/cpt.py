@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
@@ -39,9 +40,23 @@ class CptDataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     full: int = Field(1, ge=0, description="copies of each whole trajectory, packed, on the agent's full prompt")
-    task_call: int = Field(1, ge=0, description="copies of each 'task alone -> first reply' example")
-    task_call_to: Literal["first", "first_change"] = Field("first", description="the reply a task_call example ends in")
-    result_call: int = Field(1, ge=0, description="copies of each 'task, last call, its result -> next reply' example")
+    task_call: float = Field(
+        1,
+        ge=0,
+        description="copies of each 'task alone -> first reply' example (a fraction: "
+        "that share of them, drawn with the seed)",
+    )
+    task_call_to: Literal["first", "first_change", "first_task"] = Field(
+        "first",
+        description="the reply a task_call example ends in: the first; the first that changes something; "
+        "the first whose arguments use the task's own words (a path or word of the instruction: not a bare look)",
+    )
+    result_call: float = Field(
+        1,
+        ge=0,
+        description="copies of each 'task, last call, its result -> next reply' "
+        "example (a fraction: that share of them)",
+    )
     per_behaviour: int | None = Field(None, ge=1, description="at most this many trajectories per behaviour")
     loss_on: Literal["responses", "all"] = Field("responses", description="the model's replies, or every token")
     order: Literal["shuffled", "short_first"] = Field("shuffled", description="short_first: short examples first")
@@ -101,6 +116,30 @@ def task_message(chunk: Chunk) -> dict | None:
     return next((m for m in chunk.messages or [] if m.get("role") == "user"), None)
 
 
+GENERIC = set(
+    "app txt json csv yaml the and a to of in into on for with from file files directory line lines word "
+    "words path content command contents name new".split()
+)
+
+
+def uses_task_words(call, task: dict) -> bool:
+    """Whether a call's arguments use a word of the instruction beyond the generic ones (`/app`, `file`, ...)."""
+    words = set(re.findall(r"[a-z]{3,}", str(task.get("content", "")).lower())) - GENERIC
+    args = getattr(call, "arguments", None)
+    if args is None and isinstance(call, dict):
+        args = call.get("arguments", call.get("function", {}).get("arguments"))
+    return bool(words & set(re.findall(r"[a-z]{3,}", str(args).lower())))
+
+
+def only_task_words(call, task: dict) -> bool:
+    """Whether every word of a call's arguments is in the instruction or generic: the task alone determines it."""
+    words = set(re.findall(r"[a-z]{3,}", str(task.get("content", "")).lower())) | GENERIC
+    return set(re.findall(r"[a-z]{3,}", str(call.arguments).lower())) <= words | COMMANDS
+
+
+COMMANDS = set("echo cat mkdir touch printf tee cp mv sed grep sort uniq head tail wc chmod tar git".split())
+
+
 def short_chunks(traj: Trajectory, task_call_to: str = "first") -> tuple[list[Chunk], list[Chunk]]:
     """(task -> first reply, [task, last call, its result -> next reply]...) as chunks of short requests."""
     task_calls, result_calls = [], []
@@ -114,7 +153,16 @@ def short_chunks(traj: Trajectory, task_call_to: str = "first") -> tuple[list[Ch
             result_calls.append(chunk.model_copy(update={"messages": short, "tools": None}))
         calls = chunk_calls(chunk)
         changed = any(changes_state(c) and ok for c, ok in zip(calls, outcomes(traj, chunk, calls), strict=True))
-        wanted = last is None if task_call_to == "first" else changed
+        if task_call_to == "first_task":
+            # the first call that uses the task's words, and the first change when the task alone determines it
+            wanted = (not task_calls and any(uses_task_words(c, task) for c in calls)) or (
+                changed and all(only_task_words(c, task) for c in calls) and len(task_calls) < 2
+            )
+            if wanted:
+                task_calls.append(chunk.model_copy(update={"messages": [task], "tools": None}))
+            continue
+        else:
+            wanted = last is None if task_call_to == "first" else changed
         if wanted and not task_calls:
             task_calls.append(chunk.model_copy(update={"messages": [task], "tools": None}))
     return task_calls, result_calls
@@ -146,6 +194,7 @@ def cpt_dataset(trajectories: list[Trajectory], tokenizer, cfg: CptDataConfig | 
     report = CptReport(trajectories=len(trajectories), selected=len(chosen))
     report.behaviours = len({behaviour(t) for t in chosen})
     chosen = augment(chosen, cfg.variants, cfg.pseudo_share, cfg.seed)
+    pick = random.Random(f"cpt-copies:{cfg.seed}")
     short: list[tuple[PackedSequence, str]] = []
     full: list[tuple[PackedSequence, str]] = []
     kinds = Counter()
@@ -159,8 +208,12 @@ def cpt_dataset(trajectories: list[Trajectory], tokenizer, cfg: CptDataConfig | 
                              for s in packed]  # fmt: skip
                 kinds["full"] += cfg.full * len(packed)
             tasks, results = short_chunks(traj, cfg.task_call_to)
-            for kind, chunks, n in (("task_call", tasks, cfg.task_call), ("result_call", results, cfg.result_call)):
+            for kind, chunks, copies_of in (
+                ("task_call", tasks, cfg.task_call),
+                ("result_call", results, cfg.result_call),
+            ):
                 for chunk in chunks:
+                    n = int(copies_of) + (pick.random() < copies_of % 1)
                     made = copies(lambda i, ch=chunk: single(ch, tokenizer, i), n, f"{tid}~{kind}")
                     short += [(s, traj.family) for s in made]
                     kinds[kind] += len(made)
