@@ -21,7 +21,7 @@ import pytest
 
 from rock import errors
 from rock.launch import RockProcess
-from rock.sdk import AsyncSession
+from rock.sdk import AsyncSession, Session
 
 pytestmark = pytest.mark.docker
 SPEC = {"memory": "64m", "pids_limit": 64, "cpus": 0.5}
@@ -132,3 +132,17 @@ def test_sessions_and_sandboxes_survive_a_manager_sigkill(tmp_path, docker_clien
 @pytest.mark.slow
 def test_a_hundred_sandboxes_survive_a_manager_sigkill(tmp_path, docker_client):
     print(restart_round(tmp_path, docker_client, n=100, limit=8))
+
+
+def test_a_graceful_stop_with_on_exit_keep_leaves_sessions_for_the_next_start(tmp_path, docker_client):
+    state = tmp_path / "state"
+    with RockProcess(state_dir=state, on_exit="keep") as first, first.client() as c:
+        sb = c.create_sandbox(**SPEC)
+        s = sb.session()
+        assert s.run("cd /etc && V=kept").exit_code == 0
+        token = first.token
+    with RockProcess(state_dir=state, token=token) as second, second.client() as c:
+        box = c.sandbox(sb.id)
+        assert Session(box, s.id).run("echo $V; pwd").stdout == "kept\n/etc\n"
+        assert box.session().run("pwd").stdout == "/root\n"  # a new session next to the adopted one
+    assert ours(docker_client, state) == []
