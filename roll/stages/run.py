@@ -120,9 +120,13 @@ def run_cpt(cfg: CptConfig, resume: bool = False) -> dict:
     train_s = time.monotonic() - t
     model = _settle(run_dir, exported)
     after = _evaluate(cfg, model, "after", run_dir / "eval")
+    from roll.stages.probe import copy_probe
+
+    probe = copy_probe(model, sorted(set(data.families)))
+    _say(f"copy probe (held-out task alone -> first call, greedy): {probe['overall']} % {probe['by_family']}")
     summary = {"stage": "cpt", "name": cfg.name, "run_dir": str(run_dir), "model_in": str(cfg.model.dir), "model": str(model),
                "data": _data_summary(trajs, where, data.report) | {"inputs": inputs(cfg.data)}, "train": result,
-               "before": before, "after": after,
+               "before": before, "after": after, "copy_probe": probe,
                "wall_s": {"total": round(time.monotonic() - start, 1), "setup": round(setup_s, 1),
                           "train": round(train_s, 1)}}  # fmt: skip
     return _write_summary(cfg, run_dir, summary, rows, cfg.steps)
