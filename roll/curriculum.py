@@ -37,14 +37,27 @@ def stage_key(cfg) -> dict:
 
 
 def _reusable(cfg, key: dict) -> dict | None:
-    """The summary of the stage's last run when it was made from exactly these inputs and its model is there."""
-    run_dir = cfg.run_dir
+    """The summary of the stage's last run when it was made from exactly these inputs and its model is there.
+
+    A run without our key file (`roll cpt` / `roll sft` by hand) counts when its summary's settings are this config
+    and its model is newer than the weights it would start from; the key file is written then."""
+    run_dir, model = cfg.run_dir, cfg.run_dir / "model" / "config.json"
     try:
-        saved = json.loads((run_dir / KEY_FILE).read_text())
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    return summary if saved == key and (run_dir / "model" / "config.json").is_file() else None
+    if not model.is_file():
+        return None
+    try:
+        return summary if json.loads((run_dir / KEY_FILE).read_text()) == key else None
+    except (OSError, ValueError):
+        pass
+    settings = {k: v for k, v in (summary.get("settings") or {}).items() if k != "eval"}
+    newest_in = max((f.stat().st_mtime for f in cfg.model.dir.glob("*.safetensors")), default=0.0)
+    if settings != key["config"] or model.stat().st_mtime < newest_in:
+        return None
+    (run_dir / KEY_FILE).write_text(json.dumps(key, indent=1) + "\n")
+    return summary
 
 
 def run_stage(kind: str, path: Path, overrides: list[str]) -> tuple[dict, object]:
@@ -173,7 +186,15 @@ def plot_run(stages: dict, out_png: Path, title: str) -> Path:
     if history:
         its = [m["iteration"] for m in history]
         right.plot(its, [m["reward_mean"] for m in history], "o-", color="tab:blue", label="reward (mean)")
-        right.plot(its, [m["pass_rate"] for m in history], "s--", color="tab:orange", label="pass rate (rollouts)")
+        right.plot(
+            its, [m["pass_rate"] for m in history], "s--", color="tab:orange", label="pass rate (whole attempts)"
+        )
+        resampled = [
+            (m["iteration"], m["resampled_pass_rate"]) for m in history if m.get("resampled_pass_rate") is not None
+        ]
+        if resampled:
+            right.plot(*zip(*resampled, strict=True), "^:", color="tab:purple", label="pass rate (resampled)")
+        right.set_xticks(its)
         right.legend()
     right.set_ylim(-0.05, 1.05)
     right.set_xlabel("RL iteration")
