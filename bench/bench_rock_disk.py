@@ -15,7 +15,7 @@ import time
 
 from rock.launch import RockProcess
 
-DD_BOMB = "while true; do dd if=/dev/zero of=/bomb bs=1M count=4096 2>>/tmp/dd.err; rm -f /bomb; done"
+DD_BOMB = "while true; do dd if=/dev/zero of=/bomb bs=1M count=4096; rm -f /bomb; done"
 FILES_BOMB = (
     "while true; do python3 -c \"import os\nos.makedirs('/f', exist_ok=True)\nn=0\n"
     "try:\n  while True:\n    open(f'/f/{n}','wb').write(b'x'*4096); n+=1\nexcept OSError: pass\"; rm -rf /f; done"
@@ -37,15 +37,16 @@ def sample(sb, n: int) -> list[float]:
 
 
 def during(bomb_sb, cmd: str, other, n: int) -> tuple[list[float], str]:
-    """Samples of `other` while `cmd` runs in `bomb_sb` (killed after), and what the bomb's dd said."""
-    t = threading.Thread(target=lambda: bomb_sb.exec(cmd, timeout=3600), daemon=True)
+    """Samples of `other` while `cmd` runs in `bomb_sb` (killed after), and the first error the bomb got."""
+    said: list[str] = []
+    t = threading.Thread(target=lambda: said.append(bomb_sb.exec(cmd, timeout=3600).stderr), daemon=True)
     t.start()
     time.sleep(2.0)  # let the bomb reach its limit and keep hitting it
     xs = sample(other, n)
     bomb_sb.exec("pkill -f 'while [t]rue'; pkill -x dd; pkill -x python3; true", timeout=30)
     t.join(timeout=60)
-    said = bomb_sb.exec("sort -u /tmp/dd.err 2>/dev/null | grep -i quota | head -1").stdout.strip()
-    return xs, said
+    errs = [line for line in "".join(said).splitlines() if "quota" in line.lower() or "space" in line.lower()]
+    return xs, errs[0] if errs else "no write error seen"
 
 
 def main() -> None:

@@ -6,9 +6,11 @@
 # Sandboxes run with --network none, so the daemon needs no bridge and no iptables rules.
 #
 # Disk quotas: overlay2 on ext4 refuses `--storage-opt size=` and this kernel has no ext4/XFS project quotas, but
-# btrfs quotas work. So the daemon's data root is a btrfs filesystem in a sparse image file (ROCK_BTRFS_IMG)
-# loop-mounted on ROCK_DOCKER_ROOT, with the `btrfs` storage driver and btrfs *simple* quotas, which `rock serve`
-# sets per container (rock/backend/btrfsquota.py says why not full qgroups or --storage-opt). Docker's driver
+# btrfs quotas work. So the daemon runs the `btrfs` storage driver with its data root ROCK_DOCKER_ROOT on the
+# host's filesystem and the layers' directory (ROCK_DOCKER_ROOT/btrfs) a btrfs filesystem in a sparse image file
+# (ROCK_BTRFS_IMG) mounted from a loop device, with btrfs *simple* quotas, which `rock serve` sets per container
+# (only the layers live on the loop: the daemon's and containerd's own files, fsynced on every exec, would wait
+# behind a disk bomb's writeback there) (rock/backend/btrfsquota.py says why not full qgroups or --storage-opt). Docker's driver
 # decides once, at its first layer removal, whether quotas are on, and would then rescan on every removal (which
 # simple quotas refuse): so quotas are off while the daemon starts and removes one layer, and turned on after.
 # A running daemon on another storage is switched only when no container runs (restarting dockerd kills them).
@@ -20,6 +22,7 @@ ROCK_DISK_QUOTA="${ROCK_DISK_QUOTA:-1}"
 ROCK_DOCKER_ROOT="${ROCK_DOCKER_ROOT:-/var/lib/rock-docker}"
 ROCK_BTRFS_IMG="${ROCK_BTRFS_IMG:-/var/lib/rock-docker.btrfs.img}"
 ROCK_BTRFS_SIZE_GB="${ROCK_BTRFS_SIZE_GB:-}" # default: 64, at most 80% of the free space where the image lives
+LAYERS="$ROCK_DOCKER_ROOT/btrfs"
 LOG=/var/log/rock-dockerd.log
 # discard=async: space freed inside (removed sandboxes) is punched out of the sparse image, back to the host, in
 # the background (plain `discard` punches inside every transaction commit: a removal then stalled for minutes);
@@ -31,12 +34,25 @@ QUOTA=(python3 "$(cd "$(dirname "$0")/.." && pwd)/rock/backend/btrfsquota.py")
 answers() { docker info >/dev/null 2>&1; }
 driver() { docker info --format '{{.Driver}}' 2>/dev/null || true; }
 note() { echo "ensure-docker: $*" >&2; }
-quota_mode() { "${QUOTA[@]}" mode "$ROCK_DOCKER_ROOT" 2>/dev/null || echo none; }
+quota_mode() { "${QUOTA[@]}" mode "$LAYERS" 2>/dev/null || echo none; }
 
 # The btrfs data root, mounted (idempotent); returns 1, saying why, where it cannot be made.
 btrfs_root() {
-  if [ "$(findmnt -n -o FSTYPE --target "$ROCK_DOCKER_ROOT" 2>/dev/null)" = btrfs ] && mountpoint -q "$ROCK_DOCKER_ROOT"; then
-    mount -o "remount,$MOUNT_OPTS" "$ROCK_DOCKER_ROOT" 2>/dev/null || true
+  if mountpoint -q "$ROCK_DOCKER_ROOT" && [ -f "$ROCK_BTRFS_IMG" ] &&
+    losetup -j "$ROCK_BTRFS_IMG" | cut -d: -f1 | grep -qx "$(findmnt -n -o SOURCE "$ROCK_DOCKER_ROOT")"; then
+    # an earlier layout had the whole data root on the loop: made anew (images are rebuilt by `make images`)
+    pgrep -x dockerd >/dev/null && { note "dockerd runs on the old layout at $ROCK_DOCKER_ROOT"; return 1; }
+    umount -R "$ROCK_DOCKER_ROOT" && rm -f "$ROCK_BTRFS_IMG" || return 1
+  fi
+  # dockerd bind-mounts its data root onto itself unless it is a mount point already, which would hide the loop
+  # mounted under it: so the root is made a mount point (a bind onto itself) first
+  if ! mountpoint -q "$ROCK_DOCKER_ROOT"; then
+    ! mountpoint -q "$LAYERS" || umount "$LAYERS"
+    mkdir -p "$ROCK_DOCKER_ROOT"
+    mount --bind "$ROCK_DOCKER_ROOT" "$ROCK_DOCKER_ROOT" || { note "cannot bind-mount $ROCK_DOCKER_ROOT"; return 1; }
+  fi
+  if [ "$(findmnt -n -o FSTYPE --target "$LAYERS" 2>/dev/null)" = btrfs ] && mountpoint -q "$LAYERS"; then
+    mount -o "remount,$MOUNT_OPTS" "$LAYERS" 2>/dev/null || true
     return 0
   fi
   if ! command -v mkfs.btrfs >/dev/null 2>&1; then
@@ -47,7 +63,7 @@ btrfs_root() {
   fi
   grep -qw btrfs /proc/filesystems || modprobe btrfs 2>/dev/null || true
   grep -qw btrfs /proc/filesystems || { note "this kernel has no btrfs"; return 1; }
-  mkdir -p "$ROCK_DOCKER_ROOT" "$(dirname "$ROCK_BTRFS_IMG")"
+  mkdir -p "$LAYERS" "$(dirname "$ROCK_BTRFS_IMG")"
   if [ ! -s "$ROCK_BTRFS_IMG" ] || ! btrfs inspect-internal dump-super "$ROCK_BTRFS_IMG" >/dev/null 2>&1; then
     local size="$ROCK_BTRFS_SIZE_GB"
     if [ -z "$size" ]; then
@@ -62,7 +78,7 @@ btrfs_root() {
     truncate -s "${size}G" "$ROCK_BTRFS_IMG"
     mkfs.btrfs -q -f "$ROCK_BTRFS_IMG" >/dev/null || { note "mkfs.btrfs failed"; rm -f "$ROCK_BTRFS_IMG"; return 1; }
   fi
-  mount -o "loop,$MOUNT_OPTS" "$ROCK_BTRFS_IMG" "$ROCK_DOCKER_ROOT" 2>/dev/null ||
+  mount -o "loop,$MOUNT_OPTS" "$ROCK_BTRFS_IMG" "$LAYERS" 2>/dev/null ||
     { note "cannot loop-mount $ROCK_BTRFS_IMG"; return 1; }
 }
 
@@ -74,15 +90,17 @@ settle_and_enable_squota() {
     note "could not settle the daemon's quota state; quotas stay off"
     return 0
   fi
-  "${QUOTA[@]}" enable-simple "$ROCK_DOCKER_ROOT" || note "this kernel has no btrfs simple quotas; rock serve refuses 'disk'"
+  "${QUOTA[@]}" enable-simple "$LAYERS" || note "this kernel has no btrfs simple quotas; rock serve refuses 'disk'"
 }
 
 start_dockerd() { # start_dockerd EXTRA_FLAGS...; 0 when it answers within 60 s
   mkdir -p /var/log
   # at niceness 0 even when make runs under `nice`: the daemon's containers inherit it
   nohup nice -n "$((-$(nice)))" dockerd "${DOCKERD_FLAGS[@]}" "$@" >>"$LOG" 2>&1 &
+  local pid=$!
   for _ in $(seq 1 60); do
     if answers; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || return 1 # it exited (e.g. a storage driver it cannot use)
     sleep 1
   done
   return 1
@@ -103,8 +121,8 @@ stop_dockerd() { # SIGTERM the daemon(s) we may manage and wait until they are g
 
 start_with_quota_root() { # the btrfs daemon, else the plain one
   if [ "$ROCK_DISK_QUOTA" != 0 ] && btrfs_root; then
-    note "starting dockerd on btrfs at $ROCK_DOCKER_ROOT (per-sandbox disk quotas) ..."
-    [ "$(quota_mode)" = disabled ] || "${QUOTA[@]}" disable "$ROCK_DOCKER_ROOT" || true
+    note "starting dockerd with its layers on btrfs at $LAYERS (per-sandbox disk quotas) ..."
+    [ "$(quota_mode)" = disabled ] || "${QUOTA[@]}" disable "$LAYERS" || true
     if start_dockerd --storage-driver=btrfs --data-root="$ROCK_DOCKER_ROOT"; then
       settle_and_enable_squota
       return 0

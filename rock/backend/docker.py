@@ -60,11 +60,12 @@ def disk_problem(driver: str | None, data_root: str | None) -> str | None:
     """None when a daemon with this storage driver and data root can bound each container's disk; else why not."""
     if driver != "btrfs" or not data_root:
         return f"the Docker daemon's storage driver {driver} cannot bound a sandbox's disk; {QUOTA_HOW}"
-    mode = btrfsquota.mode(data_root)
+    layers = f"{data_root}/btrfs"
+    mode = btrfsquota.mode(layers)
     if mode == "none":
-        return f"cannot open the daemon's data root {data_root} (rock serve must run as root on its host); {QUOTA_HOW}"
+        return f"cannot open the daemon's layers at {layers} (rock serve must run as root on its host); {QUOTA_HOW}"
     if mode != "squota":
-        return f"the daemon's btrfs data root {data_root} has quotas {mode}, not simple quotas; {QUOTA_HOW}"
+        return f"the daemon's btrfs layers at {layers} have quotas {mode}, not simple quotas; {QUOTA_HOW}"
     return None
 
 
