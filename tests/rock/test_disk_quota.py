@@ -88,6 +88,7 @@ except OSError as e:
 
 
 @pytest.mark.docker
+@pytest.mark.slow  # near the limit each file's reservation makes btrfs flush and commit: 0.5 to 5 minutes here
 def test_many_small_files_stop_at_the_limit(qc):
     with qc.create_sandbox(disk="16m", memory="256m") as sb:
         sb.write_file("/tmp/bomb.py", FILES_BOMB.encode())
