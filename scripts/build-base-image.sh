@@ -7,8 +7,11 @@
 set -euo pipefail
 TAG=${1:-rock/base:bookworm}
 PACKAGES=python3,python3-pytest,git,procps,ca-certificates,coreutils,findutils,grep,sed,gawk,tar,gzip,bzip2,xz-utils
+# The label also names the build recipe's revision: r2 = the image's / is mode 0755 (mktemp's 0700 root became
+# the image's own root under the btrfs storage driver, and `su nobody` could not run /bin/sh).
+RECIPE="$PACKAGES;r2"
 have=$(docker image inspect -f '{{ index .Config.Labels "ale.base.packages" }}' "$TAG" 2>/dev/null || true)
-if [ "$have" = "$PACKAGES" ]; then exit 0; fi
+if [ "$have" = "$RECIPE" ]; then exit 0; fi
 
 mirror=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null \
          | grep -oE 'https?://[^ ]+' | grep -v security | head -n 1 || true)
@@ -31,7 +34,8 @@ debootstrap --variant=minbase \
   bookworm "$root" "$mirror" >/tmp/rock-debootstrap.log 2>&1 \
   || { echo "error: debootstrap failed; see /tmp/rock-debootstrap.log" >&2; exit 1; }
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+chmod 0755 "$root"
 tar -C "$root" -c . | docker import \
   -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-  -c 'ENV LANG=C.UTF-8' -c 'WORKDIR /root' -c "LABEL ale.base.packages=$PACKAGES" -c 'CMD ["/bin/bash"]' - "$TAG" >/dev/null
+  -c 'ENV LANG=C.UTF-8' -c 'WORKDIR /root' -c "LABEL ale.base.packages=$RECIPE" -c 'CMD ["/bin/bash"]' - "$TAG" >/dev/null
 echo "built $TAG" >&2
