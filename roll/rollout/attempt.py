@@ -57,8 +57,13 @@ class AgentOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_turns: int = Field(10, ge=1, description="iflow --max-turns: model calls before it stops")
     max_tokens: int | None = Field(None, ge=1, description="IFLOW_MAX_TOKENS: cap on each completion")
-    temperature: float | None = Field(None, ge=0, le=2, description="IFLOW_TEMPERATURE: sampling temperature "
-                                      "(None: the server's default, 1.0 for rome serve; 0: greedy)")
+    temperature: float | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="IFLOW_TEMPERATURE: sampling temperature "
+        "(None: the server's default, 1.0 for rome serve; 0: greedy)",
+    )
     timeout_s: float | None = Field(None, gt=0, description="wall-clock limit of the agent (default: the task's)")
     iflow_mount: str = Field(f"{AGENT_SRC_ROOT}/iflow_cli", description="where the iflow_cli source is mounted")
 
@@ -238,6 +243,23 @@ def _chunks(raw) -> list[Chunk]:
     return sorted(chunks, key=lambda c: c.index)
 
 
+def iflow_sandbox(image: str, trajectory_id: str, options: AgentOptions, model_url: str | None = None,
+                  iflow_source: Path | None = None) -> dict:  # fmt: skip
+    """The create body of a sandbox that runs iflow: the model network, iflow's settings in its environment, the
+    agent's source mounted read-only, and the model upstream when given."""
+    env = {"PYTHONPATH": AGENT_SRC_ROOT}
+    if options.max_tokens:
+        env["IFLOW_MAX_TOKENS"] = str(options.max_tokens)
+    if options.temperature is not None:
+        env["IFLOW_TEMPERATURE"] = str(options.temperature)
+    source = iflow_source or iflow_source_dir()
+    create: dict = {"image": image, "trajectory_id": trajectory_id, "network": "model", "env": env,
+                    "mounts": [{"source": str(source), "target": options.iflow_mount, "read_only": True}]}  # fmt: skip
+    if model_url:
+        create["model_upstream"] = model_url
+    return create
+
+
 def run_attempt(
     client,
     task: TaskSpec,
@@ -279,18 +301,10 @@ def run_attempt(
     except EnvironmentFailed as e:
         logs.write("environment.log", str(e) + "\n")
         return failed("environment_error", str(e))
-    create: dict = {"image": image, "trajectory_id": base["trajectory_id"]}
     if agent == "iflow":
-        source = iflow_source or iflow_source_dir()
-        env = {"PYTHONPATH": AGENT_SRC_ROOT}
-        if options.max_tokens:
-            env["IFLOW_MAX_TOKENS"] = str(options.max_tokens)
-        if options.temperature is not None:
-            env["IFLOW_TEMPERATURE"] = str(options.temperature)
-        create.update(network="model", env=env,
-                      mounts=[{"source": str(source), "target": options.iflow_mount, "read_only": True}])  # fmt: skip
-        if model_url:
-            create["model_upstream"] = model_url
+        create = iflow_sandbox(image, base["trajectory_id"], options, model_url, iflow_source)
+    else:
+        create = {"image": image, "trajectory_id": base["trajectory_id"]}
     try:
         sandbox = client.create_sandbox(**create)
     except (rock_errors.ImageNotFound, rock_errors.ValidationFailed) as e:

@@ -40,7 +40,6 @@ from rock import errors as rock_errors
 from rock.contracts import Chunk, ToolResult, Trajectory, link_tool_results, versions_of
 from roll.errors import RollError
 from roll.rollout.attempt import (
-    AGENT_SRC_ROOT,
     INFO_PATH,
     TESTS_DIR,
     AgentOptions,
@@ -51,7 +50,7 @@ from roll.rollout.attempt import (
     _Logs,
     _upload,
     decide_status,
-    iflow_source_dir,
+    iflow_sandbox,
     last_line,
     one_line,
     task_image,
@@ -308,16 +307,7 @@ def resampled_attempt(
     except EnvironmentFailed as e:
         logs.write("environment.log", str(e) + "\n")
         return failed("environment_error", str(e))
-    env = {"PYTHONPATH": AGENT_SRC_ROOT}
-    if options.max_tokens:
-        env["IFLOW_MAX_TOKENS"] = str(options.max_tokens)
-    if options.temperature is not None:
-        env["IFLOW_TEMPERATURE"] = str(options.temperature)
-    source = iflow_source or iflow_source_dir()
-    create: dict = {"image": image, "trajectory_id": base["trajectory_id"], "network": "model", "env": env,
-                    "mounts": [{"source": str(source), "target": options.iflow_mount, "read_only": True}]}  # fmt: skip
-    if model_url:
-        create["model_upstream"] = model_url
+    create = iflow_sandbox(image, base["trajectory_id"], options, model_url, iflow_source)
     use_snapshots = snapshots is not None and not starts_processes(task, calls)
     key = (task.id, reference.trajectory_id, start_chunk)
     try:
