@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from rock.contracts import Chunk, Trajectory
+from rock.contracts import Chunk, ChunkResponse, Trajectory
 from roll.algo.packing import PackedSequence, pack_trajectory
 from roll.sft.data import DataError
 from roll.sft.masks import changes_state, chunk_calls, outcomes
@@ -67,6 +67,13 @@ class CptDataConfig(BaseModel):
         "by fresh ones (roll/sft/relex.py): word diversity is what teaches copying",
     )
     pseudo_share: float = Field(0.5, ge=0, le=1, description="share of replacement words that are made up")
+    fresh: int = Field(
+        0,
+        ge=0,
+        description="more 'task alone -> the golden first call' examples, each a new instance "
+        "of a trained family built from fresh words (made up or train words, as pseudo_share says): "
+        "no word set is ever repeated, as in issue 12's copy probe",
+    )
     seed: int = 0
 
 
@@ -168,6 +175,33 @@ def short_chunks(traj: Trajectory, task_call_to: str = "first") -> tuple[list[Ch
     return task_calls, result_calls
 
 
+def fresh_examples(families: list[str], n: int, tokenizer, pseudo_share: float, seed: int
+                   ) -> list[tuple[PackedSequence, str]]:  # fmt: skip
+    """`n` task-alone examples of new instances of `families` (round robin), each built by the family's builder
+    from its own fresh word pool, the target the golden solution's first call in ROME's format."""
+    from roll.data.teacher import act_steps
+    from roll.sft.relex import pseudo_word
+    from roll.sft.render import canonical_calls
+    from roll.tasks import suite
+    from roll.tasks.families.base import BUILDERS, Words
+    from roll.tasks.words import vocab_split
+
+    rng, train = random.Random(f"cpt-fresh:{seed}"), list(vocab_split("train"))
+    out = []
+    for i in range(n):
+        family = families[i % len(families)]
+        pool = train if rng.random() >= pseudo_share else list({pseudo_word(rng) for _ in range(40)})
+        draft = BUILDERS[family](Words(random.Random(rng.random()), pool))
+        task = suite._spec(suite.FAMILIES[family], 0, "train", draft)
+        step = act_steps(task)[0]
+        call = {"id": "call_0", "type": "function", "function": {"name": step.tool, "arguments": step.arguments}}
+        chunk = Chunk(trajectory_id=f"fresh-{i}", sandbox_id="", index=0, latency_s=0.0, created_at=0.0,
+                      messages=[{"role": "user", "content": task.instruction}],
+                      response=ChunkResponse(text="", tool_calls=canonical_calls([call])))  # fmt: skip
+        out.append((single(chunk, tokenizer, f"fresh-{i}"), family))
+    return out
+
+
 def single(chunk: Chunk, tokenizer, trajectory_id: str) -> PackedSequence:
     prompt, response = render_chunk(chunk, tokenizer)
     update = {"trajectory_id": trajectory_id, "prompt_token_ids": prompt, "response_token_ids": response}
@@ -219,6 +253,11 @@ def cpt_dataset(trajectories: list[Trajectory], tokenizer, cfg: CptDataConfig | 
                     kinds[kind] += len(made)
         except RenderError:
             report.unrenderable += 1
+    if cfg.fresh:
+        families = sorted({t.family for t in chosen})
+        made = fresh_examples(families, cfg.fresh, tokenizer, cfg.pseudo_share, cfg.seed)
+        short += made
+        kinds["fresh"] += len(made)
     rng = random.Random(cfg.seed)
     if cfg.order == "short_first":
         mixed = rng.sample(short, len(short)) + rng.sample(full, len(full))

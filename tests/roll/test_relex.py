@@ -84,3 +84,23 @@ def test_augment_adds_variants_with_their_own_ids_and_leaves_foreign_tasks_alone
     assert len({t.chunks[0].messages[1]["content"] for t in out}) == 4
     foreign = traj.model_copy(update={"task_id": "my-own-task", "family": "other"})
     assert relexicalize(foreign, random.Random(0)) is foreign
+
+
+def test_fresh_cpt_examples_are_new_instances_with_golden_first_calls():
+    import tempfile
+
+    from roll.sft.cpt import fresh_examples
+    from rome.init import init_model
+
+    with tempfile.TemporaryDirectory() as d:
+        tok_dir = init_model(f"{d}/m", "tiny", seed=0)
+        from roll.sft.render import load_tokenizer
+
+        tok = load_tokenizer(str(tok_dir))
+        made = fresh_examples(["create_file", "make_dir"], 40, tok, pseudo_share=1.0, seed=0)
+    assert [f for _, f in made[:4]] == ["create_file", "make_dir", "create_file", "make_dir"]
+    texts = [tok.decode(s.input_ids[1:][s.loss_mask.bool()]) for s, _ in made]  # loss_mask is over targets
+    assert all(t.startswith("<tool_call>") and t.endswith("<|im_end|>") for t in texts)
+    assert len(set(texts)) == 40  # no two instances share their words
+    heldout = set(vocab_split("heldout")) | set(vocab_split("train"))
+    assert not any(w in t for t in texts for w in heldout if len(w) > 5)  # pseudo_share 1: made-up words only
