@@ -121,7 +121,8 @@ def test_a_stage_is_reused_only_while_its_config_and_starting_weights_are_unchan
 
     common = [f"runs_dir={tmp_path}", f"data.path={FIXTURE}", "eval.enabled=false", "trainer.progress=false",
               "trainer.batch_sequences=2", "steps=1"]  # fmt: skip
-    cpt_args = ("cpt", ROOT / "configs/cpt/tiny-cpu.yaml", [*common, f"model.dir={tmp_path}/init", "name=cpt"])
+    cpt_args = ("cpt", ROOT / "configs/cpt/tiny-cpu.yaml", [*common, f"model.dir={tmp_path}/init", "name=cpt",
+                                                            "cpt.fresh=64", "cpt.variants=1"])  # fmt: skip
     cpt, cpt_cfg = run_stage(*cpt_args)
     sft_args = ("sft", ROOT / "configs/sft/tiny-cpu.yaml", [*common, f"model.dir={cpt['model']}", "name=sft",
                                                             "phase2.steps=0"])  # fmt: skip

@@ -107,7 +107,8 @@ def test_cpt_then_sft_train_a_few_steps_change_the_weights_lower_the_loss_and_wr
     common = [f"runs_dir={tmp_path}", f"data.path={FIXTURE}", "eval.enabled=false", "trainer.progress=false",
               "trainer.warmup_steps=0", "trainer.schedule=constant"]  # fmt: skip
     rc = main(["cpt", str(ROOT / "configs/cpt/tiny-cpu.yaml"), *common, f"model.dir={tmp_path}/init", "name=cpt",
-               "cpt.full=0", "cpt.result_call=0", "cpt.task_call=1", "trainer.batch_sequences=4", "steps=4",
+               "cpt.full=0", "cpt.result_call=0", "cpt.task_call=1", "cpt.variants=0", "cpt.fresh=0",
+                   "trainer.batch_sequences=4", "steps=4",
                "trainer.lr=1e-3"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     cpt = json.loads((tmp_path / "cpt/summary.json").read_text())
@@ -117,7 +118,8 @@ def test_cpt_then_sft_train_a_few_steps_change_the_weights_lower_the_loss_and_wr
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
 
     rc = main(["sft", str(ROOT / "configs/sft/tiny-cpu.yaml"), *common, f"model.dir={tmp_path}/cpt/model",
-               "name=sft", "trainer.batch_sequences=4", "steps=3", "trainer.lr=2e-4", "phase2.steps=0"])  # fmt: skip
+               "name=sft", "sft.variants=0", "trainer.batch_sequences=4", "steps=3", "trainer.lr=2e-4",
+                   "phase2.steps=0"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     sft = json.loads((tmp_path / "sft/summary.json").read_text())
     sft_losses = losses(tmp_path / "sft/phase1/metrics.jsonl")
