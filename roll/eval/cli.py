@@ -86,8 +86,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not tasks:
         raise RollError(f"no tasks to run from {args.tasks}" + (f" (split {args.split})" if args.split else ""))
     out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(args)
-    options = {"max_turns": args.max_turns, "max_tokens": args.max_tokens, "timeout_s": args.agent_timeout,
-               "temperature": args.temperature}
+    options = {
+        "max_turns": args.max_turns,
+        "max_tokens": args.max_tokens,
+        "timeout_s": args.agent_timeout,
+        "temperature": args.temperature,
+    }
     print(f"roll eval: {len(tasks)} tasks x {args.attempts} attempts, agent {args.agent}, "
           f"concurrency {args.concurrency}; logs in {out_dir}", flush=True)  # fmt: skip
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -159,8 +163,12 @@ def register(sub) -> None:
     p.add_argument("--attempts", type=int, default=1, help="attempts per task (default 1)")
     p.add_argument("--max-turns", type=int, help="iflow --max-turns (default 10)")
     p.add_argument("--max-tokens", type=int, help="cap on each completion (IFLOW_MAX_TOKENS)")
-    p.add_argument("--temperature", type=float, metavar="T",
-                   help="sampling temperature of the agent's model calls (default: the server's, 1.0; 0 = greedy)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        metavar="T",
+        help="sampling temperature of the agent's model calls (default: the server's, 1.0; 0 = greedy)",
+    )
     p.add_argument("--agent-timeout", type=float, help="seconds per agent run (default: each task's own)")
     p.add_argument("-o", "--output", metavar="results.json", help="also write the results JSON here")
     p.add_argument("--out-dir", help="results, logs and the resume log (default runs/eval/<from the arguments>)")

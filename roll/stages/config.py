@@ -73,8 +73,9 @@ class EvalConfig(_Strict):
     concurrency: int = Field(4, ge=1)
     max_turns: int = Field(10, ge=1, description="iflow --max-turns")
     max_tokens: int = Field(256, ge=1, description="cap on each completion")
-    temperature: float | None = Field(0.0, ge=0, le=2, description="sampling temperature; 0 = greedy pass@1 "
-                                      "(None: the server's default, 1.0)")
+    temperature: float | None = Field(
+        0.0, ge=0, le=2, description="sampling temperature; 0 = greedy pass@1 (None: the server's default, 1.0)"
+    )
 
     @field_validator("families")
     @classmethod
