@@ -165,12 +165,9 @@ def short_chunks(traj: Trajectory, task_call_to: str = "first") -> tuple[list[Ch
             wanted = (not task_calls and any(uses_task_words(c, task) for c in calls)) or (
                 changed and all(only_task_words(c, task) for c in calls) and len(task_calls) < 2
             )
-            if wanted:
-                task_calls.append(chunk.model_copy(update={"messages": [task], "tools": None}))
-            continue
-        else:
-            wanted = last is None if task_call_to == "first" else changed
-        if wanted and not task_calls:
+        else:  # one example: the first reply, or the first that changes something
+            wanted = not task_calls and (last is None if task_call_to == "first" else changed)
+        if wanted:
             task_calls.append(chunk.model_copy(update={"messages": [task], "tools": None}))
     return task_calls, result_calls
 
