@@ -16,6 +16,14 @@
 # A running daemon on another storage is switched only when no container runs (restarting dockerd kills them).
 # Where btrfs, loop devices or root are missing the daemon is left (or started) as it is, and `rock serve` then
 # refuses `disk` with a line saying how to get here.
+#
+# Another sandbox's exec during a disk bomb (bench/bench_rock_disk.py, measured with D-state stacks): a sandbox at
+# its quota makes btrfs commit a transaction on every refused write, each commit's superblock write carries a
+# cache flush, and the loop device answers a flush by fsyncing its image file on the host's disk. runc writes an
+# exec's pid file with O_SYNC into dockerd's exec root, which on a host whose /run is not a tmpfs is that same
+# disk: each exec then waited ~1 s behind the bomb's flushes. So the exec root gets a tmpfs of its own (as /run is
+# on most hosts; mounted only while no dockerd runs), and the loop device does direct I/O (the image's writes skip
+# the host's page cache: no second copy of the bomb's bytes to write back and fsync; set live, idempotently).
 set -euo pipefail
 
 ROCK_DISK_QUOTA="${ROCK_DISK_QUOTA:-1}"
@@ -23,6 +31,7 @@ ROCK_DOCKER_ROOT="${ROCK_DOCKER_ROOT:-/var/lib/rock-docker}"
 ROCK_BTRFS_IMG="${ROCK_BTRFS_IMG:-/var/lib/rock-docker.btrfs.img}"
 ROCK_BTRFS_SIZE_GB="${ROCK_BTRFS_SIZE_GB:-}" # default: 64, at most 80% of the free space where the image lives
 LAYERS="$ROCK_DOCKER_ROOT/btrfs"
+EXEC_ROOT=/var/run/docker # dockerd's default --exec-root: containerd's and runc's state, the exec FIFOs
 LOG=/var/log/rock-dockerd.log
 # discard=async: space freed inside (removed sandboxes) is punched out of the sparse image, back to the host, in
 # the background (plain `discard` punches inside every transaction commit: a removal then stalled for minutes);
@@ -35,11 +44,28 @@ answers() { docker info >/dev/null 2>&1; }
 driver() { docker info --format '{{.Driver}}' 2>/dev/null || true; }
 note() { echo "ensure-docker: $*" >&2; }
 quota_mode() { "${QUOTA[@]}" mode "$LAYERS" 2>/dev/null || echo none; }
+exec_root_in_memory() { [ "$(findmnt -n -o FSTYPE --target "$EXEC_ROOT" 2>/dev/null)" = tmpfs ]; }
+
+# The loop device under the layers does direct I/O (idempotent; a no-op where the layers are not on a loop).
+loop_direct_io() {
+  local dev
+  dev=$(findmnt -n -o SOURCE "$LAYERS" 2>/dev/null || true)
+  case "$dev" in /dev/loop*) ;; *) return 0 ;; esac
+  [ "$(cat "/sys/block/${dev#/dev/}/loop/dio" 2>/dev/null)" = 1 ] && return 0
+  losetup --direct-io=on "$dev" 2>/dev/null || note "cannot turn on direct I/O for $dev (the image is cached twice)"
+}
+
+# Before dockerd starts: its exec root on a tmpfs, unless it is one already (a tmpfs /run).
+exec_root_tmpfs() {
+  [ "$(id -u)" = 0 ] && ! exec_root_in_memory || return 0
+  mkdir -p "$EXEC_ROOT"
+  mount -t tmpfs -o mode=0711 rock-docker-exec "$EXEC_ROOT" || note "cannot mount a tmpfs at $EXEC_ROOT"
+}
 
 # The btrfs data root, mounted (idempotent); returns 1, saying why, where it cannot be made.
 btrfs_root() {
   if mountpoint -q "$ROCK_DOCKER_ROOT" && [ -f "$ROCK_BTRFS_IMG" ] &&
-    losetup -j "$ROCK_BTRFS_IMG" | cut -d: -f1 | grep -qx "$(findmnt -n -o SOURCE "$ROCK_DOCKER_ROOT")"; then
+    losetup -j "$ROCK_BTRFS_IMG" | cut -d: -f1 | grep -qxF "$(findmnt -n -o SOURCE "$ROCK_DOCKER_ROOT")"; then
     # an earlier layout had the whole data root on the loop: made anew (images are rebuilt by `make images`)
     pgrep -x dockerd >/dev/null && { note "dockerd runs on the old layout at $ROCK_DOCKER_ROOT"; return 1; }
     umount -R "$ROCK_DOCKER_ROOT" && rm -f "$ROCK_BTRFS_IMG" || return 1
@@ -53,6 +79,7 @@ btrfs_root() {
   fi
   if [ "$(findmnt -n -o FSTYPE --target "$LAYERS" 2>/dev/null)" = btrfs ] && mountpoint -q "$LAYERS"; then
     mount -o "remount,$MOUNT_OPTS" "$LAYERS" 2>/dev/null || true
+    loop_direct_io
     return 0
   fi
   if ! command -v mkfs.btrfs >/dev/null 2>&1; then
@@ -80,6 +107,7 @@ btrfs_root() {
   fi
   mount -o "loop,$MOUNT_OPTS" "$ROCK_BTRFS_IMG" "$LAYERS" 2>/dev/null ||
     { note "cannot loop-mount $ROCK_BTRFS_IMG"; return 1; }
+  loop_direct_io
 }
 
 # With the btrfs daemon up and quotas off: let the driver settle its quota state (one layer made and removed),
@@ -95,6 +123,7 @@ settle_and_enable_squota() {
 
 start_dockerd() { # start_dockerd EXTRA_FLAGS...; 0 when it answers within 60 s
   mkdir -p /var/log
+  exec_root_tmpfs
   # at niceness 0 even when make runs under `nice`: the daemon's containers inherit it
   nohup nice -n "$((-$(nice)))" dockerd "${DOCKERD_FLAGS[@]}" "$@" >>"$LOG" 2>&1 &
   local pid=$!
@@ -138,13 +167,18 @@ can_manage() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 
 if answers; then
   [ "$ROCK_DISK_QUOTA" = 0 ] && exit 0
+  how="without a btrfs data root with simple quotas, rock serve refuses 'disk' (run 'make docker' as root with no container running)"
   if [ "$(driver)" = btrfs ]; then
-    case "$(quota_mode)" in
-      squota) exit 0 ;;
-      disabled) can_manage && settle_and_enable_squota; exit 0 ;;
+    can_manage && loop_direct_io
+    mode=$(quota_mode)
+    if [ "$mode" = disabled ] && can_manage; then settle_and_enable_squota; mode=$(quota_mode); fi
+    case "$mode" in
+      squota | disabled)
+        exec_root_in_memory && exit 0
+        how="dockerd's exec root $EXEC_ROOT is on disk, so a sandbox's disk bomb stalls every exec (run 'make docker' as root with no container running)"
+        ;;
     esac # full qgroups (or a root we cannot read): restart below, as for another storage driver
   fi
-  how="without a btrfs data root with simple quotas, rock serve refuses 'disk' (run 'make docker' as root with no container running)"
   if ! can_manage || [ -d /run/systemd/system ]; then note "$how"; exit 0; fi
   running=$(docker ps -q | wc -l)
   if [ "$running" != 0 ]; then note "$running containers are running, not restarting dockerd; $how"; exit 0; fi

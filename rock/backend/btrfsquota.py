@@ -11,6 +11,10 @@ sandboxes alive) and a sandbox at its limit stalls the filesystem's transactions
 writes, not its image's bytes; deleting a subvolume is cheap. Docker's driver must not see quotas on (it would
 rescan, which squotas refuse), so scripts/ensure-docker.sh lets the daemon settle its quota state with quotas off
 and only then turns squotas on; rock sets each container's limit here, before the container starts.
+
+`loop_direct_io` and `fs_type` let a test check the two host settings that keep a bomb at its quota from stalling
+other sandboxes' execs (scripts/ensure-docker.sh says why): the loop under the layers does direct I/O, and
+dockerd's exec root (runc's O_SYNC pid files) is on a tmpfs.
 """
 
 from __future__ import annotations
@@ -76,6 +80,44 @@ def container_subvolume(data_root: str | Path, container_id: str) -> Path:
     root = Path(data_root)
     mount_id = (root / "image/btrfs/layerdb/mounts" / container_id / "mount-id").read_text().strip()
     return root / "btrfs/subvolumes" / mount_id
+
+
+def loop_direct_io(path: str | Path) -> bool | None:
+    """Whether the loop device that `path`'s filesystem is mounted from does direct I/O; None when not a loop."""
+    dev = _mount_source(path)
+    if dev is None or not dev.startswith("/dev/loop"):
+        return None
+    try:
+        return (Path("/sys/block") / dev.removeprefix("/dev/") / "loop/dio").read_text().strip() == "1"
+    except OSError:
+        return None
+
+
+def fs_type(path: str | Path) -> str | None:
+    """The type of the filesystem that holds `path` (the longest mount point above it), from /proc/self/mounts."""
+    m = _mount_of(path)
+    return m[2] if m else None
+
+
+def _mount_source(path: str | Path) -> str | None:
+    m = _mount_of(path)
+    return m[0] if m else None
+
+
+def _mount_of(path: str | Path) -> tuple[str, str, str] | None:
+    real, best = os.path.realpath(path), None
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        source, target, kind = line.split()[:3]
+        target = target.replace("\\040", " ")
+        if (real == target or real.startswith(target.rstrip("/") + "/")) and (
+            best is None or len(target) >= len(best[1])
+        ):
+            best = (source, target, kind)
+    return best
 
 
 def main(argv: list[str]) -> int:
