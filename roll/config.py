@@ -145,6 +145,18 @@ class TrainConfig(_Strict):
     """The DeepSpeed trainer and the loop around it."""
 
     iterations: int = Field(2, ge=1)
+    mode: Literal["sync", "async"] = Field(
+        "sync", description="sync: rollout -> train -> sync in series; async: attempts run on while the trainer "
+        "trains on the groups that finished (roll/rollout/scheduler.py)"
+    )  # fmt: skip
+    max_staleness: float = Field(
+        1.0, ge=0, description="async: a chunk is trained at most this many policy versions after the version that "
+        "sampled it; launches are held back (never dropped) to keep it"
+    )  # fmt: skip
+    max_in_flight: int | None = Field(
+        None, ge=1, description="async: attempts running at once; None: a batch per version the staleness allows, "
+        "(floor(max_staleness) + 1) x tasks_per_iteration x group_size"
+    )  # fmt: skip
     algorithm: Literal["ipa", "grpo", "ppo"] = Field(
         "ipa", description="ipa (chunk-level), or token-level grpo / ppo over the same rollouts"
     )
@@ -197,6 +209,11 @@ class RunConfig(_Strict):
             raise ValueError("device cuda needs cluster.gpus_per_node >= 1")
         if self.device == "cpu" and (self.inference.tensor_parallel > 1 or self.inference.expert_parallel):
             raise ValueError("inference.tensor_parallel and expert_parallel are for device cuda")
+        if self.train.mode == "async" and self.rollout.resample.enabled:
+            raise ValueError("rollout.resample is for train.mode sync (its references come from a finished group)")
+        if self.train.mode == "async" and (self.train.max_in_flight or 1 << 30) < self.rollout.group_size:
+            raise ValueError(f"train.max_in_flight {self.train.max_in_flight} is less than one group "
+                             f"(rollout.group_size {self.rollout.group_size})")  # fmt: skip
         if self.device == "cpu" and self.train.offload_optimizer:
             raise ValueError("train.offload_optimizer is for device cuda (on cpu the optimizer is in host RAM)")
         return self

@@ -8,7 +8,10 @@ schedule picks, roll/rollout/resample.py and roll/algo/rollback.py), one
 trainer update on the recorded chunks with `train.algorithm` (IPA by default, token-level GRPO / PPO-clip for
 comparison; roll/workers/trainer.py), the new weights handed to the inference worker in memory (no restart, no
 disk read) and saved as policy/v<N>; the next iteration's chunks carry policy_version N. A NaN/Inf loss applies
-no update and is reported; `train.max_skipped_steps` of them in a row stop the run. Everything it starts
+no update and is reported; `train.max_skipped_steps` of them in a row stop the run. With `train.mode=async`
+(`.venv/bin/pytest tests/roll/test_async.py`) the same groups run through roll/rollout/scheduler.py instead:
+attempts run on while the trainer trains on the groups that finished, each chunk within `train.max_staleness`
+policy versions of its sampler, one update per batch. Everything it starts
 (sandboxes, rock server, teacher, Ray actors) is stopped in `finally`, also on Ctrl-C and SIGTERM.
 """
 
@@ -119,14 +122,13 @@ def pick_attempts(tasks, cfg: RunConfig, rng: random.Random) -> list[Attempt]:
     return [Attempt(task=t, group=g, oracle=i >= n - oracle) for g, t in enumerate(chosen) for i in range(n)]
 
 
-def run_attempts(client, attempts: list[Attempt], cfg: RunConfig, tracker: SandboxTracker, attempts_dir: Path,
-                 on_done: Callable[[Trajectory], None] = lambda t: None, teacher_url: str | None = None,
-                 snapshots=None) -> list[Trajectory]:  # fmt: skip
-    """Run all attempts at once, iflow on the rock server's default upstream (the inference worker), an oracle
-    attempt on `teacher_url`; one thread each, since the work happens in the sandboxes and the engine.
-    Infrastructure failures raise."""
+def attempt_runner(client, attempts: list[Attempt], cfg: RunConfig, tracker: SandboxTracker, attempts_dir: Path,
+                   teacher_url: str | None = None, snapshots=None) -> Callable[[Attempt], Trajectory]:  # fmt: skip
+    """The function that runs one of `attempts`: iflow on the rock server's default upstream (the inference
+    worker), an oracle attempt on `teacher_url`, a resampled one from its reference's prefix."""
     options = AgentOptions(max_turns=cfg.agent.max_turns, max_tokens=cfg.agent.max_tokens, timeout_s=cfg.agent.timeout_s,
                            iflow_mount=cfg.sandbox.iflow_mount)  # fmt: skip
+    oracle_options = options
     if any(a.oracle for a in attempts):
         if teacher_url is None:
             raise ValueError("oracle attempts need the teacher's URL")
@@ -136,20 +138,29 @@ def run_attempts(client, attempts: list[Attempt], cfg: RunConfig, tracker: Sandb
         turns = max(cfg.agent.max_turns, oracle_turns([a.task for a in attempts if a.oracle]))
         oracle_options = options.model_copy(update={"max_turns": turns, "max_tokens": None})
     source = iflow_source_dir()
+
+    def run(a: Attempt) -> Trajectory:
+        common = {"attempt_dir": attempts_dir / a.trajectory_id, "trajectory_id": a.trajectory_id, "group": a.group,
+                  "tracker": tracker, "iflow_source": source}  # fmt: skip
+        if a.reference is not None:
+            from roll.rollout.resample import resampled_attempt
+
+            return resampled_attempt(client, a.task, a.reference, a.start_chunk, options, snapshots=snapshots, **common)
+        return run_attempt(client, a.task, "iflow", model_url=teacher_url if a.oracle else None,
+                           options=oracle_options if a.oracle else options, **common)  # fmt: skip
+
+    return run
+
+
+def run_attempts(client, attempts: list[Attempt], cfg: RunConfig, tracker: SandboxTracker, attempts_dir: Path,
+                 on_done: Callable[[Trajectory], None] = lambda t: None, teacher_url: str | None = None,
+                 snapshots=None) -> list[Trajectory]:  # fmt: skip
+    """Run all attempts at once, one thread each, since the work happens in the sandboxes and the engine
+    (`attempt_runner`). Infrastructure failures raise."""
+    run = attempt_runner(client, attempts, cfg, tracker, attempts_dir, teacher_url, snapshots)
     pool = ThreadPoolExecutor(max_workers=len(attempts), thread_name_prefix="rollout")
     try:
-        futures = []
-        for a in attempts:
-            common = {"attempt_dir": attempts_dir / a.trajectory_id, "trajectory_id": a.trajectory_id, "group": a.group,
-                      "tracker": tracker, "iflow_source": source}  # fmt: skip
-            if a.reference is not None:
-                from roll.rollout.resample import resampled_attempt
-
-                futures.append(pool.submit(resampled_attempt, client, a.task, a.reference, a.start_chunk, options,
-                                           snapshots=snapshots, **common))  # fmt: skip
-            else:
-                futures.append(pool.submit(run_attempt, client, a.task, "iflow", model_url=teacher_url if a.oracle else None,
-                                           options=oracle_options if a.oracle else options, **common))  # fmt: skip
+        futures = [pool.submit(run, a) for a in attempts]
         trajectories = []
         for future in as_completed(futures):
             trajectories.append(future.result())
@@ -306,6 +317,7 @@ class Run:
         self.ray_started = False
         self.version = 0  # the policy version the inference worker serves
         self.skipped_in_row: list[int] = []
+        self.scheduler = None  # train.mode=async: the AsyncRollout
 
     def start(self, model_dir: Path, tasks: list[TaskSpec]) -> None:
         import ray
@@ -409,6 +421,55 @@ class Run:
         self.stop_if_diverged()
         return metrics
 
+    def run_async(self, tasks, rng: random.Random, history: list[dict]) -> None:
+        """`train.mode=async`: the `train.iterations` x `tasks_per_iteration` groups (drawn as sync mode draws
+        them) run through roll/rollout/scheduler.py while the trainer trains on the groups that finished; one
+        update (and weight sync) per batch, until every group launched was trained."""
+        from roll.rollout.scheduler import AsyncRollout
+
+        cfg, n = self.cfg, self.cfg.rollout.tasks_per_iteration
+        groups: list[list[Attempt]] = []
+        for it in range(cfg.train.iterations):
+            attempts = pick_attempts(tasks, cfg, rng)
+            for a in attempts:
+                a.group += it * n  # one advantage baseline per group across the whole run
+            groups += [[a for a in attempts if a.group == it * n + g] for g in range(n)]
+        every = [a for g in groups for a in g]
+        teacher_url = self.teacher.url if self.teacher is not None else None
+        run = attempt_runner(self.client, every, cfg, self.tracker, self.run_dir / "attempts" / "async", teacher_url)
+        in_flight = cfg.train.max_in_flight or (int(cfg.train.max_staleness) + 1) * n * cfg.rollout.group_size
+        self.scheduler = AsyncRollout(groups, run, batch_groups=n, max_staleness=cfg.train.max_staleness,
+                                      max_in_flight=in_flight)  # fmt: skip
+        log(f"async rollout: {len(every)} attempts in {len(groups)} groups, batches of {n} groups, at most "
+            f"{in_flight} attempts in flight, max_staleness {cfg.train.max_staleness}")  # fmt: skip
+        self.scheduler.start()
+        step = 0
+        while (batch := self.scheduler.next_batch()) is not None:
+            step += 1
+            history.append(self.async_step(step, batch))
+            log(format_metrics(history[-1]))
+
+    def async_step(self, step: int, batch) -> dict:
+        """One update on a batch of finished groups, then the weights to the engine while attempts run on."""
+        import ray
+
+        reference = set(batch.reference)
+        t1 = time.monotonic()
+        metrics = iteration_metrics(step, batch.trajectories, reference) | batch.metrics()
+        result = ray.get(self.trainer.step.remote(batch.trajectories, sorted(reference), {}))
+        t2 = time.monotonic()
+        metrics.update(result, rollout_s=round(batch.waited_s, 1), train_s=round(t2 - t1, 1), sync_s=0.0,
+                       policy_version=self.version)  # fmt: skip
+        if self.note_step(step, result):
+            self._sync(step, metrics)
+        self.scheduler.set_version(self.version)  # also after a skipped update: launches held during it resume
+        busy = time.monotonic() - t1
+        metrics["trainer_idle_frac"] = round(batch.waited_s / max(1e-9, batch.waited_s + busy), 3)
+        metrics |= {f"attempts_{k}": v for k, v in self.scheduler.counts().items()}
+        self._write(batch.trajectories, reference, metrics)
+        self.stop_if_diverged()
+        return metrics
+
     def note_step(self, it: int, step: dict) -> bool:
         """Whether the update was applied (then the weights go to the inference worker); a skipped one is counted."""
         if step["skipped"]:
@@ -453,6 +514,8 @@ class Run:
 
     def close(self) -> None:
         """Stop everything, in reverse order; each step runs even if an earlier one fails."""
+        if self.scheduler is not None:
+            self.scheduler.close()
         left = self.tracker.delete_all()
         if left:
             log(f"could not delete sandboxes {left}; the rock server removes them on exit")
@@ -485,6 +548,10 @@ def format_metrics(m: dict) -> str:
     line = (f"  reward {m['reward_mean']:.2f} pass {m['pass_rate']:.0%} | chunks {m.get('chunks', 0)} "
             f"(policy {m['policy_chunks']}) | sampled by policy_version {m['policy_versions']} | "
             f"time rollout {m['rollout_s']:.1f}s train {m['train_s']:.1f}s sync {m['sync_s']:.1f}s")  # fmt: skip
+    if "staleness_max" in m:
+        line += (f" | staleness max {m['staleness_max']} mean {m['staleness_mean']:.2f}, versions/trajectory "
+                 f"{m['versions_per_trajectory_mean']:.2f}, in flight {m['in_flight']}, "
+                 f"trainer idle {m['trainer_idle_frac']:.0%}")  # fmt: skip
     if m.get("resampled_attempts"):
         line += f" | resampled from chunks {m['resampled_starts']}: pass {m['resampled_pass_rate']:.0%}"
     if m.get("loss") is not None:
@@ -494,23 +561,27 @@ def format_metrics(m: dict) -> str:
     return line
 
 
-def train(cfg: RunConfig, model_dir: Path | None = None) -> tuple[int, list[dict]]:
+def train(cfg: RunConfig, model_dir: Path | None = None, tasks: list[TaskSpec] | None = None) -> tuple[int, list[dict]]:
     """Run `cfg.train.iterations` iterations from `model_dir` (default: cfg.model.dir, made by rome init when
-    missing); returns the process exit status and the per-iteration metrics."""
+    missing) on `tasks` (default: the configured suite's train split); returns the process exit status and the
+    per-iteration metrics (async mode: per update)."""
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     run = Run(cfg)
     history = []
     start = time.monotonic()
     try:
-        tasks = train_tasks(cfg)
+        tasks = tasks or train_tasks(cfg)
         if len(tasks) < cfg.rollout.tasks_per_iteration:
             raise ValueError(f"only {len(tasks)} train tasks for rollout.tasks_per_iteration")
         preflight(tasks)
         run.start(model_dir or ensure_model(cfg), tasks)
         rng = random.Random(cfg.tasks.seed)
-        for it in range(1, cfg.train.iterations + 1):
-            history.append(run.iteration(it, tasks, rng))
-            log(format_metrics(history[-1]))
+        if cfg.train.mode == "async":
+            run.run_async(tasks, rng, history)
+        else:
+            for it in range(1, cfg.train.iterations + 1):
+                history.append(run.iteration(it, tasks, rng))
+                log(format_metrics(history[-1]))
     except KeyboardInterrupt:
         log("interrupted: removing sandboxes and stopping workers")
         return 130, history

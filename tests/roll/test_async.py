@@ -1,0 +1,192 @@
+"""Asynchronous rollout with bounded staleness: `.venv/bin/pytest tests/roll/test_async.py` (a few seconds).
+
+The scheduler (roll/rollout/scheduler.py) runs with attempts that stand in for a sandbox and an agent: each
+makes model calls that record the version the engines serve at that moment (as the gateway records the engine's
+`policy_version`) and sleeps between them; the "trainer" takes batches, sleeps, and bumps the version as the
+driver does after a weight sync. The bound, the throttling, the accounting and the version-per-chunk record are
+checked on that. The stale-chunk ratio is checked on the packed tensors the trainer builds (roll/algo).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from rock.contracts import Chunk, Trajectory
+from roll.rollout.scheduler import AsyncRollout
+
+
+@dataclass
+class FakeAttempt:
+    trajectory_id: str
+    calls: int = 2
+    gap_s: float = 0.01  # environment latency between calls
+    oracle: bool = False
+    started: list = field(default_factory=list)
+
+
+def make_runner(rollout_ref: list, live: list | None = None):
+    """`run(attempt)`: `calls` model calls, each chunk stamped with the version served at that moment."""
+    lock = threading.Lock()
+
+    def run(a: FakeAttempt) -> Trajectory:
+        if live is not None:
+            with lock:
+                live[0] += 1
+                live[1] = max(live[1], live[0])
+        chunks = []
+        for i in range(a.calls):
+            version = None if a.oracle else rollout_ref[0].version  # sampled now, then the environment's latency
+            time.sleep(a.gap_s)
+            chunks.append(Chunk(trajectory_id=a.trajectory_id, sandbox_id="sb", index=i, prompt_token_ids=[1],
+                                response_token_ids=[2, 3], response_logprobs=[-1.0, -1.0], policy_version=version,
+                                latency_s=0.0, created_at=time.time()))  # fmt: skip
+        if live is not None:
+            with lock:
+                live[0] -= 1
+        return Trajectory(trajectory_id=a.trajectory_id, task_id="t", family="f", split="train", reward=0.0,
+                          status="unresolved", chunks=chunks)  # fmt: skip
+
+    return run
+
+
+def groups_of(n_groups: int, size: int, gaps=None, calls=None) -> list[list[FakeAttempt]]:
+    out = []
+    for g in range(n_groups):
+        out.append([FakeAttempt(f"g{g}a{i}", gap_s=gaps[g] if gaps else 0.01, calls=calls[g] if calls else 2)
+                    for i in range(size)])  # fmt: skip
+    return out
+
+
+def drive(groups, *, batch_groups, max_staleness, max_in_flight, train_s=0.0, live=None):
+    """The driver's loop: batches until done, a sleep for the update, then version + 1. Returns the batches."""
+    ref: list = [None]
+    sched = AsyncRollout(groups, make_runner(ref, live), batch_groups=batch_groups, max_staleness=max_staleness,
+                         max_in_flight=max_in_flight)  # fmt: skip
+    ref[0] = sched
+    batches, caps = [], []
+    try:
+        sched.start()
+        while (batch := sched.next_batch(timeout=30)) is not None:
+            batches.append(batch)
+            caps.append(sched.counts())
+            time.sleep(train_s)
+            sched.set_version(sched.version + 1)
+    finally:
+        sched.close()
+    return sched, batches, caps
+
+
+def staleness(batch) -> list[int]:
+    return [
+        batch.version - c.policy_version for t in batch.trajectories for c in t.chunks if c.policy_version is not None
+    ]
+
+
+def test_every_trajectory_is_trained_once_and_none_is_lost_under_a_heavy_tail():
+    rng = random.Random(0)
+    gaps = [min(0.3, 0.005 * rng.lognormvariate(0, 1.5)) for _ in range(24)]  # log-normal environment latency
+    sched, batches, _ = drive(groups_of(24, 2, gaps), batch_groups=3, max_staleness=2, max_in_flight=12)
+    ids = [t.trajectory_id for b in batches for t in b.trajectories]
+    assert sorted(ids) == sorted(f"g{g}a{i}" for g in range(24) for i in range(2))  # all, each once
+    assert len(ids) == len(set(ids))
+    counts = sched.counts()
+    assert counts["launched"] == counts["trained"] == 48 and counts["untrained_finished"] == 0
+    assert all(max(staleness(b), default=0) <= 2 for b in batches)
+    # a group is trained whole: both members of every group land in the same batch
+    for b in batches:
+        groups = {t.trajectory_id.split("a")[0] for t in b.trajectories}
+        assert len(b.trajectories) == 2 * len(groups)
+
+
+def test_a_straggler_does_not_hold_the_batch_and_joins_a_later_one_within_the_bound():
+    # group 0 takes 30x longer than the others: sync would wait for it every batch; async trains without it
+    gaps = [0.3] + [0.01] * 11
+    sched, batches, _ = drive(groups_of(12, 1, gaps), batch_groups=2, max_staleness=1, max_in_flight=4)
+    first = [t.trajectory_id for t in batches[0].trajectories]
+    assert "g0a0" not in first
+    where = next(i for i, b in enumerate(batches) if any(t.trajectory_id == "g0a0" for t in b.trajectories))
+    assert where >= 1
+    assert all(max(staleness(b), default=0) <= 1 for b in batches)
+    assert sum(len(b.trajectories) for b in batches) == 12
+
+
+def test_a_slow_trainer_throttles_launches_to_the_bound():
+    live = [0, 0]
+    sched, batches, caps = drive(groups_of(16, 2), batch_groups=2, max_staleness=1, max_in_flight=32, train_s=0.05,
+                                 live=live)  # fmt: skip
+    # rollouts are fast and the trainer slow: without the cap all 32 attempts would run at once, version 0
+    assert sched.held_launches > 0
+    assert sched.peak_unconsumed <= sched.unconsumed_cap == 4
+    assert live[1] <= 4 * 2
+    assert all(max(staleness(b), default=0) <= 1 for b in batches)
+    assert sum(len(b.trajectories) for b in batches) == 32
+
+
+def test_zero_staleness_is_the_synchronous_schedule():
+    sched, batches, _ = drive(groups_of(6, 2, [0.05, 0.01, 0.01] * 2), batch_groups=3, max_staleness=0,
+                              max_in_flight=6)  # fmt: skip
+    assert [len(b.trajectories) for b in batches] == [6, 6]
+    assert all(staleness(b) and max(staleness(b)) == 0 for b in batches)
+    assert all(b.in_flight == 0 for b in batches)
+
+
+def test_chunks_carry_the_version_that_sampled_them_across_an_update():
+    # one long attempt (10 calls) in flight while short groups are trained and the version moves on
+    calls = [10] + [1] * 7
+    gaps = [0.04] + [0.005] * 7
+    sched, batches, _ = drive(groups_of(8, 1, gaps, calls), batch_groups=1, max_staleness=3, max_in_flight=4,
+                              train_s=0.03)  # fmt: skip
+    (long,) = [t for b in batches for t in b.trajectories if t.trajectory_id == "g0a0"]
+    versions = [c.policy_version for c in long.chunks]
+    assert versions == sorted(versions) and len(set(versions)) >= 2  # the later chunks carry the newer version
+    metrics = next(b for b in batches if long in b.trajectories).metrics()
+    assert metrics["versions_per_trajectory_max"] >= 2 and metrics["staleness_max"] <= 3
+    assert metrics["staleness_max"] == max(staleness(next(b for b in batches if long in b.trajectories)))
+
+
+def test_an_attempt_that_raises_stops_the_trainer_with_its_error():
+    def run(a):
+        raise ConnectionError("rock server gone")
+
+    sched = AsyncRollout(groups_of(2, 1), run, batch_groups=1, max_staleness=1, max_in_flight=2)
+    try:
+        sched.start()
+        with pytest.raises(ConnectionError, match="rock server gone"):
+            sched.next_batch(timeout=10)
+    finally:
+        sched.close()
+
+
+def test_oracle_chunks_have_no_staleness_and_are_listed_as_reference():
+    groups = [[FakeAttempt("p0"), FakeAttempt("o0", oracle=True)], [FakeAttempt("p1"), FakeAttempt("o1", oracle=True)]]
+    sched, batches, _ = drive(groups, batch_groups=1, max_staleness=1, max_in_flight=4)
+    assert sorted(r for b in batches for r in b.reference) == ["o0", "o1"]
+    assert all(b.metrics()["staleness_max"] <= 1 for b in batches)
+
+
+def test_the_stale_chunks_ratio_is_against_its_own_recorded_logprobs():
+    """Two chunks of one trajectory, sampled by versions 0 and 1 with different recorded logprobs, packed into one
+    sequence (the second's prompt holds the first's response): each chunk's ratio uses its own μ."""
+    from roll.algo.packing import pack_trajectory, pad_sequences
+    from roll.algo.ratio import chunk_ratios
+
+    def chunk(i, prompt, response, lp, version):
+        return Chunk(trajectory_id="t", sandbox_id="s", index=i, prompt_token_ids=prompt, response_token_ids=response,
+                     response_logprobs=lp, policy_version=version, latency_s=0.0, created_at=0.0)  # fmt: skip
+
+    stale = chunk(0, [5, 6], [7, 8], [-2.0, -3.0], version=0)
+    fresh = chunk(1, [5, 6, 7, 8, 9], [10, 11, 12], [-0.5, -0.25, -0.75], version=1)
+    (seq,) = pack_trajectory([stale, fresh])  # one packed row
+    batch = pad_sequences([seq])
+    sel = batch.loss_mask > 0
+    assert batch.old_logprobs[sel].tolist() == [-2.0, -3.0, -0.5, -0.25, -0.75]
+    logp_new = torch.full_like(batch.old_logprobs, -1.0)  # the current policy: -1 on every token
+    r = chunk_ratios(logp_new, batch.old_logprobs, batch.chunk_ids, batch.loss_mask, 2, low=0.0, high=1e9)
+    expect = torch.tensor([(-1 + 2 - 1 + 3) / 2, (-1 + 0.5 - 1 + 0.25 - 1 + 0.75) / 3]).exp()
+    torch.testing.assert_close(r.ratio, expect)
