@@ -63,11 +63,13 @@ def ipa_loss(
     ratio_low: float = 0.5,
     ratio_high: float = 2.0,
     denominator: float | None = None,
+    logp_behaviour: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The IPA loss of the module docstring.
 
     logp_new, logp_old, chunk_ids, mask: [B, T]; returns G, advantages A, positive (bool, the chunk's
-    trajectory succeeded): [C] -> (scalar, metrics).
+    trajectory succeeded): [C] -> (scalar, metrics). `logp_behaviour` [B, T]: see `chunk_ratios` (stale chunks
+    are mismatch-tested under the version that sampled them, and weighted by their ratio against their own μ).
     """
     C = returns.shape[0]
     if advantages.shape != (C,) or positive.shape != (C,):
@@ -76,7 +78,7 @@ def ipa_loss(
         )
         raise ValueError(f"{shapes}: must all be [C]")
     ell, _ = chunk_means(logp_new, chunk_ids, mask, C)  # [C] ℓ_c(θ)
-    r = chunk_ratios(logp_new, logp_old, chunk_ids, mask, C, ratio_low, ratio_high)
+    r = chunk_ratios(logp_new, logp_old, chunk_ids, mask, C, ratio_low, ratio_high, logp_behaviour)
     valid = (r.n_tokens > 0) & ~r.mismatch  # [C]
     pos = valid & positive.bool()  # [C]
     neg = valid & ~positive.bool()  # [C]
@@ -98,6 +100,9 @@ def ipa_loss(
             "ratio_mean": r.ratio[has_tokens].mean().item() if has_tokens.any() else 1.0,
             "neg_weight_mean": weight[neg].mean().item() if neg.any() else 0.0,
         }
+        if logp_behaviour is not None:  # kept although πθ / μ is out of bounds: the policy moved, not the kernel
+            drift = ~r.mismatch & has_tokens & ((r.ratio < ratio_low) | (r.ratio > ratio_high))
+            metrics["drift_kept_chunks"] = float(drift.sum())
     return loss, metrics
 
 

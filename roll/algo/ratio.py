@@ -59,18 +59,25 @@ def chunk_ratios(
     num_chunks: int | None = None,
     low: float = 0.5,
     high: float = 2.0,
+    logp_behaviour: torch.Tensor | None = None,
 ) -> ChunkRatios:
     """`ρ_k = exp(mean_{t∈k}(log πθ(y_t) − log μ(y_t)))`, the geometric mean of the token ratios of chunk k.
 
     logp_new (the trainer's πθ), logp_old (the sampler's μ, as recorded), chunk_ids, mask: [B, T].
     The geometric mean damps a single odd token where a product would explode. A chunk whose ratio leaves
     [low, high] is flagged `mismatch`: trainer and sampler disagree about it too much for its gradient to be
-    trusted (a different kernel, a stale policy, a tokenisation slip), so the losses leave it out.
+    trusted (a different kernel, a tokenisation slip), so the losses leave it out.
+    `logp_behaviour` [B, T] (no grad): the trainer's logprobs under the policy version that sampled each chunk.
+    Given, the mismatch test compares it with μ instead of πθ, so a stale chunk (sampled some versions ago, its
+    ratio moved by the updates since) is masked only for a true train/inference mismatch; ρ is still πθ / μ.
     """
     if not 0.0 <= low <= 1.0 <= high:
         raise ValueError(f"need 0 <= low <= 1 <= high, got low={low}, high={high}")
     log_ratio, n_tokens = chunk_means(logp_new - logp_old, chunk_ids, mask, num_chunks)  # [C], [C]
     ratio = torch.exp(log_ratio)  # [C]
     with torch.no_grad():
-        mismatch = (ratio < low) | (ratio > high)  # [C]
+        tested = ratio
+        if logp_behaviour is not None:
+            tested = torch.exp(chunk_means(logp_behaviour - logp_old, chunk_ids, mask, num_chunks)[0])  # [C]
+        mismatch = (tested < low) | (tested > high)  # [C]
     return ChunkRatios(ratio=ratio, log_ratio=log_ratio, mismatch=mismatch, n_tokens=n_tokens)

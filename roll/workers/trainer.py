@@ -55,6 +55,7 @@ class _MicroBatch:
         self.old = batch.old_logprobs[self.rows, self.cols][None]  # [1, N] μ as recorded
         self.keys = batch.chunk_keys  # [C] (trajectory_id, Chunk.index)
         ref = torch.tensor([is_reference(k) for k in self.keys], dtype=torch.bool)  # [C]
+        self.chunk_is_ref = ref  # [C]
         self.is_ref = ref[self.chunk_ids] if self.keys else torch.zeros_like(self.chunk_ids, dtype=torch.bool)
         self.mask = torch.ones_like(self.old)  # [1, N]: every selected target counts
 
@@ -112,6 +113,12 @@ class Trainer:
         module = _ResponseLogprobs(model, cfg.logprob_slice)
         self.engine, *_ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=ds_config)
         self.engine.train()
+        # Async mode: the weights of the last ⌊max_staleness⌋ versions (host copies), so that a stale chunk is
+        # mismatch-tested under the version that sampled it. The version counts applied updates, as the driver's.
+        self.version = 0
+        self.keep_versions = math.floor(cfg.max_staleness) if cfg.mode == "async" else 0
+        self._snapshots: dict[int, dict[str, torch.Tensor]] = {}
+        self._scratch: _ResponseLogprobs | None = None
 
     @property
     def model(self):
@@ -134,12 +141,13 @@ class Trainer:
         plan = budget_microbatches(cost, self.cfg.micro_batch_tokens)
         return [_MicroBatch([s for i in ix for s in packs[i]], is_reference) for ix in plan], dropped
 
-    def _loss(self, mb: _MicroBatch, logp: torch.Tensor, old: torch.Tensor, t: ChunkTargets, denominators: dict):
+    def _loss(self, mb: _MicroBatch, logp: torch.Tensor, old: torch.Tensor, t: ChunkTargets, denominators: dict,
+              behaviour: torch.Tensor | None = None):  # fmt: skip
         algo, ipa = self.cfg.algorithm, self.cfg.ipa
         if algo == "ipa":
             return ipa_loss(logp, old, mb.chunk_ids, mb.mask, t.returns, t.advantages, t.positive,
                             neg_weight=ipa.neg_weight, ratio_low=ipa.ratio_low, ratio_high=ipa.ratio_high,
-                            denominator=denominators["chunks"])  # fmt: skip
+                            denominator=denominators["chunks"], logp_behaviour=behaviour)  # fmt: skip
         if algo == "grpo":  # one sample per trajectory: its chunks' ids mapped to the trajectory's
             trajs = list(dict.fromkeys(tid for tid, _ in mb.keys))
             of_chunk = torch.tensor([trajs.index(tid) for tid, _ in mb.keys], dtype=torch.long)  # [C]
@@ -181,11 +189,15 @@ class Trainer:
         stats: dict[str, float] = {"given_chunks": float(sum(k[1] < given.get(k[0], 0) for k in keys))}
         loss_total, abs_diff, policy_tokens = 0.0, 0.0, 0
         before: list[torch.Tensor] = []  # [C_mb] chunk mean logprob per micro-batch, before the update
+        sampled_by = {(t.trajectory_id, c.index): c.policy_version for t in trajectories for c in t.chunks}
+        if self.keep_versions:
+            self._snapshots[self.version] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         for mb in plan:
             logp = self.engine(mb.input_ids, mb.rows, mb.cols)[None]  # [1, N]
             old = torch.where(mb.is_ref, logp.detach(), mb.old)  # [1, N]
             t = _select(targets, where, mb.keys)
-            loss, m = self._loss(mb, logp, old, t, denominators)
+            behaviour = self._behaviour(mb, logp.detach(), sampled_by, stats) if self.keep_versions else None
+            loss, m = self._loss(mb, logp, old, t, denominators, behaviour)
             if not torch.isfinite(loss):
                 self._discard_gradients()
                 return base | {"skipped": True, "chunks": len(keys), "loss": math.nan,
@@ -200,6 +212,9 @@ class Trainer:
             policy_tokens += int(on_policy.sum())
             before.append(self._chunk_means(logp.detach(), mb))
         self.engine.step()
+        self.version += 1
+        for v in [v for v in self._snapshots if v < self.version - self.keep_versions]:
+            del self._snapshots[v]  # no chunk that old can be trained any more (the staleness bound)
         grad_norm = self.engine.get_global_grad_norm()
         for k in [k for k in stats if k.endswith(_AVERAGED)]:
             stats[k] /= len(keys)
@@ -220,6 +235,31 @@ class Trainer:
         if self.cfg.algorithm == "ipa":
             out["mismatch_frac"] = stats.get("mismatch_chunks", 0.0) / len(keys)
         return out | self._shift(plan, before, targets, where)
+
+    @torch.no_grad()
+    def _behaviour(self, mb: _MicroBatch, current: torch.Tensor, sampled_by: dict, stats: dict) -> torch.Tensor:
+        """[1, N]: each target's logprob under the version that sampled its chunk (the current one for fresh and
+        reference chunks; a stale chunk whose version is no longer kept falls back to the current one)."""
+        behaviour = current.clone()
+        # [C]: the sampling version of each policy chunk; −1 for reference chunks and unknown versions
+        versions = torch.tensor([-1 if ref or sampled_by.get(k) is None else sampled_by[k]
+                                 for k, ref in zip(mb.keys, mb.chunk_is_ref.tolist(), strict=True)])  # fmt: skip
+        token_version = versions[mb.chunk_ids[0]][None]  # [1, N]
+        for v in sorted({int(x) for x in versions.tolist() if 0 <= x < self.version}):
+            n = float((versions == v).sum())
+            stats["stale_chunks"] = stats.get("stale_chunks", 0.0) + n
+            if v not in self._snapshots:
+                stats["stale_unscored_chunks"] = stats.get("stale_unscored_chunks", 0.0) + n
+                continue
+            if self._scratch is None:
+                from transformers import AutoModelForCausalLM
+
+                model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+                self._scratch = _ResponseLogprobs(model, self.cfg.logprob_slice).eval()
+            self._scratch.model.load_state_dict(self._snapshots[v])
+            at_v = self._scratch(mb.input_ids, mb.rows, mb.cols)[None]  # [1, N]
+            behaviour = torch.where(token_version == v, at_v, behaviour)
+        return behaviour
 
     @staticmethod
     def _chunk_means(logp: torch.Tensor, mb: _MicroBatch) -> torch.Tensor:

@@ -190,3 +190,62 @@ def test_the_stale_chunks_ratio_is_against_its_own_recorded_logprobs():
     r = chunk_ratios(logp_new, batch.old_logprobs, batch.chunk_ids, batch.loss_mask, 2, low=0.0, high=1e9)
     expect = torch.tensor([(-1 + 2 - 1 + 3) / 2, (-1 + 0.5 - 1 + 0.25 - 1 + 0.75) / 3]).exp()
     torch.testing.assert_close(r.ratio, expect)
+
+
+def _chunks_of(tid: str, seed: int, version: int) -> list[Chunk]:
+    """Two chunks whose prompts extend each other (one packed sequence), random tokens of a 64-token vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 64, (16,), generator=g).tolist()
+    return [Chunk(trajectory_id=tid, sandbox_id="s", index=i, prompt_token_ids=ids[:a], response_token_ids=ids[a:b],
+                  response_logprobs=[0.0] * (b - a), policy_version=version, latency_s=0.0, created_at=0.0)
+            for i, (a, b) in enumerate([(5, 8), (11, 16)])]  # fmt: skip
+
+
+def _recorded(trainer, traj: Trajectory, shift: float = 0.0) -> Trajectory:
+    """The trajectory with μ = the trainer's current logprobs (+ shift): as if its engine had sampled it now."""
+    from roll.algo.packing import pack_trajectory
+    from roll.workers.trainer import _MicroBatch
+
+    mb = _MicroBatch(pack_trajectory(traj.chunks), lambda k: False)
+    with torch.no_grad():
+        logp = trainer.engine(mb.input_ids, mb.rows, mb.cols)  # [N]
+    for i, (_, index) in enumerate(mb.keys):
+        traj.chunks[index].response_logprobs = (logp[mb.chunk_ids[0] == i] + shift).tolist()
+    return traj
+
+
+@pytest.mark.slow
+def test_a_stale_chunk_is_masked_only_for_a_true_mismatch(tmp_path):
+    """Async trainer: chunks sampled by version 0 trained at version 1. Their ratio πθ/μ moved with the update
+    (out of a tight [0.99, 1.01]); under the version that sampled them the trainer agrees with μ, so they are
+    kept. A stale chunk whose μ is off by 0.5 nats a token is a true mismatch, and masked."""
+    from transformers import AutoModelForCausalLM, Qwen3MoeConfig
+
+    from roll.config import IPAConfig, TrainConfig
+    from roll.workers.trainer import Trainer
+
+    config = Qwen3MoeConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=16, intermediate_size=64, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+        max_position_embeddings=128, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    cfg = TrainConfig(lr=3e-2, mode="async", max_staleness=2, ipa=IPAConfig(ratio_low=0.99, ratio_high=1.01))
+    trainer = Trainer(str(tmp_path), cfg)
+
+    def traj(tid, reward, group, seed, version=0):
+        return Trajectory(trajectory_id=tid, task_id=f"task{group}", family="f", split="train", reward=reward,
+                          status="resolved" if reward else "unresolved", chunks=_chunks_of(tid, seed, version),
+                          group=group)  # fmt: skip
+
+    # all sampled by version 0, recorded now (before any update)
+    first = [_recorded(trainer, traj("ok", 1.0, 0, 1)), _recorded(trainer, traj("bad", 0.0, 0, 2))]
+    stale = [_recorded(trainer, traj("stale_ok", 1.0, 1, 3)), _recorded(trainer, traj("stale_bad", 0.0, 1, 4), 0.5)]
+    s1 = trainer.step(first)
+    assert not s1["skipped"] and s1["mismatch_chunks"] == 0 and trainer.version == 1
+    s2 = trainer.step(stale)
+    assert s2["stale_chunks"] == 4 and "stale_unscored_chunks" not in s2
+    assert s2["mismatch_chunks"] == 2  # stale_bad's two chunks: μ disagrees with version 0 itself
+    assert s2["drift_kept_chunks"] == 2  # stale_ok's: out of [0.99, 1.01] against θ, yet kept
+    assert s2["pos_chunks"] == 2
