@@ -12,7 +12,7 @@ writes, not its image's bytes; deleting a subvolume is cheap. Docker's driver mu
 rescan, which squotas refuse), so scripts/ensure-docker.sh lets the daemon settle its quota state with quotas off
 and only then turns squotas on; rock sets each container's limit here, before the container starts.
 
-`loop_direct_io` and `fs_type` let a test check the two host settings that keep a bomb at its quota from stalling
+`loop_direct_io`, `dockerd_exec_root` and `fs_type` check the two host settings that keep a bomb at its quota from stalling
 other sandboxes' execs (scripts/ensure-docker.sh says why): the loop under the layers does direct I/O, and
 dockerd's exec root (runc's O_SYNC pid files) is on a tmpfs.
 """
@@ -91,6 +91,24 @@ def loop_direct_io(path: str | Path) -> bool | None:
         return (Path("/sys/block") / dev.removeprefix("/dev/") / "loop/dio").read_text().strip() == "1"
     except OSError:
         return None
+
+
+def dockerd_exec_root(default: str = "/var/run/docker") -> str | None:
+    """The running dockerd's --exec-root (read from its command line); None when no dockerd runs here."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "comm").read_text().strip() != "dockerd":
+                continue
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        for i, a in enumerate(argv):
+            if a.startswith("--exec-root="):
+                return a.split("=", 1)[1]
+            if a == "--exec-root" and i + 1 < len(argv):
+                return argv[i + 1]
+        return default
+    return None
 
 
 def fs_type(path: str | Path) -> str | None:

@@ -17,6 +17,8 @@ Isolation of every container:
 - Disk: on a btrfs data root with simple quotas (`make docker`) the container's writable layer, a btrfs
   subvolume, gets a quota limit (`ContainerSpec.disk`) before the container starts: past it every write inside,
   data or metadata, fails with EDQUOT. Elsewhere `disk_quota_problem` says why not, and rock refuses `disk`.
+  A sandbox at its quota makes btrfs commit and flush on every refused write; `make docker` keeps that off other
+  sandboxes' execs (dockerd's exec root on a tmpfs, the loop on direct I/O); `exec_stall_problem` warns where not.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import re
 import tarfile
 import time
@@ -50,6 +53,7 @@ LABEL_TASK_IMAGE = "ale.task.image"
 BUILD_LOG_TAIL = 25  # lines of the build log an ImageBuildFailed carries
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the daemon colours a RUN step's stderr
 CAP_ADD = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETUID", "SETGID", "NET_BIND_SERVICE"]
+log = logging.getLogger("rock.backend.docker")
 QUOTA_HOW = (
     "run `make docker` as root with no container running (scripts/ensure-docker.sh puts dockerd on a btrfs data "
     "root with simple quotas)"
@@ -66,6 +70,16 @@ def disk_problem(driver: str | None, data_root: str | None) -> str | None:
         return f"cannot open the daemon's layers at {layers} (rock serve must run as root on its host); {QUOTA_HOW}"
     if mode != "squota":
         return f"the daemon's btrfs layers at {layers} have quotas {mode}, not simple quotas; {QUOTA_HOW}"
+    return None
+
+
+def exec_stall_problem(data_root: str | None) -> str | None:
+    """None when a sandbox at its disk quota cannot stall other sandboxes' execs on this host; else why it can."""
+    exec_root = btrfsquota.dockerd_exec_root()
+    if exec_root is not None and btrfsquota.fs_type(exec_root) not in ("tmpfs", "ramfs"):
+        return f"dockerd's exec root {exec_root} is on disk (runc writes each exec's pid file O_SYNC there)"
+    if data_root and btrfsquota.loop_direct_io(f"{data_root}/btrfs") is False:
+        return f"the loop device under {data_root}/btrfs does buffered I/O (each btrfs flush fsyncs its whole image)"
     return None
 
 
@@ -124,7 +138,13 @@ class DockerBackend(Backend):
     async def disk_quota_problem(self) -> str | None:
         info = await self._call(self.client.info)
         self.data_root = info.get("DockerRootDir")
-        return await self._call(disk_problem, info.get("Driver"), self.data_root)
+        problem = await self._call(disk_problem, info.get("Driver"), self.data_root)
+        stall = None if problem else await self._call(exec_stall_problem, self.data_root)
+        if stall:
+            log.warning(
+                "a sandbox at its disk quota will slow every other sandbox's exec: %s; run `make docker`", stall
+            )
+        return problem
 
     async def image_exists(self, image: str, node: str | None = None) -> bool:
         try:

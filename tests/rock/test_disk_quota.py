@@ -8,7 +8,6 @@ scripts/ensure-docker.sh); without it they skip, saying so. The 422 cases and `d
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from types import SimpleNamespace
@@ -18,7 +17,7 @@ import pytest
 
 from rock import errors
 from rock.backend import btrfsquota
-from rock.backend.docker import disk_problem
+from rock.backend.docker import disk_problem, exec_stall_problem
 from rock.config import Limits
 from rock.launch import RockProcess
 from rock.models import CreateSandbox
@@ -130,28 +129,18 @@ def test_default_bound_and_warm_pool_carry_the_limit(qc):
     assert warm, "no create was served by the warm pool"
 
 
-def _dockerd_exec_root() -> str:
-    """dockerd's --exec-root (its default /var/run/docker), read from the running daemon's command line."""
-    pid = subprocess.run(["pgrep", "-xo", "dockerd"], capture_output=True, text=True).stdout.strip()
-    if not pid:
-        pytest.skip("no local dockerd process to inspect")
-    argv = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")
-    for i, a in enumerate(argv):
-        if a.startswith("--exec-root="):
-            return a.split("=", 1)[1]
-        if a == "--exec-root" and i + 1 < len(argv):
-            return argv[i + 1]
-    return "/var/run/docker"
-
-
 @pytest.mark.docker
 def test_a_bomb_at_its_quota_cannot_stall_other_execs(quota_server):
     # At its quota a sandbox makes btrfs commit (and flush) on every refused write; the loop device turns each
     # flush into an fsync of its image on the host's disk. runc writes every exec's pid file with O_SYNC under
     # dockerd's exec root: on that disk each exec waited ~1 s (bench/bench_rock_disk.py). make docker's fix:
-    assert btrfsquota.fs_type(_dockerd_exec_root()) == "tmpfs", "dockerd's exec root is on disk: run make docker"
-    info = docker.from_env().info()
-    assert btrfsquota.loop_direct_io(f"{info['DockerRootDir']}/btrfs") in (True, None), "loop without direct I/O"
+    exec_root = btrfsquota.dockerd_exec_root()
+    if exec_root is None:
+        pytest.skip("the Docker daemon does not run on this host")
+    assert btrfsquota.fs_type(exec_root) == "tmpfs", f"dockerd's exec root {exec_root} is on disk: run make docker"
+    data_root = docker.from_env().info()["DockerRootDir"]
+    assert btrfsquota.loop_direct_io(f"{data_root}/btrfs") in (True, None), "the loop does buffered I/O"
+    assert exec_stall_problem(data_root) is None
 
 
 def test_mount_lookup_finds_the_longest_mount_point():
