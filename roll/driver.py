@@ -439,7 +439,7 @@ class Run:
         run = attempt_runner(self.client, every, cfg, self.tracker, self.run_dir / "attempts" / "async", teacher_url)
         in_flight = cfg.train.max_in_flight or (int(cfg.train.max_staleness) + 1) * n * cfg.rollout.group_size
         self.scheduler = AsyncRollout(groups, run, batch_groups=n, max_staleness=cfg.train.max_staleness,
-                                      max_in_flight=in_flight)  # fmt: skip
+                                      max_in_flight=in_flight, version=self.version)  # fmt: skip
         log(f"async rollout: {len(every)} attempts in {len(groups)} groups, batches of {n} groups, at most "
             f"{in_flight} attempts in flight, max_staleness {cfg.train.max_staleness}")  # fmt: skip
         self.scheduler.start()

@@ -102,7 +102,7 @@ class AsyncRollout:
     The caller sets the version after each weight update (`set_version`) and calls `close` in `finally`."""
 
     def __init__(self, groups: Sequence[Sequence[AttemptLike]], run: Callable[[AttemptLike], Trajectory], *,
-                 batch_groups: int, max_staleness: float, max_in_flight: int,
+                 batch_groups: int, max_staleness: float, max_in_flight: int, version: int = 0,
                  clock: Callable[[], float] = time.monotonic):  # fmt: skip
         if batch_groups < 1 or max_staleness < 0:
             raise ValueError(f"need batch_groups >= 1 and max_staleness >= 0, got {batch_groups}, {max_staleness}")
@@ -111,7 +111,7 @@ class AsyncRollout:
         self._todo = [list(g) for g in groups]
         self._run, self._clock = run, clock
         self.batch_groups, self.max_staleness, self.max_in_flight = batch_groups, max_staleness, max_in_flight
-        self.version = 0
+        self.version = version  # the policy version the engines serve now
         self._launched: list[_Group] = []
         self._unconsumed: list[_Group] = []
         self._trained: set[str] = set()
