@@ -11,7 +11,12 @@ median is taken; the restart runs once (it is the slow one). After every sync th
 few tokens, so a broken engine cannot look fast. The disk files stay in the page cache, as they would
 for a trainer and an engine on one machine; `disk_fsync_s` is the same with the file forced to disk.
 Last line: JSON with "ratio" (in memory / restart, target <= 0.05) and "ratio_disk" (in memory /
-disk, target <= 1.0). Options: --repeats N --bucket-mb M --model DIR.
+disk, target <= 1.0), both at the first --bucket-mb size; every size's in-memory time is in
+"by_bucket_mb". The default, 64 MiB, is what `roll train` sends (`Trainer.weight_buckets`, rome's
+`model_buckets`): ROME-tiny in one bucket. The 8 MiB buckets this bench used before (the 1.38 of the
+earlier log) cost one engine RPC and one shared-memory file each: five of them for ROME-tiny, against
+the disk path's one (measured 2026-12-06 on 2 loaded cores: 64 MiB 0.213 s, 8 MiB 0.236 s, disk
+0.217 s). Options: --repeats N --bucket-mb M[,M...] --model DIR.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ async def _timed(engine, sync) -> float:
     return took
 
 
-async def _run(model_dir: Path, work: Path, repeats: int, bucket_mb: int) -> dict:
+async def _run(model_dir: Path, work: Path, repeats: int, bucket_sizes: list[int]) -> dict:
     from safetensors.torch import save_file
 
     from rome.serving.vllm_engine import VLLMEngine
@@ -65,7 +70,7 @@ async def _run(model_dir: Path, work: Path, repeats: int, bucket_mb: int) -> dic
         if f.suffix != ".safetensors":
             (disk_dir / f.name).write_bytes(f.read_bytes())
 
-    async def in_memory():
+    async def in_memory(bucket_mb: int):
         await engine.update_weights_from_bytes(state_dict_buckets(weights, bucket_mb << 20))
 
     async def through_disk(fsync: bool = False):
@@ -85,16 +90,20 @@ async def _run(model_dir: Path, work: Path, repeats: int, bucket_mb: int) -> dic
     await engine.start()
     try:
         await _alive(engine)
-        await _timed(engine, in_memory)  # warm-up: first calls import and allocate
+        for mb in bucket_sizes:  # warm-up: first calls import and allocate
+            await _timed(engine, lambda mb=mb: in_memory(mb))
         await _timed(engine, through_disk)
-        memory, disk, synced = [], [], []
+        by_size: dict[int, list[float]] = {mb: [] for mb in bucket_sizes}
+        disk, synced = [], []
         for _ in range(repeats):
-            memory.append(await _timed(engine, in_memory))
+            for mb in bucket_sizes:
+                by_size[mb].append(await _timed(engine, lambda mb=mb: in_memory(mb)))
             disk.append(await _timed(engine, through_disk))
             synced.append(await _timed(engine, lambda: through_disk(fsync=True)))
         restart_s = await _timed(engine, restart)
     finally:
         await engine.stop()
+    memory = by_size[bucket_sizes[0]]
     return {
         "sync_s": round(statistics.median(memory), 3),
         "disk_s": round(statistics.median(disk), 3),
@@ -103,14 +112,15 @@ async def _run(model_dir: Path, work: Path, repeats: int, bucket_mb: int) -> dic
         "sync_runs_s": [round(x, 3) for x in memory],
         "disk_runs_s": [round(x, 3) for x in disk],
         "weights_mb": round(sum(v.numel() * v.element_size() for v in weights.values()) / 2**20, 1),
-        "bucket_mb": bucket_mb,
+        "bucket_mb": bucket_sizes[0],
+        "by_bucket_mb": {mb: round(statistics.median(v), 3) for mb, v in by_size.items()},
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--bucket-mb", type=int, default=8, help="bucket size in MiB (whole layers per bucket)")
+    p.add_argument("--bucket-mb", default="64,8", help="bucket sizes in MiB, comma-separated (whole layers each)")
     p.add_argument("--model", help="HF model dir (default: a fresh ROME-tiny)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,7 +130,7 @@ def main() -> None:
             from rome.init import init_model
 
             model = init_model(Path(tmp) / "rome-tiny")
-        r = asyncio.run(_run(model, Path(tmp), args.repeats, args.bucket_mb))
+        r = asyncio.run(_run(model, Path(tmp), args.repeats, [int(x) for x in args.bucket_mb.split(",")]))
     print(
         f"in memory {r['sync_s']:.3f} s   through disk {r['disk_s']:.3f} s   restart {r['restart_s']:.1f} s"
         f"   ({r['weights_mb']} MiB of weights, {r['bucket_mb']} MiB buckets)"
