@@ -238,16 +238,24 @@ class Trainer:
 
     @torch.no_grad()
     def _behaviour(self, mb: _MicroBatch, current: torch.Tensor, sampled_by: dict, stats: dict) -> torch.Tensor:
-        """[1, N]: each target's logprob under the version that sampled its chunk (the current one for fresh and
-        reference chunks; a stale chunk whose version is no longer kept falls back to the current one)."""
+        """[1, N]: the logprobs the mismatch test compares with μ. A stale chunk whose ratio against the current
+        policy leaves the bound gets the logprobs of the version that sampled it (one no-grad forward per such
+        version); every other chunk keeps the current ones (within the bound either way, or no longer kept)."""
+        from roll.algo.ratio import chunk_means
+
         behaviour = current.clone()
         # [C]: the sampling version of each policy chunk; −1 for reference chunks and unknown versions
         versions = torch.tensor([-1 if ref or sampled_by.get(k) is None else sampled_by[k]
                                  for k, ref in zip(mb.keys, mb.chunk_is_ref.tolist(), strict=True)])  # fmt: skip
+        stale = (versions >= 0) & (versions < self.version)  # [C]
+        stats["stale_chunks"] = stats.get("stale_chunks", 0.0) + float(stale.sum())
+        ratio = chunk_means(current - mb.old, mb.chunk_ids, mb.mask, len(mb.keys))[0].exp()  # [C]
+        out = stale & ((ratio < self.cfg.ipa.ratio_low) | (ratio > self.cfg.ipa.ratio_high))  # [C]
+        versions = torch.where(out, versions, -1)
         token_version = versions[mb.chunk_ids[0]][None]  # [1, N]
-        for v in sorted({int(x) for x in versions.tolist() if 0 <= x < self.version}):
+        for v in sorted({int(x) for x in versions.tolist() if x >= 0}):
             n = float((versions == v).sum())
-            stats["stale_chunks"] = stats.get("stale_chunks", 0.0) + n
+            stats["stale_scored_chunks"] = stats.get("stale_scored_chunks", 0.0) + n
             if v not in self._snapshots:
                 stats["stale_unscored_chunks"] = stats.get("stale_unscored_chunks", 0.0) + n
                 continue

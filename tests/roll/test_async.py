@@ -265,7 +265,7 @@ def test_a_stale_chunk_is_masked_only_for_a_true_mismatch(tmp_path):
     s1 = trainer.step(first)
     assert not s1["skipped"] and s1["mismatch_chunks"] == 0 and trainer.version == 1
     s2 = trainer.step(stale)
-    assert s2["stale_chunks"] == 4 and "stale_unscored_chunks" not in s2
+    assert s2["stale_chunks"] == 4 and s2["stale_scored_chunks"] == 4 and "stale_unscored_chunks" not in s2
     assert s2["mismatch_chunks"] == 2  # stale_bad's two chunks: μ disagrees with version 0 itself
     assert s2["drift_kept_chunks"] == 2  # stale_ok's: out of [0.99, 1.01] against θ, yet kept
     assert s2["pos_chunks"] == 2
