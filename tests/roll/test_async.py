@@ -284,8 +284,8 @@ def test_roll_train_async_end_to_end(tmp_path, docker_client):
     repo = Path(__file__).resolve().parents[2]
     argv = [str(Path(sys.executable).with_name("roll")), "train", "configs/rl/tiny-cpu.yaml", "name=async",
             f"runs_dir={tmp_path}", f"model.dir={tmp_path}/init", "curriculum.enabled=false", "train.mode=async",
-            "train.iterations=3", "train.max_staleness=1", "train.lr=1e-3", "tasks.families=[create_file]",
-            "tasks.train_per_family=4", "rollout.tasks_per_iteration=2", "rollout.group_size=2",
+            "train.iterations=4", "train.max_staleness=1", "train.lr=1e-3", "tasks.families=[create_file]",
+            "tasks.train_per_family=4", "rollout.tasks_per_iteration=1", "rollout.group_size=2",
             "rollout.oracle_per_group=0", "rollout.resample.enabled=false", "agent.max_turns=2",
             "agent.max_tokens=16"]  # fmt: skip
     proc = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=900)
@@ -294,12 +294,13 @@ def test_roll_train_async_end_to_end(tmp_path, docker_client):
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rows = [json.loads(line) for line in (run_dir / "trajectories.jsonl").read_text().splitlines()]
     ids = [r["trajectory_id"] for r in rows]
-    assert len(ids) == len(set(ids)) == 12 == sum(m["batch_trajectories"] for m in steps)
-    assert steps[-1]["attempts_launched"] == steps[-1]["attempts_trained"] == 12
+    assert len(ids) == len(set(ids)) == 8 == sum(m["batch_trajectories"] for m in steps)
+    assert steps[-1]["attempts_launched"] == steps[-1]["attempts_trained"] == 8
     assert all(m["staleness_max"] <= 1 and not m["skipped"] for m in steps)
     assert [m["policy_version"] for m in steps] == list(range(1, len(steps) + 1))  # one sync per update
     chunks = [(r["iteration"], c) for r in rows for c in r["chunks"] if c["response_token_ids"]]
     assert chunks and all(c["policy_version"] is not None for _, c in chunks)
     # what a batch trained was sampled at most one version before it: the engine's stamp, per chunk
     assert all(steps[it - 1]["policy_version"] - 1 - c["policy_version"] <= 1 for it, c in chunks)
-    assert max(c["policy_version"] for _, c in chunks) >= 1  # later attempts sampled the updated weights
+    # two groups may be launched and untrained at once (the bound): the last group starts after an update
+    assert max(c["policy_version"] for _, c in chunks) >= 1  # so it sampled the updated weights
