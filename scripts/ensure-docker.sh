@@ -125,7 +125,9 @@ start_dockerd() { # start_dockerd EXTRA_FLAGS...; 0 when it answers within 60 s
   mkdir -p /var/log
   exec_root_tmpfs
   # at niceness 0 even when make runs under `nice`: the daemon's containers inherit it
-  nohup nice -n "$((-$(nice)))" dockerd "${DOCKERD_FLAGS[@]}" "$@" >>"$LOG" 2>&1 &
+  # in its own session: a caller whose process group is killed (a CI step, a tool timeout) must not take the
+  # daemon and every sandbox with it (seen twice: dockerd SIGKILLed with no shutdown line in its log)
+  setsid nohup nice -n "$((-$(nice)))" dockerd "${DOCKERD_FLAGS[@]}" "$@" >>"$LOG" 2>&1 &
   local pid=$!
   for _ in $(seq 1 60); do
     if answers; then return 0; fi
