@@ -239,18 +239,12 @@ def test_a_stale_chunk_is_masked_only_for_a_true_mismatch(tmp_path):
     """Async trainer: chunks sampled by version 0 trained at version 1. Their ratio πθ/μ moved with the update
     (out of a tight [0.99, 1.01]); under the version that sampled them the trainer agrees with μ, so they are
     kept. A stale chunk whose μ is off by 0.5 nats a token is a true mismatch, and masked."""
-    from transformers import AutoModelForCausalLM, Qwen3MoeConfig
+    from trainer_helpers import micro_moe_dir
 
     from roll.config import IPAConfig, TrainConfig
     from roll.workers.trainer import Trainer
 
-    config = Qwen3MoeConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=16, intermediate_size=64, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
-        max_position_embeddings=128, pad_token_id=0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    micro_moe_dir(tmp_path)
     cfg = TrainConfig(lr=3e-2, mode="async", max_staleness=2, ipa=IPAConfig(ratio_low=0.99, ratio_high=1.01))
     trainer = Trainer(str(tmp_path), cfg)
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from trainer_helpers import micro_moe_dir
 
 from rock.contracts import Chunk, Trajectory
 
@@ -10,16 +11,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, Qwen3MoeConfig
-
-    config = Qwen3MoeConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=16, intermediate_size=64, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
-        max_position_embeddings=128, pad_token_id=0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny")
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    out = micro_moe_dir(tmp_path_factory.mktemp("tiny"))
     (out / "tokenizer_config.json").write_text("{}")  # stands for the tokenizer files copied along
     return out
 

@@ -30,6 +30,20 @@ def small_model_dir(root: Path, hidden: int = 32, seed: int = 0) -> Path:
     return write_model_dir(root / f"small-{hidden}-{seed}", model, copy_from=rome_dir)
 
 
+def micro_moe_dir(out: Path, seed: int = 0) -> Path:
+    """A 64-token-vocabulary, 2-layer Qwen3-MoE saved to `out` (no tokenizer): for tests of the RL trainer's math."""
+    from transformers import AutoModelForCausalLM, Qwen3MoeConfig
+
+    config = Qwen3MoeConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=16, intermediate_size=64, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+        max_position_embeddings=128, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    return out
+
+
 def make_sequences(n: int, prefix_len: int = 80, seed: int = 0, vocab: int = 1000) -> list[PackedSequence]:
     """n sequences: a shared `prefix_len`-token prefix, then 8-30 tokens of their own with the loss on them
     (and on a few prefix positions of every second one, so prefix targets are weighted per sequence)."""
