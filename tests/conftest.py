@@ -6,11 +6,19 @@ rock/base:bookworm, which `make test` provides), `gpu` (skipped when no CUDA dev
 
 from __future__ import annotations
 
+import signal
 import socket
 
 import pytest
 
 BASE_IMAGE = "rock/base:bookworm"
+
+# A shell starts a background job (`make test &`, `nohup ... &`) with SIGINT ignored, and that disposition is
+# inherited through exec by every process the tests start: a `roll` under test would then never see the Ctrl-C
+# that the interrupt tests send (it ran on and exited 0). A Python-level handler is reset to the default in a
+# child at exec, so this gives the children (and pytest) a terminal's Ctrl-C back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def free_port() -> int:
