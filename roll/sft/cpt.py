@@ -172,13 +172,10 @@ def short_chunks(traj: Trajectory, task_call_to: str = "first") -> tuple[list[Ch
     return task_calls, result_calls
 
 
-def fresh_examples(families: list[str], n: int, tokenizer, pseudo_share: float, seed: int
-                   ) -> list[tuple[PackedSequence, str]]:  # fmt: skip
-    """`n` task-alone examples of new instances of `families` (round robin), each built by the family's builder
-    from its own fresh word pool, the target the golden solution's first call in ROME's format."""
-    from roll.data.teacher import act_steps
+def fresh_tasks(families: list[str], n: int, pseudo_share: float, seed: int) -> list:
+    """`n` new instances (TaskSpecs) of `families`, round robin, each built by its family's builder from a word pool
+    of its own: made-up words (a `pseudo_share` of them) or the train vocabulary. The same seed, the same tasks."""
     from roll.sft.relex import pseudo_word
-    from roll.sft.render import canonical_calls
     from roll.tasks import suite
     from roll.tasks.families.base import BUILDERS, Words
     from roll.tasks.words import vocab_split
@@ -187,15 +184,27 @@ def fresh_examples(families: list[str], n: int, tokenizer, pseudo_share: float, 
     out = []
     for i in range(n):
         family = families[i % len(families)]
-        pool = train if rng.random() >= pseudo_share else list({pseudo_word(rng) for _ in range(40)})
+        # dict, not set: a set of strings iterates in the process's hash order, a different pool every run
+        pool = train if rng.random() >= pseudo_share else list(dict.fromkeys(pseudo_word(rng) for _ in range(40)))
         draft = BUILDERS[family](Words(random.Random(rng.random()), pool))
-        task = suite._spec(suite.FAMILIES[family], 0, "train", draft)
+        out.append(suite._spec(suite.FAMILIES[family], 0, "train", draft))
+    return out
+
+
+def fresh_examples(families: list[str], n: int, tokenizer, pseudo_share: float, seed: int
+                   ) -> list[tuple[PackedSequence, str]]:  # fmt: skip
+    """`n` task-alone examples of `fresh_tasks`, the target the golden solution's first call in ROME's format."""
+    from roll.data.teacher import act_steps
+    from roll.sft.render import canonical_calls
+
+    out = []
+    for i, task in enumerate(fresh_tasks(families, n, pseudo_share, seed)):
         step = act_steps(task)[0]
         call = {"id": "call_0", "type": "function", "function": {"name": step.tool, "arguments": step.arguments}}
         chunk = Chunk(trajectory_id=f"fresh-{i}", sandbox_id="", index=0, latency_s=0.0, created_at=0.0,
                       messages=[{"role": "user", "content": task.instruction}],
                       response=ChunkResponse(text="", tool_calls=canonical_calls([call])))  # fmt: skip
-        out.append((single(chunk, tokenizer, f"fresh-{i}"), family))
+        out.append((single(chunk, tokenizer, f"fresh-{i}"), task.family))
     return out
 
 

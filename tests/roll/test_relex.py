@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 from rock.contracts import Chunk, ChunkResponse, ToolCall, ToolResult, Trajectory
@@ -104,3 +105,16 @@ def test_fresh_cpt_examples_are_new_instances_with_golden_first_calls():
     assert len(set(texts)) == 40  # no two instances share their words
     heldout = set(vocab_split("heldout")) | set(vocab_split("train"))
     assert not any(w in t for t in texts for w in heldout if len(w) > 5)  # pseudo_share 1: made-up words only
+
+
+def test_fresh_tasks_are_the_same_in_every_process():
+    """The same seed gives the same fresh instances whatever the process's string-hash seed (a pool drawn
+    through a set once changed with it)."""
+    import subprocess
+    import sys
+
+    code = ("from roll.sft.cpt import fresh_tasks; "
+            "print([t.instruction for t in fresh_tasks(['create_file', 'append_line'], 8, 1.0, 0)])")  # fmt: skip
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2)]  # fmt: skip
+    assert runs[0] == runs[1] and runs[0].count("/app/") >= 8
