@@ -172,6 +172,16 @@ def short_chunks(traj: Trajectory, task_call_to: str = "first") -> tuple[list[Ch
     return task_calls, result_calls
 
 
+def golden_first_call(task) -> list[dict]:
+    """The first call of `task`'s golden solution, as canonical OpenAI tool calls (ROME's format once rendered)."""
+    from roll.data.teacher import act_steps
+    from roll.sft.render import canonical_calls
+
+    step = act_steps(task)[0]
+    return canonical_calls([{"id": "call_0", "type": "function",
+                             "function": {"name": step.tool, "arguments": step.arguments}}])  # fmt: skip
+
+
 def fresh_tasks(families: list[str], n: int, pseudo_share: float, seed: int) -> list:
     """`n` new instances (TaskSpecs) of `families`, round robin, each built by its family's builder from a word pool
     of its own: made-up words (a `pseudo_share` of them) or the train vocabulary. The same seed, the same tasks."""
@@ -194,16 +204,11 @@ def fresh_tasks(families: list[str], n: int, pseudo_share: float, seed: int) -> 
 def fresh_examples(families: list[str], n: int, tokenizer, pseudo_share: float, seed: int
                    ) -> list[tuple[PackedSequence, str]]:  # fmt: skip
     """`n` task-alone examples of `fresh_tasks`, the target the golden solution's first call in ROME's format."""
-    from roll.data.teacher import act_steps
-    from roll.sft.render import canonical_calls
-
     out = []
     for i, task in enumerate(fresh_tasks(families, n, pseudo_share, seed)):
-        step = act_steps(task)[0]
-        call = {"id": "call_0", "type": "function", "function": {"name": step.tool, "arguments": step.arguments}}
         chunk = Chunk(trajectory_id=f"fresh-{i}", sandbox_id="", index=0, latency_s=0.0, created_at=0.0,
                       messages=[{"role": "user", "content": task.instruction}],
-                      response=ChunkResponse(text="", tool_calls=canonical_calls([call])))  # fmt: skip
+                      response=ChunkResponse(text="", tool_calls=golden_first_call(task)))  # fmt: skip
         out.append((single(chunk, tokenizer, f"fresh-{i}"), task.family))
     return out
 

@@ -18,8 +18,8 @@ import torch
 
 def probe_cases(families: list[str], per_family: int, tokenizer) -> list[tuple[str, list[int], list[int]]]:
     """(family, prompt ids, target ids) for held-out seeds 1000.. of each family."""
-    from roll.data.teacher import act_steps
-    from roll.sft.render import canonical_calls, encode, prompt_text, response_text
+    from roll.sft.cpt import golden_first_call
+    from roll.sft.render import encode, prompt_text, response_text
     from roll.tasks.suite import FAMILIES, HELDOUT_SEED, generate
 
     cases = []
@@ -28,9 +28,7 @@ def probe_cases(families: list[str], per_family: int, tokenizer) -> list[tuple[s
             continue
         for i in range(per_family):
             task = generate(family, HELDOUT_SEED + i)
-            step = act_steps(task)[0]
-            call = {"id": "c0", "type": "function", "function": {"name": step.tool, "arguments": step.arguments}}
-            reply = {"role": "assistant", "content": "", "tool_calls": canonical_calls([call])}
+            reply = {"role": "assistant", "content": "", "tool_calls": golden_first_call(task)}
             prompt = encode(prompt_text([{"role": "user", "content": task.instruction}], None, tokenizer), tokenizer)
             cases.append((family, prompt, encode(response_text(reply, tokenizer), tokenizer)))
     return cases
