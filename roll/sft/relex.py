@@ -18,6 +18,7 @@ Token ids are dropped: rendering re-tokenises the new messages (`roll.sft.render
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import keyword
 import random
@@ -32,8 +33,11 @@ VOWELS = "aeiou"
 _BUILTINS = set(dir(builtins))
 
 
-def pseudo_word(rng: random.Random) -> str:
-    """A made-up lowercase word of 3-9 letters built from consonant-vowel syllables (e.g. `tabemo`, `rukis`)."""
+def pseudo_word(rng: random.Random, lookalike_share: float = 0.0) -> str:
+    """A made-up lowercase word of 3-9 letters built from consonant-vowel syllables (e.g. `tabemo`, `rukis`), or
+    with probability `lookalike_share` one spelled like the train vocabulary (`lookalike_word`)."""
+    if lookalike_share and rng.random() < lookalike_share:
+        return lookalike_word(rng)
     while True:
         word = "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(rng.randint(2, 4)))
         if rng.random() < 0.5:
@@ -41,6 +45,41 @@ def pseudo_word(rng: random.Random) -> str:
         word = word[: rng.randint(3, 9)]
         if len(word) >= 3 and not keyword.iskeyword(word) and word not in _BUILTINS:
             return word
+
+
+@functools.cache
+def _letter_chain() -> tuple[dict[str, tuple[str, ...]], frozenset[str], tuple[str, ...]]:
+    """Letter trigrams of the train vocabulary (two letters -> the letters seen after them, `$` = the end), the
+    words a made-up word must not be (the whole vocabulary), and the held-out words it must not contain."""
+    from roll.tasks.words import vocab_split
+
+    table: dict[str, list[str]] = {}
+    for w in sorted(vocab_split("train")):
+        s = "^^" + w + "$"
+        for i in range(len(s) - 2):
+            table.setdefault(s[i : i + 2], []).append(s[i + 2])
+    heldout = tuple(sorted(vocab_split("heldout")))
+    return {k: tuple(v) for k, v in table.items()}, frozenset(vocab_split("train")) | frozenset(heldout), heldout
+
+
+def lookalike_word(rng: random.Random) -> str:
+    """A made-up word of 3-10 letters spelled like the train vocabulary (a letter-trigram chain over it: `tromel`,
+    `bacorn`), never a vocabulary word and never containing a held-out one. Its BPE pieces are the pieces of real
+    words in new combinations, so the first piece of a word does not tell the rest: the words of issue 12's failed
+    held-out copies (`onion` -> `onkey`, `trail` -> `trout`) were completed from memory after their first piece,
+    which the consonant-vowel words (tokenised into other pieces) never taught against."""
+    table, banned, heldout = _letter_chain()
+    while True:
+        s = "^^"
+        while len(s) < 13:
+            c = rng.choice(table[s[-2:]])
+            if c == "$":
+                break
+            s += c
+        word = s[2:]
+        if 3 <= len(word) <= 10 and word not in banned and not any(h in word for h in heldout if len(h) >= 4):
+            if not keyword.iskeyword(word) and word not in _BUILTINS:
+                return word
 
 
 class _RecordingWords:
@@ -95,14 +134,14 @@ def _task_seed(traj: Trajectory) -> tuple[str, int] | None:
 
 
 def mapping(words: Iterable[str], rng: random.Random, pseudo_share: float, pool: list[str],
-            avoid: set[str] = frozenset()) -> dict[str, str]:  # fmt: skip
+            avoid: set[str] = frozenset(), lookalike_share: float = 0.0) -> dict[str, str]:  # fmt: skip
     """A replacement for each word: distinct, none containing or contained in another (grep/sed tasks rely on
-    that), made-up with probability `pseudo_share`, else drawn from `pool`."""
+    that), made-up with probability `pseudo_share` (`pseudo_word`), else drawn from `pool`."""
     out: dict[str, str] = {}
     taken: list[str] = []
     for word in words:
         for _ in range(200):
-            new = pseudo_word(rng) if rng.random() < pseudo_share or not pool else rng.choice(pool)
+            new = pseudo_word(rng, lookalike_share) if rng.random() < pseudo_share or not pool else rng.choice(pool)
             if new in avoid or new in out or any(new in t or t in new for t in taken + list(words)):
                 continue
             break
@@ -119,7 +158,8 @@ def _sub(text: Any, pattern: re.Pattern, table: dict[str, str]) -> Any:
     return pattern.sub(lambda m: table[m.group(0)], text)
 
 
-def relexicalize(traj: Trajectory, rng: random.Random, pseudo_share: float = 0.5, suffix: str = "~relex") -> Trajectory:
+def relexicalize(traj: Trajectory, rng: random.Random, pseudo_share: float = 0.5, suffix: str = "~relex",
+                 lookalike_share: float = 0.0) -> Trajectory:  # fmt: skip
     """A copy of `traj` with the instance's words replaced throughout (see the module doc); the same trajectory
     when its task is not a suite instance. Token ids are cleared; the trajectory id gets `suffix`."""
     from roll.tasks.words import vocab_split
@@ -135,7 +175,7 @@ def relexicalize(traj: Trajectory, rng: random.Random, pseudo_share: float = 0.5
     words = [w for w in words if w not in protected]
     if not words:
         return traj
-    table = mapping(words, rng, pseudo_share, list(vocab_split("train")), avoid=protected)
+    table = mapping(words, rng, pseudo_share, list(vocab_split("train")), protected, lookalike_share)
     pattern = re.compile(
         r"(?<![A-Za-z0-9_])(" + "|".join(sorted(map(re.escape, table), key=len, reverse=True)) + r")(?![A-Za-z0-9_])"
     )
@@ -174,7 +214,8 @@ def relexicalize(traj: Trajectory, rng: random.Random, pseudo_share: float = 0.5
 
 
 def augment(
-    trajectories: list[Trajectory], variants: int, pseudo_share: float = 0.5, seed: int = 0
+    trajectories: list[Trajectory], variants: int, pseudo_share: float = 0.5, seed: int = 0,
+    lookalike_share: float = 0.0,
 ) -> list[Trajectory]:
     """The trajectories followed by `variants` relexicalised copies of each (ids `<id>~relexN`)."""
     if variants <= 0:
@@ -182,5 +223,5 @@ def augment(
     rng = random.Random(f"relex:{seed}")
     out = list(trajectories)
     for n in range(variants):
-        out += [relexicalize(t, rng, pseudo_share, suffix=f"~relex{n}") for t in trajectories]
+        out += [relexicalize(t, rng, pseudo_share, f"~relex{n}", lookalike_share) for t in trajectories]
     return out

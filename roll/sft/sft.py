@@ -46,6 +46,13 @@ class SftDataConfig(BaseModel):
         "replaced by fresh ones (roll/sft/relex.py)",
     )
     pseudo_share: float = Field(0.5, ge=0, le=1, description="share of replacement words that are made up")
+    lookalike_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the made-up words spelled like the train vocabulary (relex.lookalike_word): "
+        "real words' BPE pieces in new combinations, so a word cannot be completed from its first piece",
+    )
     seed: int = 0
 
 
@@ -89,7 +96,7 @@ def sft_dataset(trajectories: list[Trajectory], tokenizer, cfg: SftDataConfig | 
     if "tests_failed" in cfg.filters and not any(t.resolved for t in trajectories):
         raise NoVerifiedDataError(f"none of the {len(trajectories)} trajectories is verified (resolved by its tests)")
     tokenizer = load_tokenizer(tokenizer)
-    trajectories = augment(trajectories, cfg.variants, cfg.pseudo_share, cfg.seed)
+    trajectories = augment(trajectories, cfg.variants, cfg.pseudo_share, cfg.seed, cfg.lookalike_share)
     rules = set(cfg.filters)
     report, dropped, masked = SftReport(trajectories=len(trajectories)), Counter(), Counter()
     sequences, families = [], []

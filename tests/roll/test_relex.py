@@ -118,3 +118,38 @@ def test_fresh_tasks_are_the_same_in_every_process():
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2)]  # fmt: skip
     assert runs[0] == runs[1] and runs[0].count("/app/") >= 8
+
+
+def test_lookalike_words_are_spelled_like_the_train_words_but_never_a_vocabulary_word():
+    from roll.sft.relex import lookalike_word
+
+    rng = random.Random(0)
+    made = [lookalike_word(rng) for _ in range(2000)]
+    train, heldout = set(vocab_split("train")), set(vocab_split("heldout"))
+    assert len(set(made)) > 1000
+    assert not (train | heldout) & set(made)
+    assert not any(h in w for w in made for h in heldout if len(h) >= 4)
+    # spelled like the vocabulary: every letter trigram of a made-up word occurs in some train word
+    grams = {("^^" + t + "$")[i : i + 3] for t in train for i in range(len(t) + 1)}
+    assert all(("^^" + w + "$")[i : i + 3] in grams for w in made for i in range(len(w) + 1))
+    # the consonant-vowel words are not: `pseudo_word` mixes the two as `lookalike_share` says
+    rng = random.Random(1)
+    cv = {pseudo_word(rng, 0.0) for _ in range(300)}
+    mixed = [pseudo_word(rng, 1.0) for _ in range(300)]
+    assert not set(mixed) & (train | heldout)
+    spelled = lambda w: all(("^^" + w + "$")[i : i + 3] in grams for i in range(len(w) + 1))  # noqa: E731
+    assert all(map(spelled, mixed)) and sum(map(spelled, cv)) < len(cv) / 2
+
+
+def test_lookalike_share_reaches_the_relexicalised_variants():
+    from roll.sft.relex import _letter_chain
+
+    grams = {k + c for k, v in _letter_chain()[0].items() for c in v}
+    spelled = lambda w: all(("^^" + w + "$")[i : i + 3] in grams for i in range(len(w) + 1))  # noqa: E731
+    traj, original = _trajectory(), set(instance_words("create_file", 3))
+    for share, expect in ((1.0, True), (0.0, False)):
+        out = augment([traj], variants=10, pseudo_share=1.0, seed=0, lookalike_share=share)
+        words = [w for t in out[1:] for w in json.loads(t.chunks[0].response.tool_calls[0].function["arguments"])
+                 ["content"].split()]  # fmt: skip
+        assert len(words) >= 10 and not original & set(words)
+        assert (sum(map(spelled, words)) == len(words)) is expect
