@@ -57,6 +57,13 @@ class CptDataConfig(BaseModel):
         description="copies of each 'task, last call, its result -> next reply' "
         "example (a fraction: that share of them)",
     )
+    dialogue: float = Field(
+        0,
+        ge=0,
+        description="copies of each whole trajectory without the system prompt and tool schemas (the task and "
+        "every turn, packed; a fraction: that share of them): the multi-turn copying of the agent's replies on "
+        "a short context, before SFT adds the ~976-token prefix",
+    )
     per_behaviour: int | None = Field(None, ge=1, description="at most this many trajectories per behaviour")
     loss_on: Literal["responses", "all"] = Field("responses", description="the model's replies, or every token")
     order: Literal["shuffled", "short_first"] = Field("shuffled", description="short_first: short examples first")
@@ -202,7 +209,11 @@ def fresh_tasks(families: list[str], n: int, pseudo_share: float, seed: int, loo
     for i in range(n):
         family = families[i % len(families)]
         # dict, not set: a set of strings iterates in the process's hash order, a different pool every run
-        pool = train if rng.random() >= pseudo_share else list(dict.fromkeys(pseudo_word(rng, lookalike_share) for _ in range(40)))
+        pool = (
+            train
+            if rng.random() >= pseudo_share
+            else list(dict.fromkeys(pseudo_word(rng, lookalike_share) for _ in range(40)))
+        )
         draft = BUILDERS[family](Words(random.Random(rng.random()), pool))
         out.append(suite._spec(suite.FAMILIES[family], 0, "train", draft))
     return out
@@ -232,6 +243,14 @@ def copies(make, n: int, trajectory_id: str) -> list[PackedSequence]:
     return [make(trajectory_id + (f"#{c}" if c else "")) for c in range(n)]
 
 
+def without_prefix(traj: Trajectory) -> Trajectory:
+    """The trajectory with its system messages and tool schemas left out of every request (token ids cleared)."""
+    chunks = [c.model_copy(update={"messages": [m for m in c.messages or [] if m.get("role") != "system"] or None,
+                                   "tools": None, "prompt_token_ids": None, "response_token_ids": None})
+              for c in traj.chunks]  # fmt: skip
+    return traj.model_copy(update={"chunks": chunks})
+
+
 def loss_everywhere(seq: PackedSequence) -> PackedSequence:
     return dataclasses.replace(seq, loss_mask=torch.ones_like(seq.loss_mask))
 
@@ -259,6 +278,13 @@ def cpt_dataset(trajectories: list[Trajectory], tokenizer, cfg: CptDataConfig | 
                     full += [(dataclasses.replace(s, trajectory_id=tid + (f"#{c}" if c else "")), traj.family)
                              for s in packed]  # fmt: skip
                 kinds["full"] += cfg.full * len(packed)
+            n = int(cfg.dialogue) + (cfg.dialogue % 1 > 0 and pick.random() < cfg.dialogue % 1)
+            if n:
+                packed = pack_trajectory(render_trajectory(without_prefix(traj), tokenizer))
+                for c in range(n):
+                    short += [(dataclasses.replace(s, trajectory_id=f"{tid}~dialogue#{c}"), traj.family)
+                              for s in packed]  # fmt: skip
+                kinds["dialogue"] += n * len(packed)
             tasks, results = short_chunks(traj, cfg.task_call_to)
             for kind, chunks, copies_of in (
                 ("task_call", tasks, cfg.task_call),

@@ -214,7 +214,10 @@ def relexicalize(traj: Trajectory, rng: random.Random, pseudo_share: float = 0.5
 
 
 def augment(
-    trajectories: list[Trajectory], variants: int, pseudo_share: float = 0.5, seed: int = 0,
+    trajectories: list[Trajectory],
+    variants: int,
+    pseudo_share: float = 0.5,
+    seed: int = 0,
     lookalike_share: float = 0.0,
 ) -> list[Trajectory]:
     """The trajectories followed by `variants` relexicalised copies of each (ids `<id>~relexN`)."""

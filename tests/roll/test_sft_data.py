@@ -259,6 +259,24 @@ def test_cpt_mix_holds_every_trajectory_and_short_context_examples(tok):
     assert bool(everything.loss_mask.all())
 
 
+def test_cpt_dialogue_is_the_whole_trajectory_without_the_prefix(tok):
+    trajs = [build("a", RECOVERY), build("b", [shell("ls")], status="unresolved", family="g")]
+    only = dict(full=0, task_call=0, result_call=0)
+    data = cpt_dataset(trajs, tok, CptDataConfig(dialogue=2, **only))
+    assert data.report.sequences == {"dialogue": 4}
+    full = cpt_dataset(trajs, tok, CptDataConfig(**(only | {"full": 1}))).sequences
+    for seq in data.sequences:
+        whole = next(f for f in full if seq.trajectory_id.startswith(f.trajectory_id + "~dialogue#"))
+        text = tok.decode(seq.input_ids)
+        assert text.startswith("<|im_start|>user\n") and "<tools>" not in text and len(seq) * 2 < len(whole)
+        # the same replies carry the loss, on every turn of the packed sequence
+        assert seq.chunk_indices == whole.chunk_indices
+        assert tok.decode(seq.input_ids[1:][seq.loss_mask]) == tok.decode(whole.input_ids[1:][whole.loss_mask])
+    pad_sequences(data.sequences)  # the two copies have their own ids
+    half = cpt_dataset(trajs * 20, tok, CptDataConfig(dialogue=0.5, **only)).report.sequences["dialogue"]
+    assert 8 <= half <= 32
+
+
 # -- phase 2 -----------------------------------------------------------------------------------------------------
 
 
