@@ -145,9 +145,11 @@ class TrainConfig(_Strict):
     """The DeepSpeed trainer and the loop around it."""
 
     iterations: int = Field(2, ge=1)
-    mode: Literal["sync", "async"] = Field(
+    mode: Literal["sync", "async", "colocated"] = Field(
         "sync", description="sync: rollout -> train -> sync in series; async: attempts run on while the trainer "
-        "trains on the groups that finished (roll/rollout/scheduler.py)"
+        "trains on the groups that finished (roll/rollout/scheduler.py); colocated: sync's order on shared devices, "
+        "one state machine (roll/colocate.py): engines asleep (cuda) or paused (cpu) while the trainer trains, the "
+        "trainer offloaded (cuda) while they generate; per-phase seconds and busy fractions in the metrics"
     )  # fmt: skip
     max_staleness: float = Field(
         1.0, ge=0, description="async: a chunk is trained at most this many policy versions after the version that "
@@ -214,6 +216,9 @@ class RunConfig(_Strict):
         if self.train.mode == "async" and (self.train.max_in_flight or 1 << 30) < self.rollout.group_size:
             raise ValueError(f"train.max_in_flight {self.train.max_in_flight} is less than one group "
                              f"(rollout.group_size {self.rollout.group_size})")  # fmt: skip
+        if self.train.mode == "colocated" and self.inference.engine != "vllm":
+            raise ValueError(f"train.mode colocated needs inference.engine vllm (pause, sleep and wake are vLLM's), "
+                             f"not {self.inference.engine}")  # fmt: skip
         if self.device == "cpu" and self.train.offload_optimizer:
             raise ValueError("train.offload_optimizer is for device cuda (on cpu the optimizer is in host RAM)")
         return self
