@@ -1,4 +1,4 @@
-"""The `roll` command: `roll train configs/rl/tiny-cpu.yaml [key=value ...] [--dry-run]`, `roll plan CONFIG`.
+"""The `roll` command: `roll train configs/rl/tiny-cpu.yaml [key=value ...] [--dry-run] [--resume]`, `roll plan CONFIG`.
 
 Bad input (a missing config, an unknown key, an unknown task family, a missing image) is one line on
 stderr and exit status 2; an interrupted run exits 130 after removing what it started.
@@ -28,6 +28,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    from roll.resume import check as check_resume
+
+    check_resume(cfg, args.resume)  # before the curriculum's minutes: nothing to resume, another config, overwrite
     if args.dry_run:
         from roll.plan import check
 
@@ -48,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise RollError("device cuda: no CUDA device is visible here (start the run on the GPU cluster)")
     from roll.curriculum import run_train
 
-    return run_train(cfg)
+    return run_train(cfg, resume=args.resume)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -74,11 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
         "SFT's model (or model.dir, created with rome init if missing): Ray, the inference and trainer workers "
         "and a rock server; per iteration iflow attempts in sandboxes, rewards from the task tests, one update "
         "(train.algorithm: ipa, grpo or ppo), the new weights loaded for sampling. Writes metrics.jsonl, "
-        "trajectories.jsonl, policy/v<N>, summary.json and curves.png under runs/<name>/.",
+        "trajectories.jsonl, policy/v<N>, checkpoints/ (after every iteration), summary.json and curves.png under "
+        "runs/<name>/. A run dir that holds completed iterations is not overwritten: continue it with --resume "
+        "or choose another name=.",
     )
     train.add_argument("config", help="YAML run config, e.g. configs/rl/tiny-cpu.yaml")
     train.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     train.add_argument("--dry-run", action="store_true", help="validate the config, print its plan, start nothing")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in runs/<name>/ after its last completed iteration (after kill -9, Ctrl-C or a dead "
+        "worker): policy, optimizer, RNG, rollback state and metrics carry on; the unfinished iteration's "
+        "trajectories are discarded, never trained on. Only train.iterations and timeouts may differ from the "
+        "run's config (run_config.json)",
+    )
     train.set_defaults(func=cmd_train)
     plan = sub.add_parser(
         "plan",

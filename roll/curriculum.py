@@ -86,8 +86,8 @@ def _stage_entry(summary: dict) -> dict:
     return {k: summary.get(k) for k in keys} | {"summary": str(Path(summary["run_dir"]) / "summary.json")}
 
 
-def run_train(cfg: RunConfig) -> int:
-    """The curriculum then the RL iterations; returns the process exit status."""
+def run_train(cfg: RunConfig, resume: bool = False) -> int:
+    """The curriculum then the RL iterations (`resume`: after the RL run's last checkpoint); returns the exit status."""
     from roll.driver import train
 
     start = time.monotonic()
@@ -106,7 +106,7 @@ def run_train(cfg: RunConfig) -> int:
             stages["sft"], model_dir = _stage_entry(summary), Path(summary["model"])
     _say(f"RL ({cfg.train.algorithm}) from {model_dir or cfg.model.dir}")
     t = time.monotonic()
-    rc, history = train(cfg, model_dir)
+    rc, history = train(cfg, model_dir, resume=resume)
     if rc != 0:
         return rc
     rl = {"stage": "rl", "algorithm": cfg.train.algorithm, "model_in": str(model_dir or cfg.model.dir),

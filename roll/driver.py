@@ -12,7 +12,10 @@ no update and is reported; `train.max_skipped_steps` of them in a row stop the r
 (`.venv/bin/pytest tests/roll/test_async.py`) the same groups run through roll/rollout/scheduler.py instead:
 attempts run on while the trainer trains on the groups that finished, each chunk within `train.max_staleness`
 policy versions of its sampler, one update per batch. Everything it starts
-(sandboxes, rock server, teacher, Ray actors) is stopped in `finally`, also on Ctrl-C and SIGTERM.
+(sandboxes, rock server, teacher, Ray actors) is stopped in `finally`, also on Ctrl-C and SIGTERM; a worker that
+dies is named (WorkerDied), never waited for. Every completed iteration (async: update) is checkpointed atomically
+(roll/resume.py, `.venv/bin/pytest tests/roll/test_resume.py`): `roll train ... --resume` carries on after the
+last one, the unfinished iteration's trajectories discarded.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ from rock.contracts import Chunk, Trajectory
 from roll.algo import group_advantages
 from roll.config import RunConfig
 from roll.errors import PreflightError, RollError
+from roll.resume import DriverState, ResumePoint, record_bytes, roll_back, start_fresh, trained_groups, write_checkpoint
+from roll.resume import check as check_resume
+from roll.resume import check_model as check_resume_model
+from roll.resume import history as resumed_history
 from roll.rollout import AgentOptions, SandboxTracker, iflow_source_dir, run_attempt
 from roll.tasks.spec import TaskSpec
 
@@ -264,6 +271,13 @@ class Resampler:
             "rollback": {task: self.state(ref) for task, ref in self.references.items()},
         }
 
+    def state_dict(self) -> dict:
+        """What carries over a resume: the references and their schedules (the snapshot cache does not)."""
+        return {"references": self.references, "schedules": self.schedules}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.references, self.schedules = state["references"], state["schedules"]
+
     def state(self, ref: Trajectory) -> dict:
         """Where the reference's schedule stands: the next start (sequential), the critical chunks, its decisions."""
         from roll.algo.rollback import SequentialRollback
@@ -279,6 +293,16 @@ class Resampler:
 
 class TrainingDiverged(RollError):
     """`train.max_skipped_steps` updates in a row had a NaN/Inf loss; the policy is the last good one."""
+
+
+class WorkerDied(RollError):
+    """A Ray worker of the run (the trainer, the inference engine) died; the run stopped."""
+
+
+def _why(error: BaseException) -> str:
+    """The first line that says something of a Ray error (they run over many lines)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:300]
 
 
 def iteration_metrics(it: int, trajectories: list[Trajectory], reference: set[str]) -> dict:
@@ -318,17 +342,20 @@ class Run:
         self.version = 0  # the policy version the inference worker serves
         self.skipped_in_row: list[int] = []
         self.scheduler = None  # train.mode=async: the AsyncRollout
+        self.completed = 0  # the last iteration (async: update) checkpointed
 
-    def start(self, model_dir: Path, tasks: list[TaskSpec]) -> None:
+    def start(self, model_dir: Path, tasks: list[TaskSpec], point: ResumePoint | None = None) -> None:
+        """Ray, the workers, the teacher and the rock server; with `point`, the state of that checkpoint."""
         import ray
 
         from roll.workers.inference import InferenceServer
         from roll.workers.trainer import Trainer
 
         cfg = self.cfg
-        # A run's records start afresh; re-running a name overwrites its policies too (the initial model stays).
-        for name in ("metrics.jsonl", "trajectories.jsonl"):
-            (self.run_dir / name).unlink(missing_ok=True)
+        if point is None:
+            start_fresh(cfg)  # a new run's records start empty (train() refused to overwrite completed iterations)
+        else:
+            self._roll_back(point)
         t = time.monotonic()
         # Actor output (vLLM and DeepSpeed start-up chatter) goes to Ray's session logs, not the console;
         # an actor's failure still reaches the driver as the exception of the ray.get that awaited it.
@@ -348,11 +375,13 @@ class Run:
         )
         self.trainer = ray.remote(Trainer).options(**opts).remote(str(model_dir), cfg.train)
         log(f"starting the inference worker ({cfg.inference.engine}) and the trainer worker (DeepSpeed) ...")
-        url = ray.get(self.inference.url.remote(), timeout=cfg.inference.startup_timeout_s)
+        url = self._get("inference", self.inference.url.remote(), timeout=cfg.inference.startup_timeout_s)
         log(f"inference worker ({cfg.inference.engine}) serving {url}")
-        ray.get(self.trainer.__ray_ready__.remote())
+        self._get("trainer", self.trainer.__ray_ready__.remote())
         log(f"trainer worker ready ({cfg.train.algorithm}, DeepSpeed ZeRO-{cfg.train.zero_stage}, CPU)  "
             f"[{time.monotonic() - t:.0f}s]")  # fmt: skip
+        if point is not None:
+            self._restore(point)
         if cfg.rollout.oracle_per_group or (self.resampler and self.resampler.cfg.references == "oracle"):
             from roll.data.teacher import OracleTeacher
 
@@ -404,20 +433,19 @@ class Run:
         return trajectories, attempts, resampling
 
     def iteration(self, it: int, tasks, rng: random.Random) -> dict:
-        import ray
-
         t0 = time.monotonic()
         trajectories, attempts, resampling = self.rollout(it, tasks, rng)
         t1 = time.monotonic()
         reference = {a.trajectory_id for a in attempts if a.oracle}
         given = {a.trajectory_id: a.start_chunk for a in attempts if a.start_chunk}
         metrics = iteration_metrics(it, trajectories, reference) | resampling | {"rollout_s": round(t1 - t0, 1)}
-        step = ray.get(self.trainer.step.remote(trajectories, sorted(reference), given))
+        step = self._get("trainer", self.trainer.step.remote(trajectories, sorted(reference), given))
         t2 = time.monotonic()
         metrics.update(step, train_s=round(t2 - t1, 1), sync_s=0.0, policy_version=self.version)
         if self.note_step(it, step):
             self._sync(it, metrics)
         self._write(trajectories, reference, metrics)
+        self.checkpoint(it, rng)
         self.stop_if_diverged()
         return metrics
 
@@ -434,6 +462,11 @@ class Run:
             for a in attempts:
                 a.group += it * n  # one advantage baseline per group across the whole run
             groups += [[a for a in attempts if a.group == it * n + g] for g in range(n)]
+        trained = trained_groups(self.run_dir) if self.completed else set()
+        groups = [g for g in groups if g[0].group not in trained]  # a resumed run: the groups left
+        if not groups:
+            log(f"async rollout: all {cfg.train.iterations * n} groups were trained before; nothing left")
+            return
         every = [a for g in groups for a in g]
         teacher_url = self.teacher.url if self.teacher is not None else None
         run = attempt_runner(self.client, every, cfg, self.tracker, self.run_dir / "attempts" / "async", teacher_url)
@@ -443,7 +476,7 @@ class Run:
         log(f"async rollout: {len(every)} attempts in {len(groups)} groups, batches of {n} groups, at most "
             f"{in_flight} attempts in flight, max_staleness {cfg.train.max_staleness}")  # fmt: skip
         self.scheduler.start()
-        step = 0
+        step = self.completed
         while (batch := self.scheduler.next_batch()) is not None:
             step += 1
             history.append(self.async_step(step, batch))
@@ -451,12 +484,10 @@ class Run:
 
     def async_step(self, step: int, batch) -> dict:
         """One update on a batch of finished groups, then the weights to the engine while attempts run on."""
-        import ray
-
         reference = set(batch.reference)
         t1 = time.monotonic()
         metrics = iteration_metrics(step, batch.trajectories, reference) | batch.metrics()
-        result = ray.get(self.trainer.step.remote(batch.trajectories, sorted(reference), {}))
+        result = self._get("trainer", self.trainer.step.remote(batch.trajectories, sorted(reference), {}))
         t2 = time.monotonic()
         metrics.update(result, rollout_s=round(batch.waited_s, 1), train_s=round(t2 - t1, 1), sync_s=0.0,
                        policy_version=self.version)  # fmt: skip
@@ -467,6 +498,7 @@ class Run:
         metrics["trainer_idle_frac"] = round(batch.waited_s / max(1e-9, batch.waited_s + busy), 3)
         metrics |= {f"attempts_{k}": v for k, v in self.scheduler.counts().items()}
         self._write(batch.trajectories, reference, metrics)
+        self.checkpoint(step, None)
         self.stop_if_diverged()
         return metrics
 
@@ -491,17 +523,66 @@ class Run:
 
     def _sync(self, it: int, metrics: dict) -> None:
         """The new weights into the inference worker (in memory, no restart) and to disk as policy/v<N>."""
-        import ray
-
         t = time.monotonic()
         version = self.version + 1
         buckets = self.trainer.weight_buckets.remote()  # an ObjectRef: Ray hands the bytes actor to actor
-        result = ray.get(self.inference.update_weights.remote(buckets, version))
+        result = self._get("inference", self.inference.update_weights.remote(buckets, version))
         self.version = version
         t2 = time.monotonic()
-        path = ray.get(self.trainer.save.remote(str(self.run_dir / "policy" / f"v{version}")))
+        path = self._get("trainer", self.trainer.save.remote(str(self.run_dir / "policy" / f"v{version}")))
         metrics.update(sync_s=round(t2 - t, 1), save_s=round(time.monotonic() - t2, 1), policy_version=version,
                        policy_dir=path, synced_tensors=result.get("tensors"))  # fmt: skip
+
+    # -- fault tolerance (roll/resume.py)
+    def _get(self, worker: str, ref, timeout: float | None = None):
+        """ray.get of a worker's call; the worker's death is a WorkerDied naming it, never a hang or a traceback."""
+        import ray
+
+        try:
+            return ray.get(ref, timeout=timeout)
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, RollError):  # a user error raised in the worker: its one line, not Ray's trace
+                raise e.cause from None
+            raise
+        except ray.exceptions.RayActorError as e:
+            where = (f"`roll train ... --resume` continues after iteration {self.completed}" if self.completed
+                     else "no iteration had completed")  # fmt: skip
+            raise WorkerDied(f"the {worker} worker died ({_why(e)}); the run stopped; {where}") from e
+
+    def checkpoint(self, it: int, rng: random.Random | None) -> None:
+        """Iteration (async: update) `it` is complete: its checkpoint, written atomically (roll/resume.py)."""
+        t = time.monotonic()
+        internal = rng.getstate() if rng is not None else random.Random(self.cfg.tasks.seed).getstate()
+        state = DriverState(iteration=it, mode=self.cfg.train.mode, policy_version=self.version,
+                            skipped_in_row=list(self.skipped_in_row), rng=json.loads(json.dumps(internal)),
+                            record_bytes=record_bytes(self.run_dir))  # fmt: skip
+        resampler = self.resampler.state_dict() if self.resampler else None
+        write_checkpoint(self.run_dir, state, lambda d: self._get("trainer", self.trainer.save_state.remote(str(d))),
+                         resampler)  # fmt: skip
+        self.completed = it
+        log(f"  checkpoint {it} written ({time.monotonic() - t:.1f}s)")
+
+    def _roll_back(self, point: ResumePoint) -> None:
+        """Before the workers start: the records and attempts of the unfinished iteration dropped."""
+        discarded, unfinished = roll_back(self.run_dir, point)
+        self.completed = point.state.iteration
+        log(f"resuming {self.cfg.name} after iteration {point.state.iteration} (policy version "
+            f"{point.state.policy_version}): {discarded} trajectories of the unfinished iteration discarded, not "
+            f"trained on ({unfinished} attempts were cut short)")  # fmt: skip
+
+    def _restore(self, point: ResumePoint) -> None:
+        """The trainer's checkpointed state, its weights into the inference worker under the checkpoint's version."""
+        t = time.monotonic()
+        self._get("trainer", self.trainer.load_state.remote(str(point.trainer_dir)))
+        self.version = point.state.policy_version
+        if self.version:
+            buckets = self.trainer.weight_buckets.remote()
+            self._get("inference", self.inference.update_weights.remote(buckets, self.version))
+        self.skipped_in_row = list(point.state.skipped_in_row)
+        if self.resampler is not None and point.resampler is not None:
+            self.resampler.load_state_dict(point.resampler)
+        log(f"restored checkpoint {point.path.name}: trainer state and policy version {self.version} "
+            f"[{time.monotonic() - t:.1f}s]")  # fmt: skip
 
     def _write(self, trajectories: list[Trajectory], reference: set[str], metrics: dict) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -561,10 +642,13 @@ def format_metrics(m: dict) -> str:
     return line
 
 
-def train(cfg: RunConfig, model_dir: Path | None = None, tasks: list[TaskSpec] | None = None) -> tuple[int, list[dict]]:
+def train(cfg: RunConfig, model_dir: Path | None = None, tasks: list[TaskSpec] | None = None,
+          resume: bool = False) -> tuple[int, list[dict]]:  # fmt: skip
     """Run `cfg.train.iterations` iterations from `model_dir` (default: cfg.model.dir, made by rome init when
     missing) on `tasks` (default: the configured suite's train split); returns the process exit status and the
-    per-iteration metrics (async mode: per update)."""
+    per-iteration metrics (async mode: per update). `resume`: carry on after the run dir's last checkpoint
+    (roll/resume.py); without it a run dir with completed iterations is refused."""
+    point = check_resume(cfg, resume)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     run = Run(cfg)
     history = []
@@ -574,12 +658,16 @@ def train(cfg: RunConfig, model_dir: Path | None = None, tasks: list[TaskSpec] |
         if len(tasks) < cfg.rollout.tasks_per_iteration:
             raise ValueError(f"only {len(tasks)} train tasks for rollout.tasks_per_iteration")
         preflight(tasks)
-        run.start(model_dir or ensure_model(cfg), tasks)
-        rng = random.Random(cfg.tasks.seed)
+        model_dir = model_dir or ensure_model(cfg)
+        if point is not None:
+            check_resume_model(point, model_dir)
+        run.start(model_dir, tasks, point)
+        history += resumed_history(run.run_dir) if point else []
+        rng = point.state.random() if point and cfg.train.mode != "async" else random.Random(cfg.tasks.seed)
         if cfg.train.mode == "async":
             run.run_async(tasks, rng, history)
         else:
-            for it in range(1, cfg.train.iterations + 1):
+            for it in range(run.completed + 1, cfg.train.iterations + 1):
                 history.append(run.iteration(it, tasks, rng))
                 log(format_metrics(history[-1]))
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ HF dir. On CPU: DS_ACCELERATOR=cpu, gloo, fp32. The driver runs it inside a Ray 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -306,3 +307,33 @@ class Trainer:
     def save(self, out_dir: str) -> str:
         """Write the policy as an HF dir, atomically: a reader sees either nothing or the complete dir."""
         return str(export_hf(self.model, self.model_dir, out_dir))
+
+    # -- resume (roll/resume.py: the driver renames the checkpoint dir into place)
+    def save_state(self, out_dir: str) -> str:
+        """Model, optimizer state, RNG and policy version into `out_dir` (a fresh dir), for `load_state`."""
+        from roll.trainer.checkpoint import model_shape, rng_state
+
+        out = Path(out_dir)
+        self.engine.save_checkpoint(str(out.parent), tag=out.name, save_latest=False)
+        torch.save(rng_state(), out / "rng.pt")
+        state = {"version": self.version, "model_shape": model_shape(self.model)}
+        (out / "trainer.json").write_text(json.dumps(state, indent=1))
+        return str(out)
+
+    def load_state(self, path: str) -> int:
+        """Restore what `save_state` wrote; refuses a checkpoint of another model shape. Returns the version."""
+        from roll.trainer.checkpoint import _shape_text, model_shape, set_rng_state
+        from roll.trainer.errors import CheckpointError
+
+        path = Path(path)
+        state = json.loads((path / "trainer.json").read_text())
+        if state["model_shape"] != (shape := model_shape(self.model)):
+            raise CheckpointError(f"checkpoint {path} is for model shape [{_shape_text(state['model_shape'])}] but "
+                                  f"the model has shape [{_shape_text(shape)}]")  # fmt: skip
+        loaded, _ = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
+                                                load_lr_scheduler_states=False)  # fmt: skip
+        if loaded is None:
+            raise CheckpointError(f"checkpoint {path}: DeepSpeed found no model files in it")
+        set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+        self.version = state["version"]
+        return self.version

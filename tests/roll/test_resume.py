@@ -1,0 +1,297 @@
+"""`roll train ... --resume` after `kill -9` (`.venv/bin/pytest tests/roll/test_resume.py`; the end-to-end test is
+`slow` and `docker`, about 2 minutes: a real `roll train` killed with SIGKILL after its first checkpoint, then
+resumed). The fast tests check the refusals (nothing to resume, another config, another model shape, a run dir
+that would be overwritten) and the roll-back of what an unfinished iteration wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from roll.config import load_config
+from roll.resume import (
+    CONFIG_FILE,
+    DriverState,
+    ResumeError,
+    check,
+    check_model,
+    latest,
+    load_point,
+    record_bytes,
+    roll_back,
+    start_fresh,
+    write_checkpoint,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs/rl/tiny-cpu.yaml"
+ROLL = str(Path(sys.executable).with_name("roll"))
+RNG = json.loads(json.dumps(random.Random(7).getstate()))
+
+
+def cfg_in(tmp_path: Path, *overrides: str):
+    return load_config(TINY, [f"runs_dir={tmp_path}", "name=r", "curriculum.enabled=false", *overrides])
+
+
+def fake_trainer(shape: dict | None = None):
+    def save(d: Path) -> None:
+        d.mkdir()
+        (d / "trainer.json").write_text(json.dumps({"version": 1, "model_shape": shape or {"hidden_size": 64}}))
+
+    return save
+
+
+def complete(cfg, it: int, version: int, rows: int = 2) -> Path:
+    """What iteration `it` leaves: its rows in the records, its attempts, its policy, then its checkpoint."""
+    run_dir = cfg.run_dir.resolve()
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iteration": it}) + "\n")
+    with open(run_dir / "trajectories.jsonl", "a") as f:
+        for i in range(rows):
+            f.write(json.dumps({"iteration": it, "trajectory_id": f"t{it}-{i}", "group": it}) + "\n")
+            (run_dir / "attempts" / f"it{it}" / f"t{it}-{i}").mkdir(parents=True)
+            (run_dir / "attempts" / f"it{it}" / f"t{it}-{i}" / "trajectory.json").write_text("{}")
+    (run_dir / "policy" / f"v{version}").mkdir(parents=True)
+    state = DriverState(iteration=it, mode="sync", policy_version=version, skipped_in_row=[], rng=RNG,
+                        record_bytes=record_bytes(run_dir))  # fmt: skip
+    return write_checkpoint(run_dir, state, fake_trainer())
+
+
+def test_a_run_dir_with_completed_iterations_is_not_overwritten_without_resume(tmp_path):
+    cfg = cfg_in(tmp_path)
+    assert check(cfg, resume=False) is None  # nothing there: a fresh run
+    start_fresh(cfg)
+    assert check(cfg, resume=False) is None  # started, nothing completed yet: still fresh
+    complete(cfg, 1, 1)
+    with pytest.raises(ResumeError, match=r"already holds 1 completed iteration.*--resume.*another name="):
+        check(cfg, resume=False)
+
+
+def test_resume_with_nothing_to_resume_or_another_config_is_one_line_naming_what_differs(tmp_path):
+    cfg = cfg_in(tmp_path)
+    with pytest.raises(ResumeError, match="nothing to resume"):
+        check(cfg, resume=True)
+    start_fresh(cfg)
+    with pytest.raises(ResumeError, match="nothing to resume"):
+        check(cfg, resume=True)
+    complete(cfg, 1, 1)
+    point = check(cfg_in(tmp_path, "train.iterations=5", "agent.timeout_s=9"), resume=True)  # these may change
+    assert point.state.iteration == 1 and point.state.random().random() == random.Random(7).random()
+    with pytest.raises(ResumeError) as e:
+        check(cfg_in(tmp_path, "train.lr=0.5", "rollout.group_size=3"), resume=True)
+    msg = str(e.value)
+    assert "\n" not in msg and "rollout.group_size: 4 -> 3" in msg and "train.lr: 5e-05 -> 0.5" in msg
+    assert "model" not in msg.split("; only")[0]  # only the keys that differ are named
+    complete(cfg, 2, 2)
+    with pytest.raises(ResumeError, match="completed all 2 iterations; raise train.iterations"):
+        check(cfg_in(tmp_path, "train.iterations=2"), resume=True)
+
+
+def test_a_checkpoint_of_another_model_shape_is_refused_naming_the_keys(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    state = DriverState(iteration=1, mode="sync", policy_version=1, skipped_in_row=[], rng=RNG,
+                        record_bytes={})  # fmt: skip
+    point = load_point(write_checkpoint(run_dir, state, fake_trainer({"hidden_size": 64, "num_hidden_layers": 2})))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2}))
+    check_model(point, model)
+    (model / "config.json").write_text(json.dumps({"hidden_size": 128, "num_hidden_layers": 2}))
+    with pytest.raises(ResumeError, match=r"another model shape.*hidden_size: 64 -> 128$"):
+        check_model(point, model)
+
+
+def test_a_checkpoint_cut_short_is_never_read_and_latest_names_the_last_complete_one(tmp_path):
+    cfg = cfg_in(tmp_path)
+    start_fresh(cfg)
+    first = complete(cfg, 1, 1)
+
+    def killed(d: Path) -> None:
+        d.mkdir()
+        raise KeyboardInterrupt  # the process dies while the trainer writes its state
+
+    state = DriverState(iteration=2, mode="sync", policy_version=2, skipped_in_row=[], rng=RNG,
+                        record_bytes={})  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        write_checkpoint(cfg.run_dir, state, killed)
+    assert latest(cfg.run_dir.resolve()) == first.resolve() and (first.parent / ".tmp-it-2").is_dir()
+    complete(cfg, 2, 2)  # the next one replaces the partial one and the older checkpoint
+    assert sorted(p.name for p in first.parent.iterdir()) == ["it-2", "latest"]
+
+
+def test_roll_back_discards_the_unfinished_iteration_and_counts_its_trajectories(tmp_path):
+    cfg = cfg_in(tmp_path)
+    start_fresh(cfg)
+    complete(cfg, 1, 1)
+    run_dir = cfg.run_dir.resolve()
+    metrics_before = (run_dir / "metrics.jsonl").read_text()
+    # iteration 2 wrote its records and policy, then the kill came before its checkpoint; iteration 3 had begun
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iteration": 2}) + "\n")
+    with open(run_dir / "trajectories.jsonl", "a") as f:
+        f.write(json.dumps({"iteration": 2, "trajectory_id": "t2-0"}) + "\n" + '{"iteration": 2, "traj')
+    for tid, done in (("t2-0", True), ("t2-1", True), ("t3-0", False)):
+        d = run_dir / "attempts" / f"it{tid[1]}" / tid
+        d.mkdir(parents=True)
+        if done:
+            (d / "trajectory.json").write_text("{}")
+    (run_dir / "policy" / "v2").mkdir()
+    point = load_point(latest(run_dir))
+    assert roll_back(run_dir, point) == (2, 1)
+    assert (run_dir / "metrics.jsonl").read_text() == metrics_before
+    rows = [json.loads(line) for line in (run_dir / "trajectories.jsonl").read_text().splitlines()]
+    assert [r["trajectory_id"] for r in rows] == ["t1-0", "t1-1"]
+    assert sorted(p.name for p in (run_dir / "attempts").glob("it*/*")) == ["t1-0", "t1-1"]
+    assert sorted(p.name for p in (run_dir / "attempts" / "discarded").glob("*/*/*")) == ["t2-0", "t2-1", "t3-0"]
+    assert not (run_dir / "policy" / "v2").exists() and (run_dir / "policy" / "v1").is_dir()
+
+
+def test_roll_train_refuses_before_starting_anything(tmp_path, capsys):
+    from roll.cli import main
+
+    argv = ["train", str(TINY), f"runs_dir={tmp_path}", "name=r", "curriculum.enabled=false"]
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nothing to resume" in err
+    cfg = cfg_in(tmp_path)
+    start_fresh(cfg)
+    complete(cfg, 1, 1)
+    assert main(argv) == 2
+    assert "add --resume" in capsys.readouterr().err
+    assert json.loads((cfg.run_dir / CONFIG_FILE).read_text())["name"] == "r"
+
+
+@pytest.mark.slow
+def test_the_trainer_state_round_trips_weights_optimizer_and_version(tmp_path):
+    import torch
+    from trainer_helpers import micro_moe_dir
+
+    from rock.contracts import Chunk, Trajectory
+    from roll.config import TrainConfig
+    from roll.trainer.errors import CheckpointError
+    from roll.workers.trainer import Trainer
+
+    model = micro_moe_dir(tmp_path / "m")
+    chunks = [Chunk(trajectory_id=f"t{r}", sandbox_id="sb", index=0, prompt_token_ids=[1, 2, 3],
+                    response_token_ids=[4, 5], response_logprobs=[-4.0, -4.0], latency_s=0.0, created_at=0.0)
+              for r in (0, 1)]  # fmt: skip
+    trajectories = [Trajectory(trajectory_id=f"t{r}", task_id="x", family="f", split="train", reward=float(r),
+                               status="resolved" if r else "unresolved", chunks=[chunks[r]], group=0)
+                    for r in (0, 1)]  # fmt: skip
+    cfg = TrainConfig(lr=1e-2, zero_stage=2)
+    a = Trainer(str(model), cfg)
+    assert not a.step(trajectories)["skipped"]
+    a.save_state(str(tmp_path / "ck" / "trainer"))
+    b = Trainer(str(model), cfg)
+    assert b.load_state(str(tmp_path / "ck" / "trainer")) == 1
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    sa, sb = a.engine.optimizer.state_dict(), b.engine.optimizer.state_dict()
+    ma, mb = (s["base_optimizer_state"]["state"] if "base_optimizer_state" in s else s["state"] for s in (sa, sb))
+    assert ma and all(torch.equal(ma[k]["exp_avg"], mb[k]["exp_avg"]) for k in ma)  # Adam's moments came back
+    # the next step is the same step: same weights after it
+    a.step(trajectories), b.step(trajectories)
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True))
+    other = micro_moe_dir(tmp_path / "m2")
+    cfg_json = json.loads((other / "config.json").read_text()) | {"num_hidden_layers": 1}
+    (other / "config.json").write_text(json.dumps(cfg_json))
+    with pytest.raises(CheckpointError, match="num_hidden_layers=2"):
+        Trainer(str(other), cfg).load_state(str(tmp_path / "ck" / "trainer"))
+
+
+# -- end to end
+
+ARGS = ["configs/rl/tiny-cpu.yaml", "name=r", "curriculum.enabled=false", "inference.engine=hf",
+        "tasks.families=[create_file]", "tasks.train_per_family=2", "rollout.tasks_per_iteration=1",
+        "rollout.group_size=2", "rollout.oracle_per_group=1", "rollout.resample.enabled=false", "agent.max_turns=1",
+        "agent.max_tokens=8", "train.lr=1e-3", "train.iterations=3"]  # fmt: skip
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"roll train exited {proc.returncode} before {what}: {proc.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    pytest.fail(f"no {what} within {timeout}s")
+
+
+def logprobs_under(model_dir: Path, chunk: dict) -> list[float]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompt, response = chunk["prompt_token_ids"], chunk["response_token_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1]  # [R, V]
+    return logits.log_softmax(-1).gather(1, torch.tensor(response)[:, None])[:, 0].tolist()
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_roll_train_killed_with_sigkill_resumes_without_counting_a_trajectory_twice(tmp_path, docker_client):
+    args = [*ARGS, f"runs_dir={tmp_path}", f"model.dir={tmp_path}/init"]
+    run_dir = tmp_path / "r"
+    proc = subprocess.Popen([ROLL, "train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    try:
+        pointer = run_dir / "checkpoints" / "latest"
+        wait_for(lambda: pointer.is_file(), 300, "first checkpoint", proc)
+        os.kill(proc.pid, signal.SIGKILL)  # kill -9 of the driver: no finally, no clean-up of its own
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = json.loads((latest(run_dir) / "driver.json").read_text())
+    k = killed_at["iteration"]
+    assert k < 3 and killed_at["policy_version"] == k  # every iteration's update applied and synced
+    # Ray's processes share the dead driver's fate (their session is named by its pid)
+    ray_session = f"_{proc.pid}/"
+    wait_for(lambda: subprocess.run(["pgrep", "-f", ray_session], capture_output=True).returncode == 1, 60,
+             "exit of the killed run's Ray processes")  # fmt: skip
+    # the rock server of the dead run exits with it (--exit-with) and removes its sandboxes
+    rock_state = str(run_dir / "rock")
+    wait_for(lambda: subprocess.run(["pgrep", "-f", rock_state], capture_output=True).returncode == 1, 60,
+             "exit of the killed run's rock server")  # fmt: skip
+
+    out = subprocess.run([ROLL, "train", *args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
+    assert f"resuming r after iteration {k} (policy version {k})" in out.stdout
+
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [1, 2, 3]  # none rerun, none lost
+    assert [m["policy_version"] for m in metrics] == [1, 2, 3]
+    rows = [json.loads(line) for line in (run_dir / "trajectories.jsonl").read_text().splitlines()]
+    ids = [r["trajectory_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 3 * 2  # two attempts per iteration, each trained once
+    discarded = {p.name for p in (run_dir / "attempts" / "discarded").glob("*/*/*")}
+    assert not discarded & set(ids)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [m["iteration"] for m in summary["stages"]["rl"]["iterations"]] == [1, 2, 3]
+
+    # the first iteration after the resume sampled the checkpointed policy: its engine's logprobs are those of
+    # policy/v<k> (not of the initial weights, which would also carry version 0)
+    (first,) = [r for r in rows if r["iteration"] == k + 1 and not r["reference"]]
+    chunk = next(c for c in first["chunks"] if c["response_token_ids"])
+    assert chunk["policy_version"] == k
+    recorded = chunk["response_logprobs"]
+    at_k = logprobs_under(run_dir / "policy" / f"v{k}", chunk)
+    at_init = logprobs_under(tmp_path / "init", chunk)
+    assert max(abs(a - b) for a, b in zip(recorded, at_k, strict=True)) < 1e-3
+    assert max(abs(a - b) for a, b in zip(recorded, at_init, strict=True)) > 1e-3
+
+    manager = (run_dir / "rock" / "manager_id").read_text().strip()
+    left = docker_client.containers.list(all=True, filters={"label": f"ale.rock.manager={manager}"})
+    assert not left, [c.name for c in left]
