@@ -189,14 +189,22 @@ def _engine_call(server, method: str, *args, timeout: float = 600, **kwargs):
 
 
 def _engine_state(server) -> EngineState:
-    if _engine_call(server, "is_sleeping"):
-        return "weights" if getattr(server, "colocated_weights_awake", False) else "asleep"
-    return "paused" if _engine_call(server, "is_paused") else "awake"
+    # vLLM's is_sleeping() is also true when only paused, and says nothing of which tags are awake: the level-1
+    # sleep is what our own sleep/wake calls left (`colocated_sleep`), once vLLM says the engine is not serving.
+    if not _engine_call(server, "is_sleeping"):
+        return "awake"
+    slept = getattr(server, "colocated_sleep", None)
+    return slept or ("paused" if _engine_call(server, "is_paused") else "asleep")
+
+
+def _engine_sleep(server) -> None:
+    _engine_call(server, "sleep", 1)
+    server.colocated_sleep = "asleep"
 
 
 def _engine_wake_up(server, tags: list[str] | None) -> None:
     _engine_call(server, "wake_up", tags)
-    server.colocated_weights_awake = tags == ["weights"]  # vLLM says only "sleeping" until every tag is awake
+    server.colocated_sleep = "weights" if tags == ["weights"] else None
 
 
 def _trainer_state(trainer) -> TrainerState:
@@ -237,7 +245,7 @@ class ActorEngines:
         self._call(_engine_call, "resume_generation")
 
     def sleep(self) -> None:
-        self._call(_engine_call, "sleep", 1)
+        self._call(_engine_sleep)
 
     def wake_up(self, tags: list[str] | None) -> None:
         self._call(_engine_wake_up, tags)

@@ -11,7 +11,10 @@ disk read) and saved as policy/v<N>; the next iteration's chunks carry policy_ve
 no update and is reported; `train.max_skipped_steps` of them in a row stop the run. With `train.mode=async`
 (`.venv/bin/pytest tests/roll/test_async.py`) the same groups run through roll/rollout/scheduler.py instead:
 attempts run on while the trainer trains on the groups that finished, each chunk within `train.max_staleness`
-policy versions of its sampler, one update per batch. Everything it starts
+policy versions of its sampler, one update per batch. With `train.mode=colocated` (roll/colocate.py,
+`.venv/bin/pytest tests/roll/test_colocated.py`) sync mode's iterations run through one state machine on shared
+devices (rollout -> train -> sync: the engines paused on CPU, asleep on CUDA, while the trainer trains), with the
+seconds of each phase and the busy fraction of each resource in the metrics. Everything it starts
 (sandboxes, rock server, teacher, Ray actors) is stopped in `finally`, also on Ctrl-C and SIGTERM; a worker that
 dies is named (WorkerDied), never waited for. Every completed iteration (async: update) is checkpointed atomically
 (roll/resume.py, `.venv/bin/pytest tests/roll/test_resume.py`): `roll train ... --resume` carries on after the
@@ -502,6 +505,42 @@ class Run:
         self.stop_if_diverged()
         return metrics
 
+    # -- train.mode=colocated (roll/colocate.py)
+    def run_colocated(self, tasks, rng: random.Random, history: list[dict]) -> None:
+        """Sync mode's iterations through the colocated state machine; the run's busy fraction at the end."""
+        from roll.colocate import ActorEngines, ActorTrainer, Colocation
+
+        cfg = self.cfg
+        self.colocation = Colocation(cfg.device, ActorEngines(self.inference), ActorTrainer(self.trainer))
+        for it in range(self.completed + 1, cfg.train.iterations + 1):
+            history.append(self.colocated_iteration(it, tasks, rng))
+            log(format_metrics(history[-1]))
+        m = self.colocation.totals()
+        log(f"colocated: the shared device busy {m['busy_frac_shared']:.0%} of {m['wall_s']:.0f}s (rollout "
+            f"{m['rollout_s']:.0f}s, train {m['train_s']:.0f}s, sync {m['sync_s']:.0f}s, idle {m['idle_s']:.0f}s)")  # fmt: skip
+
+    def colocated_iteration(self, it: int, tasks, rng: random.Random) -> dict:
+        """One iteration as `iteration`, each part in its phase; rollout_s, train_s and sync_s (the weight update
+        and the policy save) are the phases' seconds as the machine charged them, idle_s what was between."""
+        machine = self.colocation
+        machine.enter("rollout")
+        trajectories, attempts, resampling = self.rollout(it, tasks, rng)
+        machine.enter("train")
+        reference = {a.trajectory_id for a in attempts if a.oracle}
+        given = {a.trajectory_id: a.start_chunk for a in attempts if a.start_chunk}
+        machine.require("train")
+        step = self._get("trainer", self.trainer.step.remote(trajectories, sorted(reference), given))
+        metrics = iteration_metrics(it, trajectories, reference) | resampling | step | {"policy_version": self.version}
+        if self.note_step(it, step):
+            machine.enter("sync")
+            self._sync(it, metrics)
+        machine.enter("idle")
+        metrics |= machine.lap()
+        self._write(trajectories, reference, metrics)
+        self.checkpoint(it, rng)
+        self.stop_if_diverged()
+        return metrics
+
     def note_step(self, it: int, step: dict) -> bool:
         """Whether the update was applied (then the weights go to the inference worker); a skipped one is counted."""
         if step["skipped"]:
@@ -633,6 +672,10 @@ def format_metrics(m: dict) -> str:
         line += (f" | staleness max {m['staleness_max']} mean {m['staleness_mean']:.2f}, versions/trajectory "
                  f"{m['versions_per_trajectory_mean']:.2f}, in flight {m['in_flight']}, "
                  f"trainer idle {m['trainer_idle_frac']:.0%}")  # fmt: skip
+    if "busy_frac_shared" in m:
+        line += (f" | colocated: idle {m['idle_s']:.1f}s (switching {m['switch_s']:.1f}s), busy: shared device "
+                 f"{m['busy_frac_shared']:.0%} (run {m['busy_frac_shared_run']:.0%}), engines "
+                 f"{m['busy_frac_engines']:.0%}, trainer {m['busy_frac_trainer']:.0%}")  # fmt: skip
     if m.get("resampled_attempts"):
         line += f" | resampled from chunks {m['resampled_starts']}: pass {m['resampled_pass_rate']:.0%}"
     if m.get("loss") is not None:
@@ -666,6 +709,8 @@ def train(cfg: RunConfig, model_dir: Path | None = None, tasks: list[TaskSpec] |
         rng = point.state.random() if point and cfg.train.mode != "async" else random.Random(cfg.tasks.seed)
         if cfg.train.mode == "async":
             run.run_async(tasks, rng, history)
+        elif cfg.train.mode == "colocated":
+            run.run_colocated(tasks, rng, history)
         else:
             for it in range(run.completed + 1, cfg.train.iterations + 1):
                 history.append(run.iteration(it, tasks, rng))

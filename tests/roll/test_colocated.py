@@ -214,3 +214,113 @@ def test_config_accepts_colocated_and_refuses_it_without_vllm(tmp_path):
     assert RunConfig.model_validate(base).train.mode == "colocated"
     with pytest.raises(ValueError, match="train.mode colocated needs inference.engine vllm"):
         RunConfig.model_validate(base | {"inference": {"engine": "hf"}})
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_roll_train_colocated_end_to_end(tmp_path, docker_client):
+    """Real `roll train` in colocated mode (vLLM CPU, iflow in ROCK sandboxes, DeepSpeed, in-memory syncs; about 3
+    minutes): the machine read the engine's real pause state at every train phase (a failed pause stops the run),
+    the weights synced after the pause reach the next rollout, and every second of an iteration is in a phase."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    argv = [str(Path(sys.executable).with_name("roll")), "train", "configs/rl/tiny-cpu.yaml", "name=colocated",
+            f"runs_dir={tmp_path}", f"model.dir={tmp_path}/init", "curriculum.enabled=false", "train.mode=colocated",
+            "train.iterations=2", "train.lr=1e-3", "tasks.families=[create_file]", "tasks.train_per_family=4",
+            "rollout.tasks_per_iteration=1", "rollout.group_size=2", "rollout.oracle_per_group=0",
+            "rollout.resample.enabled=false", "agent.max_turns=2", "agent.max_tokens=16"]  # fmt: skip
+    proc = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert "colocated: idle" in proc.stdout and "colocated: the shared device busy" in proc.stdout
+    steps = [json.loads(line) for line in (tmp_path / "colocated" / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 2 and [m["policy_version"] for m in steps] == [1, 2]
+    for m in steps:
+        assert m["rollout_s"] > 0 and m["train_s"] > 0 and m["sync_s"] > 0 and not m["skipped"]
+        parts = m["rollout_s"] + m["train_s"] + m["sync_s"] + m["idle_s"]
+        assert abs(parts - m["wall_s"]) < 0.01
+        assert 0 < m["busy_frac_shared"] <= 1
+        assert m["busy_frac_engines"] + m["busy_frac_trainer"] == pytest.approx(
+            m["busy_frac_shared"] + m["sync_s"] / m["wall_s"], abs=2e-3
+        )
+    rows = [json.loads(line) for line in (tmp_path / "colocated" / "trajectories.jsonl").read_text().splitlines()]
+    second = [c for r in rows if r["iteration"] == 2 for c in r["chunks"] if c["response_token_ids"]]
+    assert second and all(c["policy_version"] == 1 for c in second)  # sampled after the sync of iteration 1
+
+
+@pytest.mark.gpu
+def test_cuda_rollout_train_sync_cycle_frees_the_device_and_samples_again(tmp_path):
+    """The CUDA rows on a real engine: the inference worker (in-process, no Ray) through the same functions the
+    actor adapter runs; train frees the device's memory (sleep level 1), sync wakes the weights only, rollout
+    samples the same greedy tokens. Needs CUDA vLLM, and rome's VLLMEngine started with enable_sleep_mode."""
+    vllm = pytest.importorskip("vllm", reason="CUDA vLLM is not installed here")
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cuda():
+        pytest.skip("this vLLM is not the CUDA build")
+    import asyncio
+    import uuid
+
+    import torch
+
+    from roll import colocate
+    from roll.workers.inference import InferenceServer
+    from rome.init import init_model
+
+    class InProcessEngines:
+        def __init__(self, server):
+            self.server = server
+
+        def state(self):
+            return colocate._engine_state(self.server)
+
+        def pause(self):
+            colocate._engine_call(self.server, "pause_generation", mode="abort", clear_cache=False)
+
+        def resume(self):
+            colocate._engine_call(self.server, "resume_generation")
+
+        def sleep(self):
+            colocate._engine_sleep(self.server)
+
+        def wake_up(self, tags):
+            colocate._engine_wake_up(self.server, tags)
+
+    class Trainer:  # the trainer's side is DeepSpeed's offload_states, not exercised here
+        s = "onloaded"
+
+        def state(self):
+            return self.s
+
+        def offload(self):
+            self.s = "offloaded"
+
+        def onload(self):
+            self.s = "onloaded"
+
+    server = InferenceServer(str(init_model(tmp_path / "tiny", "tiny")))
+    try:
+        llm = server._handle.service.engine.llm
+        greedy = vllm.SamplingParams(temperature=0, max_tokens=8)
+
+        def sample() -> list[int]:
+            async def go():
+                async for out in llm.generate({"prompt_token_ids": list(range(10, 40))}, greedy, uuid.uuid4().hex):
+                    last = out
+                return list(last.outputs[0].token_ids)
+
+            return asyncio.run_coroutine_threadsafe(go(), server._handle._loop).result(120)
+
+        m = Colocation("cuda", InProcessEngines(server), Trainer())
+        m.enter("rollout")
+        before, free_awake = sample(), torch.cuda.mem_get_info()[0]
+        m.enter("train")
+        assert torch.cuda.mem_get_info()[0] > free_awake, "train: the engines' sleep gave no memory back"
+        m.enter("sync")
+        m.enter("rollout")
+        assert sample() == before
+    finally:
+        server.stop()
