@@ -433,6 +433,7 @@ class Run:
             self.resampler.plan(rest)
         trajectories += run_attempts(self.client, rest, cfg, self.tracker, out_dir, progress, teacher_url, snapshots)
         resampling = self.resampler.observe(rest, trajectories[len(first) :]) if self.resampler else {}
+        self.check_inference()
         return trajectories, attempts, resampling
 
     def iteration(self, it: int, tasks, rng: random.Random) -> dict:
@@ -489,6 +490,7 @@ class Run:
         """One update on a batch of finished groups, then the weights to the engine while attempts run on."""
         reference = set(batch.reference)
         t1 = time.monotonic()
+        self.check_inference()
         metrics = iteration_metrics(step, batch.trajectories, reference) | batch.metrics()
         result = self._get("trainer", self.trainer.step.remote(batch.trajectories, sorted(reference), {}))
         t2 = time.monotonic()
@@ -584,9 +586,20 @@ class Run:
                 raise e.cause from None
             raise
         except ray.exceptions.RayActorError as e:
-            where = (f"`roll train ... --resume` continues after iteration {self.completed}" if self.completed
-                     else "no iteration had completed")  # fmt: skip
-            raise WorkerDied(f"the {worker} worker died ({_why(e)}); the run stopped; {where}") from e
+            raise WorkerDied(f"the {worker} worker died ({_why(e)}); the run stopped; {self._resume_hint()}") from e
+        except ray.exceptions.GetTimeoutError as e:
+            raise WorkerDied(f"the {worker} worker did not answer within {timeout:.0f}s; the run stopped; "
+                             f"{self._resume_hint()}") from e  # fmt: skip
+
+    def _resume_hint(self) -> str:
+        if not self.completed:
+            return "no iteration had completed"
+        return f"`roll train ... --resume` continues after iteration {self.completed}"
+
+    def check_inference(self) -> None:
+        """The inference worker still answers: a dead engine fails every model call of the rollouts, which would
+        otherwise pass for a policy that resolves nothing."""
+        self._get("inference", self.inference.policy_version.remote(), timeout=120)
 
     def checkpoint(self, it: int, rng: random.Random | None) -> None:
         """Iteration (async: update) `it` is complete: its checkpoint, written atomically (roll/resume.py)."""
