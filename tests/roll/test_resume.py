@@ -1,5 +1,5 @@
 """`roll train ... --resume` after `kill -9` (`.venv/bin/pytest tests/roll/test_resume.py`; the end-to-end test is
-`slow` and `docker`, about 2.5 minutes: a real `roll train` whose trainer worker is killed, resumed and killed
+`slow` and `docker`, about 2.5 minutes: a real `roll train` whose inference worker is killed, resumed and killed
 with SIGKILL, then resumed to the end). The fast tests check the refusals (nothing to resume, another config, another model shape, a run dir
 that would be overwritten) and the roll-back of what an unfinished iteration wrote.
 """
@@ -264,7 +264,7 @@ def pointer_names(run_dir: Path, name: str):
 @pytest.mark.slow
 @pytest.mark.docker
 def test_a_dead_worker_is_named_and_kill_9_resumes_without_counting_a_trajectory_twice(tmp_path, docker_client):
-    """Three `roll train` starts of one 3-iteration run (about 2.5 minutes): the trainer worker killed (-9) in
+    """Three `roll train` starts of one 3-iteration run (about 3 minutes): the inference worker killed (-9) in
     iteration 2, then --resume killed (-9, the driver) after iteration 2, then --resume to the end."""
     args = [*ARGS, f"runs_dir={tmp_path}", f"model.dir={tmp_path}/init"]
     run_dir = tmp_path / "r"
@@ -280,19 +280,20 @@ def test_a_dead_worker_is_named_and_kill_9_resumes_without_counting_a_trajectory
         return subprocess.Popen([ROLL, "train", *args, *extra], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
 
-    # 1. the trainer worker dies during iteration 2: named, the run stops (no hang) and removes what it started
+    # 1. the inference worker dies in iteration 2: the attempts' model calls fail, then the run names the worker
+    # and stops (no hang, no iteration of a policy that "resolves nothing"), removing what it started
     proc = start()
     try:
         wait_for(pointer_names(run_dir, "it-1"), 300, "checkpoint 1", proc)
-        trainer = wait_for(lambda: ray_worker_pid(proc.pid, "Trainer"), 30, "the trainer worker's pid")
-        os.kill(trainer, signal.SIGKILL)
+        engine = wait_for(lambda: ray_worker_pid(proc.pid, "InferenceServer"), 30, "the inference worker's pid")
+        os.kill(engine, signal.SIGKILL)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 2, out[-3000:] + err[-3000:]
     last = err.strip().splitlines()[-1]  # one line (rome init's progress bar and Ray's notices come before)
-    assert last.startswith("roll: error: the trainer worker died"), err[-3000:]
+    assert last.startswith("roll: error: the inference worker died"), err[-3000:]
     assert last.endswith("`roll train ... --resume` continues after iteration 1")
     assert not ours_left()
 
@@ -342,3 +343,36 @@ def test_a_dead_worker_is_named_and_kill_9_resumes_without_counting_a_trajectory
     assert max(abs(a - b) for a, b in zip(recorded, at_v2, strict=True)) < 1e-3
     assert max(abs(a - b) for a, b in zip(recorded, at_init, strict=True)) > 1e-3
     assert not ours_left()
+
+
+def test_the_rollback_schedules_and_references_survive_a_checkpoint(tmp_path):
+    from rock.contracts import Chunk, Trajectory
+    from roll.driver import Resampler, pick_attempts
+    from roll.tasks.spec import Environment, TaskSpec
+
+    cfg = load_config(TINY, ["rollout.tasks_per_iteration=1", "rollout.group_size=3", "rollout.oracle_per_group=1",
+                             "rollout.resample.group=2", "rollout.resample.budget=2"])  # fmt: skip
+    task = TaskSpec(id="t0", instruction="make it", family="f", environment=Environment(image="i"),
+                    tests={"run-tests.sh": "true"}, solution="true")  # fmt: skip
+    before = Resampler(cfg)
+    attempts = pick_attempts([task], cfg, random.Random(0))
+    (oracle,) = before.oracle_attempts(attempts)
+    messages = [{"role": "system", "content": "iflow"}, {"role": "user", "content": task.instruction}]
+    chunks = [Chunk(trajectory_id=oracle.trajectory_id, sandbox_id="sb", index=i, prompt_token_ids=[1],
+                    response_token_ids=[2], response_logprobs=[-1.0], latency_s=0.0, created_at=0.0, messages=messages)
+              for i in range(4)]  # fmt: skip
+    ref = Trajectory(trajectory_id=oracle.trajectory_id, task_id="t0", family="f", split="train", reward=1.0,
+                     status="resolved", chunks=chunks, group=0)  # fmt: skip
+    before.observe([oracle], [ref])
+    rest = [a for a in attempts if not a.oracle]
+    before.plan(rest)  # the schedule of the reference starts at its last chunk
+    state = DriverState(iteration=1, mode="sync", policy_version=1, skipped_in_row=[], rng=RNG, record_bytes={})
+    path = write_checkpoint(tmp_path, state, fake_trainer(), before.state_dict())
+    after = Resampler(cfg)
+    after.load_state_dict(load_point(path).resampler)
+    assert after.references["t0"].trajectory_id == oracle.trajectory_id
+    for r in (before, after):
+        again = [a for a in pick_attempts([task], cfg, random.Random(0)) if not a.oracle]
+        r.plan(again)
+        assert [a.start_chunk for a in again] == [0, 3]
+    assert after.state(after.references["t0"]) == before.state(before.references["t0"])
