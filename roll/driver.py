@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -424,14 +425,16 @@ class Run:
         teacher_url = self.teacher.url if self.teacher is not None else None
         out_dir = self.run_dir / "attempts" / f"it{it}"
         snapshots = self.resampler.snapshots if self.resampler else None
-        trajectories = (
-            run_attempts(self.client, first, cfg, self.tracker, out_dir, progress, teacher_url) if first else []
-        )
-        rest = attempts[len(first) :]
-        if self.resampler:
-            self.resampler.observe(first, trajectories)  # the references the rest may start from
-            self.resampler.plan(rest)
-        trajectories += run_attempts(self.client, rest, cfg, self.tracker, out_dir, progress, teacher_url, snapshots)
+        with self.rock_alive():
+            trajectories = (
+                run_attempts(self.client, first, cfg, self.tracker, out_dir, progress, teacher_url) if first else []
+            )
+            rest = attempts[len(first) :]
+            if self.resampler:
+                self.resampler.observe(first, trajectories)  # the references the rest may start from
+                self.resampler.plan(rest)
+            trajectories += run_attempts(self.client, rest, cfg, self.tracker, out_dir, progress, teacher_url,
+                                         snapshots)  # fmt: skip
         resampling = self.resampler.observe(rest, trajectories[len(first) :]) if self.resampler else {}
         self.check_inference()
         return trajectories, attempts, resampling
@@ -481,10 +484,11 @@ class Run:
             f"{in_flight} attempts in flight, max_staleness {cfg.train.max_staleness}")  # fmt: skip
         self.scheduler.start()
         step = self.completed
-        while (batch := self.scheduler.next_batch()) is not None:
-            step += 1
-            history.append(self.async_step(step, batch))
-            log(format_metrics(history[-1]))
+        with self.rock_alive():
+            while (batch := self.scheduler.next_batch()) is not None:
+                step += 1
+                history.append(self.async_step(step, batch))
+                log(format_metrics(history[-1]))
 
     def async_step(self, step: int, batch) -> dict:
         """One update on a batch of finished groups, then the weights to the engine while attempts run on."""
@@ -596,6 +600,36 @@ class Run:
             return "no iteration had completed"
         return f"`roll train ... --resume` continues after iteration {self.completed}"
 
+    @contextmanager
+    def rock_alive(self):
+        """An attempt's failure because the rock server died (its sandboxes with it) is a WorkerDied naming it, not
+        the connection error's traceback from inside an attempt."""
+        try:
+            yield
+        except Exception as e:
+            proc = self.rock.proc if self.rock is not None else None
+            if proc is None or proc.poll() is None or isinstance(e, RollError):
+                raise
+            log_file = Path(self.rock.state_dir) / "serve.log"
+            raise WorkerDied(f"the rock server died (exit status {proc.returncode}, log {log_file}) and its sandboxes "
+                             f"with it; the run stopped; {self._resume_hint()}") from e  # fmt: skip
+
+    def _remove_orphans(self) -> None:
+        """The rock server died: remove its containers through Docker (they carry its manager id)."""
+        import docker
+
+        try:
+            manager = (Path(self.rock.state_dir) / "manager_id").read_text().strip()
+            client = docker.from_env()
+            try:
+                for c in client.containers.list(all=True, filters={"label": f"ale.rock.manager={manager}"}):
+                    c.remove(force=True)
+                    log(f"removed sandbox container {c.name} of the dead rock server")
+            finally:
+                client.close()
+        except Exception as e:
+            log(f"could not remove the dead rock server's sandboxes ({e}); a `roll train ... --resume` removes them")
+
     def check_inference(self) -> None:
         """The inference worker still answers: a dead engine fails every model call of the rollouts, which would
         otherwise pass for a policy that resolves nothing."""
@@ -650,7 +684,9 @@ class Run:
         if self.scheduler is not None:
             self.scheduler.close()
         left = self.tracker.delete_all()
-        if left:
+        if left and self.rock is not None and self.rock.proc is not None and self.rock.proc.poll() is not None:
+            self._remove_orphans()
+        elif left:
             log(f"could not delete sandboxes {left}; the rock server removes them on exit")
         if self.resampler is not None and self.client is not None:
             self.resampler.snapshots.delete_all(self.client)

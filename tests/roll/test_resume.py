@@ -376,3 +376,54 @@ def test_the_rollback_schedules_and_references_survive_a_checkpoint(tmp_path):
         r.plan(again)
         assert [a.start_chunk for a in again] == [0, 3]
     assert after.state(after.references["t0"]) == before.state(before.references["t0"])
+
+
+def test_a_rollout_that_fails_because_the_rock_server_died_names_it(tmp_path):
+    import httpx
+
+    from rock.launch import RockProcess
+    from roll.driver import Run, WorkerDied
+
+    run = Run(cfg_in(tmp_path))
+    run.rock = RockProcess(state_dir=tmp_path / "rock")
+    run.rock.proc = subprocess.Popen(["sleep", "30"])
+    try:
+        with pytest.raises(httpx.ConnectError):  # the server is up: the error is the attempt's own
+            with run.rock_alive():
+                raise httpx.ConnectError("connection refused")
+        run.rock.proc.kill()
+        run.rock.proc.wait()
+        run.completed = 1
+        with pytest.raises(WorkerDied, match=r"the rock server died \(exit status -9, log .*serve.log\).*after "
+                                             r"iteration 1$"):  # fmt: skip
+            with run.rock_alive():
+                raise httpx.ConnectError("connection refused")
+    finally:
+        run.rock.proc.kill()
+
+
+@pytest.mark.docker
+def test_the_sandboxes_of_a_dead_rock_server_are_removed_at_close(tmp_path, docker_client, base_image):
+    from rock.launch import RockProcess
+    from roll.driver import Run
+
+    run = Run(cfg_in(tmp_path))
+    (tmp_path / "rock").mkdir()
+    (tmp_path / "rock" / "manager_id").write_text(f"test-{os.getpid()}-{time.time_ns()}\n")
+    manager = (tmp_path / "rock" / "manager_id").read_text().strip()
+    ours = docker_client.containers.create(base_image, ["sleep", "30"], labels={"ale.rock.manager": manager})
+    other = docker_client.containers.create(base_image, ["sleep", "30"], labels={"ale.rock.manager": "someone-else"})
+    try:
+        run.rock = RockProcess(state_dir=tmp_path / "rock")
+        run.rock.proc = subprocess.Popen(["true"])
+        run.rock.proc.wait()  # the server died
+        run.tracker.delete_all = lambda: ["sb-1"]  # its sandboxes could not be deleted through it
+        run.close()
+        assert not docker_client.containers.list(all=True, filters={"label": f"ale.rock.manager={manager}"})
+        other.reload()  # another manager's container is not touched
+    finally:
+        for c in (ours, other):
+            try:
+                c.remove(force=True)
+            except Exception:
+                pass
