@@ -30,11 +30,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from roll.resume import check as check_resume
 
-    check_resume(cfg, args.resume)  # before the curriculum's minutes: nothing to resume, another config, overwrite
     if args.dry_run:
         from roll.plan import check
 
         check(cfg)
+        if args.resume:  # what the run would resume from; a plain dry run says nothing of the run dir
+            point = check_resume(cfg, resume=True)
+            print(f"dry run: would resume {cfg.run_dir} after iteration {point.state.iteration}")
         print(f"dry run: {args.config} is valid and fits; nothing was started")
         return 0
     if cfg.device == "cuda":
@@ -49,6 +51,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise RollError("device cuda: no CUDA device is visible here (start the run on the GPU cluster)")
+    # before the curriculum's minutes: nothing to resume, another config, a run dir that would be overwritten
+    check_resume(cfg, args.resume)
     from roll.curriculum import run_train
 
     return run_train(cfg, resume=args.resume)

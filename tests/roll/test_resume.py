@@ -427,3 +427,17 @@ def test_the_sandboxes_of_a_dead_rock_server_are_removed_at_close(tmp_path, dock
                 c.remove(force=True)
             except Exception:
                 pass
+
+
+def test_a_dry_run_reads_the_run_dir_only_with_resume(tmp_path, capsys):
+    from roll.cli import main
+
+    cfg = cfg_in(tmp_path)
+    start_fresh(cfg)
+    complete(cfg, 1, 1)
+    argv = ["train", str(TINY), f"runs_dir={tmp_path}", "name=r", "curriculum.enabled=false", "--dry-run"]
+    assert main(argv) == 0  # validating a config is no overwrite
+    assert main([*argv, "--resume"]) == 0
+    assert f"would resume {tmp_path}/r after iteration 1" in capsys.readouterr().out
+    assert main([*argv, "--resume", "train.lr=0.5"]) == 2
+    assert "train.lr: 5e-05 -> 0.5" in capsys.readouterr().err
