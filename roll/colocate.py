@@ -222,17 +222,21 @@ def _trainer_onload(trainer) -> None:
     trainer.engine.reload_states()
 
 
+def _ray_get(ref):
+    import ray
+
+    return ray.get(ref)
+
+
 class ActorEngines:
     """Engines over the run's inference worker actor. Pause aborts what is still generating: when the rollout phase
     ends every attempt has finished, so a request left is an orphan (its agent's sandbox is gone)."""
 
-    def __init__(self, actor, timeout_s: float = 600):
-        self.actor, self.timeout_s = actor, timeout_s
+    def __init__(self, actor, get: Callable | None = None):
+        self.actor, self.get = actor, get or _ray_get  # the driver's get names a dead worker (WorkerDied)
 
     def _call(self, fn, *args, **kwargs):
-        import ray
-
-        return ray.get(self.actor.__ray_call__.remote(fn, *args, **kwargs), timeout=self.timeout_s)
+        return self.get(self.actor.__ray_call__.remote(fn, *args, **kwargs))
 
     def state(self) -> EngineState:
         return self._call(_engine_state)
@@ -255,13 +259,11 @@ class ActorTrainer:
     """TrainerSide over the run's trainer actor (roll.workers.trainer.Trainer): DeepSpeed offload_states /
     reload_states on CUDA; on CPU it is never moved (REQUIRED) and always reads onloaded."""
 
-    def __init__(self, actor, timeout_s: float = 600):
-        self.actor, self.timeout_s = actor, timeout_s
+    def __init__(self, actor, get: Callable | None = None):
+        self.actor, self.get = actor, get or _ray_get
 
     def _call(self, fn):
-        import ray
-
-        return ray.get(self.actor.__ray_call__.remote(fn), timeout=self.timeout_s)
+        return self.get(self.actor.__ray_call__.remote(fn))
 
     def state(self) -> TrainerState:
         return self._call(_trainer_state)

@@ -517,7 +517,9 @@ class Run:
         from roll.colocate import ActorEngines, ActorTrainer, Colocation
 
         cfg = self.cfg
-        self.colocation = Colocation(cfg.device, ActorEngines(self.inference), ActorTrainer(self.trainer))
+        engines = ActorEngines(self.inference, lambda ref: self._get("inference", ref, timeout=600))
+        trainer = ActorTrainer(self.trainer, lambda ref: self._get("trainer", ref, timeout=600))
+        self.colocation = Colocation(cfg.device, engines, trainer)
         for it in range(self.completed + 1, cfg.train.iterations + 1):
             history.append(self.colocated_iteration(it, tasks, rng))
             log(format_metrics(history[-1]))
