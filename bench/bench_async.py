@@ -113,12 +113,9 @@ def main() -> None:
     preflight(tasks)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if args.model:
-            model = Path(args.model).resolve()
-        else:
-            from rome.init import init_model
+        from rome.init import given_or_tiny
 
-            model = Path(init_model(work / "rome-tiny")).resolve()
+        model = given_or_tiny(args.model, work)
         # One Run for both phases: its trainer is built for async (it keeps the recent versions' weights, to
         # mismatch-test stale chunks under their sampler; a sync iteration never has one and pays only a copy).
         run = Run(config(work, model, args, "async"))

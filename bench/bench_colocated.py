@@ -56,12 +56,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if args.model:
-            model = Path(args.model).resolve()
-        else:
-            from rome.init import init_model
+        from rome.init import given_or_tiny
 
-            model = Path(init_model(work / "rome-tiny")).resolve()
+        model = given_or_tiny(args.model, work)
         cfg = config(work, model, args)
         tasks = train_tasks(cfg)
         preflight(tasks)

@@ -50,3 +50,10 @@ def init_model(
         eos_token_id=[ids["eos_token_id"], ids["pad_token_id"]], pad_token_id=ids["pad_token_id"], do_sample=True
     )
     return write_model_dir(out_dir, model, tokenizer=tokenizer, generation_config=generation)
+
+
+def given_or_tiny(model_dir: str | Path | None, work_dir: str | Path) -> Path:
+    """`model_dir` resolved, or a fresh ROME-tiny created under `work_dir` when none is given (the benches)."""
+    if model_dir:
+        return Path(model_dir).resolve()
+    return Path(init_model(Path(work_dir) / "rome-tiny")).resolve()
