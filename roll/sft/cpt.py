@@ -31,7 +31,7 @@ from rock.contracts import Chunk, ChunkResponse, Trajectory
 from roll.algo.packing import PackedSequence, pack_trajectory
 from roll.sft.data import DataError
 from roll.sft.masks import changes_state, chunk_calls, outcomes
-from roll.sft.relex import augment
+from roll.sft.relex import augment, lookalike_share_field
 from roll.sft.render import RenderError, load_tokenizer, render_chunk, render_trajectory
 
 
@@ -74,13 +74,7 @@ class CptDataConfig(BaseModel):
         "by fresh ones (roll/sft/relex.py): word diversity is what teaches copying",
     )
     pseudo_share: float = Field(0.5, ge=0, le=1, description="share of replacement words that are made up")
-    lookalike_share: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="share of the made-up words spelled like the train vocabulary (relex.lookalike_word): "
-        "real words' BPE pieces in new combinations, so a word cannot be completed from its first piece",
-    )
+    lookalike_share: float = lookalike_share_field()
     fresh: int = Field(
         0,
         ge=0,

@@ -82,6 +82,19 @@ def lookalike_word(rng: random.Random) -> str:
                 return word
 
 
+def lookalike_share_field():
+    """The `lookalike_share` setting of CPT's and SFT's data configs."""
+    from pydantic import Field
+
+    return Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the made-up words spelled like the train vocabulary (relex.lookalike_word): "
+        "real words' BPE pieces in new combinations, so a word cannot be completed from its first piece",
+    )
+
+
 class _RecordingWords:
     """Wraps the suite's `Words` and records every word it hands out (`take`, `one` and `filler`)."""
 

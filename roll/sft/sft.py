@@ -20,7 +20,7 @@ from roll.errors import ConfigError
 from roll.sft.data import DataError, NoVerifiedDataError
 from roll.sft.filters import RULES, Rule, violation
 from roll.sft.masks import duplicate_chunks, failed_chunks, mask_chunks, replaced_history_chunks, trained_chunks
-from roll.sft.relex import augment
+from roll.sft.relex import augment, lookalike_share_field
 from roll.sft.render import RenderError, load_tokenizer, render_trajectory
 
 
@@ -46,13 +46,7 @@ class SftDataConfig(BaseModel):
         "replaced by fresh ones (roll/sft/relex.py)",
     )
     pseudo_share: float = Field(0.5, ge=0, le=1, description="share of replacement words that are made up")
-    lookalike_share: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="share of the made-up words spelled like the train vocabulary (relex.lookalike_word): "
-        "real words' BPE pieces in new combinations, so a word cannot be completed from its first piece",
-    )
+    lookalike_share: float = lookalike_share_field()
     seed: int = 0
 
 
