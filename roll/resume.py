@@ -84,14 +84,13 @@ def checkpoints_dir(run_dir: Path) -> Path:
 
 def latest(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of the run, or None."""
-    root = checkpoints_dir(run_dir)
-    pointer = root / "latest"
-    if not pointer.is_file():
-        return None
-    path = root / pointer.read_text().strip()
-    if not (path / "driver.json").is_file():
-        raise ResumeError(f"{pointer} names {path.name}, which has no driver.json; the checkpoint is damaged")
-    return path
+    from roll.trainer.checkpoint import CheckpointError
+    from roll.trainer.checkpoint import latest as latest_in
+
+    try:
+        return latest_in(checkpoints_dir(run_dir), marker="driver.json")
+    except CheckpointError as e:
+        raise ResumeError(str(e)) from e
 
 
 def load_point(path: Path) -> ResumePoint:

@@ -53,14 +53,14 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def latest(root: Path) -> Path | None:
-    """The newest complete checkpoint dir under `root` (out_dir/checkpoints), or None."""
+def latest(root: Path, marker: str = "trainer_state.json") -> Path | None:
+    """The newest complete checkpoint dir under `root` (the one its `latest` file names, holding `marker`), or None."""
     pointer = root / "latest"
     if not pointer.is_file():
         return None
     path = root / pointer.read_text().strip()
-    if not (path / "trainer_state.json").is_file():
-        raise CheckpointError(f"{pointer} names {path.name}, which has no trainer_state.json")
+    if not (path / marker).is_file():
+        raise CheckpointError(f"{pointer} names {path.name}, which has no {marker}; the checkpoint is damaged")
     return path
 
 
