@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from rock.contracts import Chunk
+
 DEFAULT_IMAGE = "rock/base:bookworm"
 
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -179,6 +181,24 @@ class ExecChunk(Strict):
     duration_s: float | None = None
     timed_out: bool | None = None
     truncated: bool | None = None
+
+
+class ChunkEvent(BaseModel):
+    """One NDJSON line of `GET /v1/chunks/stream`: `open` once the subscription is live, then a `chunk` per
+    recorded model call (`rock.contracts.Chunk`), a `keepalive` after `keepalive_s` without one, `end` when the
+    gateway stops. `t` is the server's wall clock when the line was written."""
+
+    type: Literal["open", "chunk", "keepalive", "end"]
+    t: float
+    chunk: Chunk | None = None
+
+
+class ChunkCount(Strict):
+    """`GET /v1/chunks/count`: how many chunks the gateway recorded for a trajectory of a sandbox."""
+
+    sandbox_id: str
+    trajectory_id: str
+    count: int
 
 
 class CreateSession(Strict):

@@ -5,6 +5,7 @@
         with rock.create_sandbox(image="rock/base:bookworm", memory="512m") as sb:
             print(sb.exec("echo hi").stdout)
 
+`client.chunk_stream()` yields the model gateway's chunks as they are recorded (`rock.models.ChunkEvent`).
 Server errors come back as the typed exceptions of `rock.errors` (NotFound, ValidationFailed, ...).
 Each call is described once as a `_Call` (method, path, payload, parser); `Client`/`Sandbox` and
 `AsyncClient`/`AsyncSandbox` only differ in how they send it.
@@ -175,6 +176,11 @@ class _Calls:
         )
 
     @staticmethod
+    def chunk_count(sid: str, trajectory_id: str) -> _Call:
+        return _Call("GET", "/v1/chunks/count", params={"sandbox_id": sid, "trajectory_id": trajectory_id},
+                     parse=lambda r: m.ChunkCount.model_validate_json(r.content).count)  # fmt: skip
+
+    @staticmethod
     def build_image(dockerfile: str, files: dict[str, str]) -> _Call:
         return _Call(
             "POST",
@@ -196,6 +202,16 @@ def _httpx_kwargs(url: str, token: str | None, timeout: float) -> dict:
     # No read timeout: an exec may legitimately run for hours; its own `timeout` bounds it.
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return {"base_url": url, "headers": headers, "timeout": httpx.Timeout(timeout, read=None)}
+
+
+def _stream_params(sandbox_id: str | None, trajectory_id: str | None, keepalive_s: float) -> dict:
+    given = {"sandbox_id": sandbox_id, "trajectory_id": trajectory_id, "keepalive_s": keepalive_s}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _stream_timeout(keepalive_s: float) -> httpx.Timeout:
+    # The server writes at least every keepalive_s; three missed lines mean it (or the network) is gone.
+    return httpx.Timeout(30.0, read=max(1.0, 3 * keepalive_s))
 
 
 def _send_kwargs(c: _Call) -> dict:
@@ -243,6 +259,24 @@ class Client:
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self._do(_Calls.delete_snapshot(snapshot_id))
+
+    def chunk_count(self, sandbox_id: str, trajectory_id: str) -> int:
+        """How many chunks the gateway recorded for `trajectory_id` in that sandbox (indexes 0..n-1)."""
+        return self._do(_Calls.chunk_count(sandbox_id, trajectory_id))
+
+    def chunk_stream(self, sandbox_id: str | None = None, trajectory_id: str | None = None,
+                     keepalive_s: float = 15.0) -> Iterator[m.ChunkEvent]:  # fmt: skip
+        """The gateway's chunks as they are recorded (all sandboxes by default): an `open` event once the
+        subscription is live, then `chunk` events (`.chunk`), `keepalive` ones while nothing is recorded, `end`
+        when the server stops. A server silent for 3 x keepalive_s is a ReadTimeout: it is gone."""
+        params = _stream_params(sandbox_id, trajectory_id, keepalive_s)
+        with self._http.stream("GET", "/v1/chunks/stream", params=params, timeout=_stream_timeout(keepalive_s)) as r:
+            if r.status_code >= 400:
+                r.read()
+                _raise_for_error(r)
+            for line in r.iter_lines():
+                if line.strip():
+                    yield m.ChunkEvent.model_validate_json(line)
 
     def close(self) -> None:
         self._http.close()
@@ -384,6 +418,21 @@ class AsyncClient:
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         await self._do(_Calls.delete_snapshot(snapshot_id))
+
+    async def chunk_count(self, sandbox_id: str, trajectory_id: str) -> int:
+        return await self._do(_Calls.chunk_count(sandbox_id, trajectory_id))
+
+    async def chunk_stream(self, sandbox_id: str | None = None, trajectory_id: str | None = None,
+                           keepalive_s: float = 15.0) -> AsyncIterator[m.ChunkEvent]:  # fmt: skip
+        params = _stream_params(sandbox_id, trajectory_id, keepalive_s)
+        async with self._http.stream("GET", "/v1/chunks/stream", params=params,
+                                     timeout=_stream_timeout(keepalive_s)) as r:  # fmt: skip
+            if r.status_code >= 400:
+                await r.aread()
+                _raise_for_error(r)
+            async for line in r.aiter_lines():
+                if line.strip():
+                    yield m.ChunkEvent.model_validate_json(line)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -3,6 +3,10 @@
 Endpoints are one-line calls into `SandboxService`. Every route but `/healthz` needs
 `Authorization: Bearer <token>`; every error is `{"error": {"code", "message"}}` with a 4xx
 status (502 only when the Docker daemon itself fails).
+
+`GET /v1/chunks/stream?sandbox_id=&trajectory_id=&keepalive_s=` streams the gateway's chunks as they are
+recorded (NDJSON `rock.models.ChunkEvent`: `open`, then `chunk`s, a `keepalive` line after `keepalive_s` without
+one); `GET /v1/chunks/count` says how many a trajectory has (`.venv/bin/pytest tests/roll/test_stream.py`).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 import secrets
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rock import errors
 from rock.config import ServerConfig
 from rock.models import (
+    ChunkCount,
     CreateSandbox,
     CreateSession,
     ExecRequest,
@@ -202,6 +207,16 @@ def add_routes(app: FastAPI, svc: SandboxService, auth) -> None:
     @app.post("/v1/images", dependencies=deps)
     async def build_image(request: Request) -> ImageBuilt:
         return await svc.build_image(await read_body(request, lim.max_upload_bytes))
+
+    @app.get("/v1/chunks/stream", dependencies=deps)
+    async def chunk_stream(sandbox_id: str | None = None, trajectory_id: str | None = None,
+                           keepalive_s: float = Query(15.0, gt=0, le=300)) -> StreamingResponse:  # fmt: skip
+        lines = await svc.chunk_stream(sandbox_id, trajectory_id, keepalive_s)
+        return StreamingResponse(lines, media_type="application/x-ndjson")
+
+    @app.get("/v1/chunks/count", dependencies=deps)
+    async def chunk_count(sandbox_id: str, trajectory_id: str) -> ChunkCount:
+        return await svc.chunk_count(sandbox_id, trajectory_id)
 
     @app.get("/v1/sandboxes/{sandbox_id}/trajectory", dependencies=deps)
     async def trajectory(sandbox_id: str) -> Response:

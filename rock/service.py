@@ -27,6 +27,7 @@ from rock.config import ServerConfig
 from rock.metrics import Metrics
 from rock.modelproxy import EXIT_CANNOT_LISTEN
 from rock.models import (
+    ChunkCount,
     CreateSandbox,
     CreateSession,
     ExecChunk,
@@ -572,6 +573,45 @@ class SandboxService:
 
     def trajectory_lines(self, chunks: list[dict]) -> bytes:
         return b"".join(json.dumps(c).encode() + b"\n" for c in chunks)
+
+    async def chunk_count(self, sandbox_id: str, trajectory_id: str) -> ChunkCount:
+        sb = self.record(sandbox_id)
+        n = (await self._gateway()).store.count(sandbox_id, trajectory_id) if sb.network == "model" else 0
+        return ChunkCount(sandbox_id=sandbox_id, trajectory_id=trajectory_id, count=n)
+
+    async def chunk_stream(self, sandbox_id: str | None, trajectory_id: str | None,
+                           keepalive_s: float) -> AsyncIterator[bytes]:  # fmt: skip
+        """NDJSON lines of ChunkEvent from the gateway's subscription (GET /v1/chunks/stream). The subscription
+        is live before the first byte; an unknown sandbox is a 404 before it."""
+        if sandbox_id is not None and self.record(sandbox_id).network != "model":
+            raise errors.BadRequest(f"sandbox {sandbox_id} is not on the model network: it records no chunks")
+        return self._chunk_lines((await self._gateway()).subscribe(sandbox_id, trajectory_id), keepalive_s)
+
+    async def _chunk_lines(self, sub, keepalive_s: float) -> AsyncIterator[bytes]:
+        def line(kind: str, chunk: dict | None = None) -> bytes:
+            return json.dumps({"type": kind, "t": time.time(), "chunk": chunk}).encode() + b"\n"
+
+        # One pending get across keep-alives: cancelling a get on timeout could drop the chunk it was taking.
+        # A keep-alive line is a write, so a client gone away ends the stream (and the subscription) within
+        # keepalive_s; the client, reading with a timeout above keepalive_s, notices a dead server the same way.
+        pending = None
+        try:
+            yield line("open")
+            while True:
+                pending = pending or asyncio.ensure_future(anext(sub, None))
+                done, _ = await asyncio.wait({pending}, timeout=keepalive_s)
+                if not done:
+                    yield line("keepalive")
+                    continue
+                chunk, pending = pending.result(), None
+                if chunk is None:
+                    yield line("end")
+                    return
+                yield line("chunk", chunk)
+        finally:
+            if pending is not None:
+                pending.cancel()
+            sub.close()
 
 
 def _read_context(data: bytes) -> tuple[str, str]:

@@ -142,11 +142,16 @@ class ChunkStore:
             return [orjson.loads(line) for line in f if line.strip()]
 
     def next_index(self, sandbox_id: str, trajectory_id: str) -> int:
+        n = self.count(sandbox_id, trajectory_id)
+        self.counters[(sandbox_id, trajectory_id)] = n + 1
+        return n
+
+    def count(self, sandbox_id: str, trajectory_id: str) -> int:
+        """Chunks recorded for the trajectory in that sandbox (indexes 0..count-1), without reading them twice."""
         key = (sandbox_id, trajectory_id)
-        if key not in self.counters:  # first call since start: continue after what is on disk
+        if key not in self.counters:  # first ask since start: continue after what is on disk
             self.counters[key] = sum(1 for c in self.load(sandbox_id) if c["trajectory_id"] == trajectory_id)
-        self.counters[key] += 1
-        return self.counters[key] - 1
+        return self.counters[key]
 
     def append(self, chunk: Chunk | dict[str, Any]) -> None:
         """Write one chunk as one line (a single O_APPEND write) and hand it to its subscribers."""

@@ -3,8 +3,9 @@
 
 Per attempt: build or pick the task's image, create a sandbox (on the model network with the iflow
 source mounted read-only when the agent is iflow), run the task's setup in its workdir, run the agent,
-then copy in the tests and run them in a fresh shell of the same sandbox, grade them, pull the recorded
-chunks, and delete the sandbox in `finally`. Few calls per attempt (one create, one exec per stage,
+then copy in the tests and run them in a fresh shell of the same sandbox, grade them, take the recorded
+chunks (from the run's stream buffer when given, roll/rollout/stream.py: they arrived as they were recorded;
+else pulled from the sandbox now), and delete the sandbox in `finally`. Few calls per attempt (one create, one exec per stage,
 one upload per file) because eval runs hundreds of them and the per-attempt overhead is what
 concurrency cannot hide on two cores.
 
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rock import errors as rock_errors
 from rock.contracts import Chunk, Trajectory, link_tool_results, versions_of
+from roll.rollout.stream import ChunkStream
 from roll.tasks.spec import TaskSpec
 
 AGENTS = ("iflow", "oracle", "noop")
@@ -272,9 +274,11 @@ def run_attempt(
     options: AgentOptions | None = None,
     tracker: SandboxTracker | None = None,
     iflow_source: Path | None = None,
+    stream: ChunkStream | None = None,
 ) -> Trajectory:
     """Run `agent` on `task` in a fresh sandbox of `client`'s rock server; the verdict is in `.status`.
-    `model_url` is the iflow agent's upstream (default: the rock server's). Logs go to `attempt_dir`."""
+    `model_url` is the iflow agent's upstream (default: the rock server's). Logs go to `attempt_dir`.
+    `stream`: the run's chunk buffer, which the trajectory's chunks are taken from."""
     if agent not in AGENTS:
         raise ValueError(f"unknown agent {agent!r}; choose one of {', '.join(AGENTS)}")
     options = options or AgentOptions()
@@ -312,15 +316,17 @@ def run_attempt(
         return failed("environment_error", f"sandbox of image {image}: {e}")
     tracker.add(sandbox)
     try:
-        return _run_in(sandbox, task, agent, options, logs, base, start)
+        return _run_in(sandbox, task, agent, options, logs, base, start, stream)
     except EnvironmentFailed as e:
         return failed("environment_error", str(e), sandbox.id)
     finally:
         tracker.delete(sandbox)
+        if stream is not None:
+            stream.discard(base["trajectory_id"])  # taken already, or nothing to take
 
 
 def _run_in(sandbox, task: TaskSpec, agent: str, options: AgentOptions, logs: _Logs, base: dict,
-            start: float) -> Trajectory:  # fmt: skip
+            start: float, stream: ChunkStream | None = None) -> Trajectory:  # fmt: skip
     wd = task.workdir
     # $0 and $1 carry the workdir and the script, so neither needs quoting.
     setup = sandbox.exec(["bash", "-c", 'mkdir -p -- "$0" && cd -- "$0" && exec bash -c "$1"', wd, task.environment.setup],
@@ -356,7 +362,9 @@ def _run_in(sandbox, task: TaskSpec, agent: str, options: AgentOptions, logs: _L
     passed = _graded(sandbox, task, test)
     status, error = decide_status(agent, run, info, test, passed)
 
-    chunks = _chunks(sandbox.trajectory()) if agent == "iflow" else []
+    chunks = []
+    if agent == "iflow":
+        chunks = stream.take(sandbox, base["trajectory_id"]) if stream else _chunks(sandbox.trajectory())
     tool_results = link_tool_results(chunks, (info or {}).get("tool_results") or [])
     traj = Trajectory(
         **base,

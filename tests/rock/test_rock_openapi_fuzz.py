@@ -36,6 +36,8 @@ def check_answer(case, response) -> None:
 def test_no_5xx_and_every_error_in_shape(rock_server, mode):
     auth = {"Authorization": f"Bearer {rock_server.token}"}
     ops = [r.ok() for r in schemathesis.openapi.from_url(f"{rock_server.url}/openapi.json").get_all_operations()]
+    # GET /v1/chunks/stream never ends on valid input (keep-alives); its 4xx are checked in tests/roll/test_stream.py
+    ops = [op for op in ops if op.path != "/v1/chunks/stream"]
     assert len(ops) >= 15, [op.label for op in ops]
     live = httpx.post(f"{rock_server.url}/v1/sandboxes", json={}, headers=auth, timeout=60).json()["id"]
     seen: dict[int, int] = {}
