@@ -46,7 +46,10 @@ class InferenceConfig(_Strict):
     """The inference workers: vLLM engines (or HF) behind rome's OpenAI-compatible server, one Ray actor each."""
 
     engine: Literal["vllm", "hf"] = "vllm"
-    engines: int = Field(1, ge=1, description="inference engines (Ray actors) behind one endpoint")
+    engines: int = Field(
+        1, ge=1, description="inference engines (Ray actors) behind one endpoint; more than one: a router in the "
+        "driver (roll/workers/pool.py) keeps each trajectory on one engine and sends new ones to the least loaded"
+    )  # fmt: skip
     tensor_parallel: int = Field(1, ge=1, description="GPUs per engine (vLLM tensor_parallel_size)")
     expert_parallel: bool = Field(
         False, description="vLLM enable_expert_parallel: whole experts spread over the engine's GPUs, not sliced"
@@ -55,6 +58,9 @@ class InferenceConfig(_Strict):
     max_model_len: int | None = Field(None, gt=0, description="longest context; None: the model's maximum")
     kvcache_gb: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU build of vLLM")
     startup_timeout_s: float = Field(600, gt=0)
+    router_timeout_s: float = Field(
+        600, gt=0, description="the router's wait for an engine's next byte before it names the engine as hung"
+    )
 
 
 class SandboxConfig(_Strict):

@@ -303,6 +303,11 @@ class WorkerDied(RollError):
     """A Ray worker of the run (the trainer, the inference engine) died; the run stopped."""
 
 
+def _who(worker: str) -> str:
+    """'trainer' -> 'the trainer worker'; a pool's engine is named whole ('inference engine 2 of 3')."""
+    return worker if " " in worker else f"the {worker} worker"
+
+
 def _why(error: BaseException) -> str:
     """The first line that says something of a Ray error (they run over many lines)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -353,6 +358,7 @@ class Run:
         import ray
 
         from roll.workers.inference import InferenceServer
+        from roll.workers.pool import InferencePool
         from roll.workers.trainer import Trainer
 
         cfg = self.cfg
@@ -372,15 +378,18 @@ class Run:
                "OMP_NUM_THREADS": str(os.cpu_count() or 1), "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
         # num_cpus=0: on a 2-core machine both actors must coexist; the OS time-shares them.
         opts = {"num_cpus": 0, "runtime_env": {"env_vars": env}}
-        self.inference = (
-            ray.remote(InferenceServer)
-            .options(**opts)
-            .remote(str(model_dir), cfg.inference.engine, cfg.inference.kvcache_gb)
-        )
+        inf = cfg.inference
+        engine = ray.remote(InferenceServer).options(**opts)
+        actors = [engine.remote(str(model_dir), inf.engine, inf.kvcache_gb) for _ in range(inf.engines)]
+        self.inference = InferencePool(actors, self._get, inf.router_timeout_s)  # `close` stops what started
         self.trainer = ray.remote(Trainer).options(**opts).remote(str(model_dir), cfg.train)
-        log(f"starting the inference worker ({cfg.inference.engine}) and the trainer worker (DeepSpeed) ...")
-        url = self._get("inference", self.inference.url.remote(), timeout=cfg.inference.startup_timeout_s)
-        log(f"inference worker ({cfg.inference.engine}) serving {url}")
+        log(f"starting {inf.engines} inference worker(s) ({inf.engine}) and the trainer worker (DeepSpeed) ...")
+        url = self.inference.wait_ready(inf.startup_timeout_s)
+        if inf.engines == 1:
+            log(f"inference worker ({inf.engine}) serving {url}")
+        else:
+            log(f"inference pool of {inf.engines} {inf.engine} engines ({', '.join(self.inference.engine_urls)}) "
+                f"behind the router at {url} (sticky per trajectory, least-loaded)")  # fmt: skip
         self._get("trainer", self.trainer.__ray_ready__.remote())
         log(f"trainer worker ready ({cfg.train.algorithm}, DeepSpeed ZeRO-{cfg.train.zero_stage}, CPU)  "
             f"[{time.monotonic() - t:.0f}s]")  # fmt: skip
@@ -514,10 +523,10 @@ class Run:
     # -- train.mode=colocated (roll/colocate.py)
     def run_colocated(self, tasks, rng: random.Random, history: list[dict]) -> None:
         """Sync mode's iterations through the colocated state machine; the run's busy fraction at the end."""
-        from roll.colocate import ActorEngines, ActorTrainer, Colocation
+        from roll.colocate import ActorTrainer, Colocation
 
         cfg = self.cfg
-        engines = ActorEngines(self.inference, lambda ref: self._get("inference", ref, timeout=600))
+        engines = self.inference.colocated_engines(lambda name: lambda ref: self._get(name, ref, timeout=600))
         trainer = ActorTrainer(self.trainer, lambda ref: self._get("trainer", ref, timeout=600))
         self.colocation = Colocation(cfg.device, engines, trainer)
         for it in range(self.completed + 1, cfg.train.iterations + 1):
@@ -569,11 +578,12 @@ class Run:
             )  # fmt: skip
 
     def _sync(self, it: int, metrics: dict) -> None:
-        """The new weights into the inference worker (in memory, no restart) and to disk as policy/v<N>."""
+        """The new weights into every inference engine at once (in memory, no restart) and to disk as policy/v<N>;
+        the version counts once every engine serves it."""
         t = time.monotonic()
         version = self.version + 1
         buckets = self.trainer.weight_buckets.remote()  # an ObjectRef: Ray hands the bytes actor to actor
-        result = self._get("inference", self.inference.update_weights.remote(buckets, version))
+        result = self.inference.update_weights(buckets, version)
         self.version = version
         t2 = time.monotonic()
         path = self._get("trainer", self.trainer.save.remote(str(self.run_dir / "policy" / f"v{version}")))
@@ -592,9 +602,9 @@ class Run:
                 raise e.cause from None
             raise
         except ray.exceptions.RayActorError as e:
-            raise WorkerDied(f"the {worker} worker died ({_why(e)}); the run stopped; {self._resume_hint()}") from e
+            raise WorkerDied(f"{_who(worker)} died ({_why(e)}); the run stopped; {self._resume_hint()}") from e
         except ray.exceptions.GetTimeoutError as e:
-            raise WorkerDied(f"the {worker} worker did not answer within {timeout:.0f}s; the run stopped; "
+            raise WorkerDied(f"{_who(worker)} did not answer within {timeout:.0f}s; the run stopped; "
                              f"{self._resume_hint()}") from e  # fmt: skip
 
     def _resume_hint(self) -> str:
@@ -633,9 +643,12 @@ class Run:
             log(f"could not remove the dead rock server's sandboxes ({e}); a `roll train ... --resume` removes them")
 
     def check_inference(self) -> None:
-        """The inference worker still answers: a dead engine fails every model call of the rollouts, which would
-        otherwise pass for a policy that resolves nothing."""
-        self._get("inference", self.inference.policy_version.remote(), timeout=120)
+        """Every inference engine still answers: a dead engine fails every model call of the rollouts, which would
+        otherwise pass for a policy that resolves nothing; an engine the router saw die or hang counts too."""
+        self.inference.policy_versions(timeout=120)
+        failed = self.inference.failures()
+        if failed:
+            raise WorkerDied(f"{'; '.join(failed)}; the run stopped; {self._resume_hint()}")
 
     def checkpoint(self, it: int, rng: random.Random | None) -> None:
         """Iteration (async: update) `it` is complete: its checkpoint, written atomically (roll/resume.py)."""
@@ -664,8 +677,7 @@ class Run:
         self._get("trainer", self.trainer.load_state.remote(str(point.trainer_dir)))
         self.version = point.state.policy_version
         if self.version:
-            buckets = self.trainer.weight_buckets.remote()
-            self._get("inference", self.inference.update_weights.remote(buckets, self.version))
+            self.inference.update_weights(self.trainer.weight_buckets.remote(), self.version)
         self.skipped_in_row = list(point.state.skipped_in_row)
         if self.resampler is not None and point.resampler is not None:
             self.resampler.load_state_dict(point.resampler)
@@ -673,6 +685,8 @@ class Run:
             f"[{time.monotonic() - t:.1f}s]")  # fmt: skip
 
     def _write(self, trajectories: list[Trajectory], reference: set[str], metrics: dict) -> None:
+        if self.inference is not None:
+            metrics.update(self.inference.request_counts())  # per engine, with several
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
@@ -705,13 +719,9 @@ class Run:
             import ray
 
             if self.inference is not None:
-                try:
-                    ray.get(self.inference.stop.remote(), timeout=10)
-                except Exception:
-                    pass  # the actor is killed next anyway
-            for actor in (self.inference, self.trainer):
-                if actor is not None:
-                    ray.kill(actor)
+                self.inference.stop()  # the router, the engines' servers, the actors
+            if self.trainer is not None:
+                ray.kill(self.trainer)
             ray.shutdown()
 
 
@@ -727,6 +737,8 @@ def format_metrics(m: dict) -> str:
         line += (f" | colocated: idle {m['idle_s']:.1f}s (switching {m['switch_s']:.1f}s), busy: shared device "
                  f"{m['busy_frac_shared']:.0%} (run {m['busy_frac_shared_run']:.0%}), engines "
                  f"{m['busy_frac_engines']:.0%}, trainer {m['busy_frac_trainer']:.0%}")  # fmt: skip
+    if "engine_requests" in m:
+        line += f" | requests per engine {m['engine_requests']}"
     if m.get("resampled_attempts"):
         line += f" | resampled from chunks {m['resampled_starts']}: pass {m['resampled_pass_rate']:.0%}"
     if m.get("loss") is not None:

@@ -265,6 +265,9 @@ def make_plan(cfg: RunConfig) -> Plan:
         _cuda_plan(cfg, p, info, hf)
     else:
         _cpu_plan(cfg, p, info)
+    n = cfg.inference.engines
+    router = f"a router in the driver over the {n} engines (sticky per trajectory, least-loaded)"
+    p.lines.append(f"  inference endpoint: {'the engine itself' if n == 1 else router}")
     p.lines += [f"  DOES NOT FIT: {why}" for why in p.problems]
     return p
 

@@ -372,7 +372,8 @@ class ModelGateway:
 
     async def open(self, call: Call) -> Response:
         live = call.live
-        headers = {"content-type": "application/json"}
+        # the trajectory lets roll's inference pool keep a trajectory's calls on one engine (its prefix cache)
+        headers = {"content-type": "application/json", "x-trajectory-id": call.trajectory_id}
         if live.upstream_key:
             headers["authorization"] = f"Bearer {live.upstream_key}"
         url = url_for(live.att.upstream, call.request.path)
