@@ -165,6 +165,10 @@ class TrainConfig(_Strict):
         None, ge=1, description="async: attempts running at once; None: a batch per version the staleness allows, "
         "(floor(max_staleness) + 1) x tasks_per_iteration x group_size"
     )  # fmt: skip
+    straggler_budget_s: float | None = Field(
+        None, gt=0, description="async: a group still running this many seconds after its launch is deferred: "
+        "batches go on without it, it runs on and is trained (importance-corrected) when it ends; None: off"
+    )  # fmt: skip
     algorithm: Literal["ipa", "grpo", "ppo"] = Field(
         "ipa", description="ipa (chunk-level), or token-level grpo / ppo over the same rollouts"
     )

@@ -18,7 +18,12 @@ seconds of each phase and the busy fraction of each resource in the metrics. Eve
 (sandboxes, rock server, teacher, Ray actors) is stopped in `finally`, also on Ctrl-C and SIGTERM; a worker that
 dies is named (WorkerDied), never waited for. Every completed iteration (async: update) is checkpointed atomically
 (roll/resume.py, `.venv/bin/pytest tests/roll/test_resume.py`): `roll train ... --resume` carries on after the
-last one, the unfinished iteration's trajectories discarded.
+last one, the unfinished iteration's trajectories discarded. Chunks reach the driver as they are recorded: one
+subscriber per run files them into a buffer keyed by trajectory (roll/rollout/stream.py, `.venv/bin/pytest
+tests/roll/test_stream.py -m docker`), and an attempt's trajectory is assembled from it when the attempt ends;
+chunks_streamed, chunks_refetched and the record-to-buffer seconds are in the metrics. With
+`train.straggler_budget_s` an async batch goes on without a group running past the budget (deferred, trained
+when it ends).
 """
 
 from __future__ import annotations
@@ -134,9 +139,11 @@ def pick_attempts(tasks, cfg: RunConfig, rng: random.Random) -> list[Attempt]:
 
 
 def attempt_runner(client, attempts: list[Attempt], cfg: RunConfig, tracker: SandboxTracker, attempts_dir: Path,
-                   teacher_url: str | None = None, snapshots=None) -> Callable[[Attempt], Trajectory]:  # fmt: skip
+                   teacher_url: str | None = None, snapshots=None,
+                   stream=None) -> Callable[[Attempt], Trajectory]:  # fmt: skip
     """The function that runs one of `attempts`: iflow on the rock server's default upstream (the inference
-    worker), an oracle attempt on `teacher_url`, a resampled one from its reference's prefix."""
+    worker), an oracle attempt on `teacher_url`, a resampled one from its reference's prefix. `stream`: the run's
+    chunk buffer (roll/rollout/stream.py) the attempts take their chunks from (None: pulled after each ends)."""
     options = AgentOptions(max_turns=cfg.agent.max_turns, max_tokens=cfg.agent.max_tokens, timeout_s=cfg.agent.timeout_s,
                            iflow_mount=cfg.sandbox.iflow_mount)  # fmt: skip
     oracle_options = options
@@ -156,19 +163,24 @@ def attempt_runner(client, attempts: list[Attempt], cfg: RunConfig, tracker: San
         if a.reference is not None:
             from roll.rollout.resample import resampled_attempt
 
-            return resampled_attempt(client, a.task, a.reference, a.start_chunk, options, snapshots=snapshots, **common)
+            try:  # it pulls its own chunks (joined to its reference's prefix): the streamed ones are dropped
+                return resampled_attempt(client, a.task, a.reference, a.start_chunk, options, snapshots=snapshots,
+                                         **common)  # fmt: skip
+            finally:
+                if stream is not None:
+                    stream.discard(a.trajectory_id)
         return run_attempt(client, a.task, "iflow", model_url=teacher_url if a.oracle else None,
-                           options=oracle_options if a.oracle else options, **common)  # fmt: skip
+                           options=oracle_options if a.oracle else options, stream=stream, **common)  # fmt: skip
 
     return run
 
 
 def run_attempts(client, attempts: list[Attempt], cfg: RunConfig, tracker: SandboxTracker, attempts_dir: Path,
                  on_done: Callable[[Trajectory], None] = lambda t: None, teacher_url: str | None = None,
-                 snapshots=None) -> list[Trajectory]:  # fmt: skip
+                 snapshots=None, stream=None) -> list[Trajectory]:  # fmt: skip
     """Run all attempts at once, one thread each, since the work happens in the sandboxes and the engine
     (`attempt_runner`). Infrastructure failures raise."""
-    run = attempt_runner(client, attempts, cfg, tracker, attempts_dir, teacher_url, snapshots)
+    run = attempt_runner(client, attempts, cfg, tracker, attempts_dir, teacher_url, snapshots, stream)
     pool = ThreadPoolExecutor(max_workers=len(attempts), thread_name_prefix="rollout")
     try:
         futures = [pool.submit(run, a) for a in attempts]
@@ -351,6 +363,8 @@ class Run:
         self.version = 0  # the policy version the inference worker serves
         self.skipped_in_row: list[int] = []
         self.scheduler = None  # train.mode=async: the AsyncRollout
+        self.stream = None  # the run's chunk buffer (roll/rollout/stream.py), opened before the first attempt
+        self.stream_tried = False
         self.completed = 0  # the last iteration (async: update) checkpointed
 
     def start(self, model_dir: Path, tasks: list[TaskSpec], point: ResumePoint | None = None) -> None:
@@ -413,9 +427,23 @@ class Run:
         self.client = self.rock.client()  # one for the run: `close` still needs it to delete sandboxes
         log(f"rock server at {self.rock.url}")
 
+    def chunk_stream(self):
+        """The run's one chunk subscriber (roll/rollout/stream.py), opened on first use; None when the rock server
+        has no stream (said in a log line; attempts then pull their chunks after they end)."""
+        if not self.stream_tried:
+            from roll.rollout.stream import ChunkStream
+
+            self.stream_tried = True
+            self.stream = ChunkStream.open(self.client.url, self.client.token, keepalive_s=5.0, log=log)
+        return self.stream
+
+    def stream_metrics(self) -> dict:
+        """chunks_streamed, chunks_refetched and the record-to-buffer seconds since the last call."""
+        return self.stream.metrics() if self.stream is not None else {}
+
     def rollout(self, it: int, tasks, rng: random.Random) -> tuple[list[Trajectory], list[Attempt], dict]:
-        """The iteration's attempts and their trajectories (same order), and the resampling metrics. With oracle
-        references for resampling, the oracle attempts of tasks without one run first, then the rest."""
+        """The iteration's attempts and their trajectories (same order), and the resampling and chunk stream
+        metrics. With oracle references for resampling, the oracle attempts of tasks without one run first."""
         cfg = self.cfg
         attempts = pick_attempts(tasks, cfg, rng)
         first = self.resampler.oracle_attempts(attempts) if self.resampler else []
@@ -434,19 +462,21 @@ class Run:
         teacher_url = self.teacher.url if self.teacher is not None else None
         out_dir = self.run_dir / "attempts" / f"it{it}"
         snapshots = self.resampler.snapshots if self.resampler else None
+        stream = self.chunk_stream()
         with self.rock_alive():
             trajectories = (
-                run_attempts(self.client, first, cfg, self.tracker, out_dir, progress, teacher_url) if first else []
-            )
+                run_attempts(self.client, first, cfg, self.tracker, out_dir, progress, teacher_url, stream=stream)
+                if first else []
+            )  # fmt: skip
             rest = attempts[len(first) :]
             if self.resampler:
                 self.resampler.observe(first, trajectories)  # the references the rest may start from
                 self.resampler.plan(rest)
             trajectories += run_attempts(self.client, rest, cfg, self.tracker, out_dir, progress, teacher_url,
-                                         snapshots)  # fmt: skip
+                                         snapshots, stream)  # fmt: skip
         resampling = self.resampler.observe(rest, trajectories[len(first) :]) if self.resampler else {}
         self.check_inference()
-        return trajectories, attempts, resampling
+        return trajectories, attempts, resampling | self.stream_metrics()
 
     def iteration(self, it: int, tasks, rng: random.Random) -> dict:
         t0 = time.monotonic()
@@ -485,12 +515,16 @@ class Run:
             return
         every = [a for g in groups for a in g]
         teacher_url = self.teacher.url if self.teacher is not None else None
-        run = attempt_runner(self.client, every, cfg, self.tracker, self.run_dir / "attempts" / "async", teacher_url)
+        run = attempt_runner(self.client, every, cfg, self.tracker, self.run_dir / "attempts" / "async", teacher_url,
+                             stream=self.chunk_stream())  # fmt: skip
         in_flight = cfg.train.max_in_flight or (int(cfg.train.max_staleness) + 1) * n * cfg.rollout.group_size
+        budget = cfg.train.straggler_budget_s
         self.scheduler = AsyncRollout(groups, run, batch_groups=n, max_staleness=cfg.train.max_staleness,
-                                      max_in_flight=in_flight, version=self.version)  # fmt: skip
+                                      max_in_flight=in_flight, version=self.version,
+                                      straggler_budget_s=budget)  # fmt: skip
         log(f"async rollout: {len(every)} attempts in {len(groups)} groups, batches of {n} groups, at most "
-            f"{in_flight} attempts in flight, max_staleness {cfg.train.max_staleness}")  # fmt: skip
+            f"{in_flight} attempts in flight, max_staleness {cfg.train.max_staleness}"
+            + (f", stragglers deferred after {budget}s" if budget else ""))  # fmt: skip
         self.scheduler.start()
         step = self.completed
         with self.rock_alive():
@@ -504,7 +538,7 @@ class Run:
         reference = set(batch.reference)
         t1 = time.monotonic()
         self.check_inference()
-        metrics = iteration_metrics(step, batch.trajectories, reference) | batch.metrics()
+        metrics = iteration_metrics(step, batch.trajectories, reference) | batch.metrics() | self.stream_metrics()
         result = self._get("trainer", self.trainer.step.remote(batch.trajectories, sorted(reference), {}))
         t2 = time.monotonic()
         metrics.update(result, rollout_s=round(batch.waited_s, 1), train_s=round(t2 - t1, 1), sync_s=0.0,
@@ -697,6 +731,8 @@ class Run:
 
     def close(self) -> None:
         """Stop everything, in reverse order; each step runs even if an earlier one fails."""
+        if self.stream is not None:
+            self.stream.close()
         if self.scheduler is not None:
             self.scheduler.close()
         left = self.tracker.delete_all()
@@ -739,6 +775,12 @@ def format_metrics(m: dict) -> str:
                  f"{m['busy_frac_engines']:.0%}, trainer {m['busy_frac_trainer']:.0%}")  # fmt: skip
     if "engine_requests" in m:
         line += f" | requests per engine {m['engine_requests']}"
+    if m.get("chunks_streamed") is not None:
+        line += f" | streamed {m['chunks_streamed']} chunks (refetched {m['chunks_refetched']})"
+        if m.get("stream_lag_max_s") is not None:
+            line += f", lag p50 {m['stream_lag_p50_s']:.3f}s max {m['stream_lag_max_s']:.3f}s"
+    if m.get("stragglers_deferred"):
+        line += f" | {m['stragglers_deferred']} straggler group(s) deferred"
     if m.get("resampled_attempts"):
         line += f" | resampled from chunks {m['resampled_starts']}: pass {m['resampled_pass_rate']:.0%}"
     if m.get("loss") is not None:

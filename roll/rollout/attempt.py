@@ -5,8 +5,8 @@ Per attempt: build or pick the task's image, create a sandbox (on the model netw
 source mounted read-only when the agent is iflow), run the task's setup in its workdir, run the agent,
 then copy in the tests and run them in a fresh shell of the same sandbox, grade them, take the recorded
 chunks (from the run's stream buffer when given, roll/rollout/stream.py: they arrived as they were recorded;
-else pulled from the sandbox now), and delete the sandbox in `finally`. Few calls per attempt (one create, one exec per stage,
-one upload per file) because eval runs hundreds of them and the per-attempt overhead is what
+else pulled from the sandbox now), and delete the sandbox in `finally`. Few calls per attempt (one create, one
+exec per stage, one upload per file) because eval runs hundreds of them and the per-attempt overhead is what
 concurrency cannot hide on two cores.
 
 Agents: `iflow` (`python3 -m iflow_cli -p INSTRUCTION --yolo` on the image's bare python3, its model behind

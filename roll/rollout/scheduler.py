@@ -19,6 +19,14 @@ bounds it for every chunk, by two rules:
 Nothing is dropped: a stale chunk is trained, importance-corrected against its own recorded logprobs. η = 0 is
 the synchronous schedule (every batch waits for everything launched).
 
+Stragglers (`straggler_budget_s`, None = off). A group still running that long after its launch is deferred: the
+train gate no longer waits for it, it no longer counts against the launch cap (its attempts still count as in
+flight), and the last batches go on without it. It keeps running and is trained in the first batch after it
+finishes (the gate takes it then: its chunks are older than the bound allows), importance-corrected by its
+recorded versions like any stale chunk; so its staleness may exceed η, the price of not waiting. Launched,
+trained and lost counts are kept as before: a deferred group is never dropped. `stragglers_deferred` in a batch's
+metrics: the groups it went without; `deferred_groups` in `counts()`: every group deferred so far.
+
 Pure Python and threads: `run(attempt)` does the work (a sandbox, the agent, the tests) and returns its
 Trajectory; an exception from it (the infrastructure failed) is raised by the next `next_batch`.
 """
@@ -48,6 +56,7 @@ class _Group:
     launch_version: int
     launched_at: float
     finished: dict[str, Trajectory] = field(default_factory=dict)
+    deferred: bool = False  # ran past the straggler budget: no batch waits for it
 
     @property
     def done(self) -> bool:
@@ -76,6 +85,7 @@ class Batch:
     waited_s: float  # how long the trainer waited for it (idle)
     in_flight: int  # attempts still running when it was formed
     forced: int  # groups in it because leaving them would break the bound
+    deferred: int = 0  # groups still running past the straggler budget that it went without
 
     def metrics(self) -> dict:
         """Staleness (version − the chunk's sampling version) over its policy chunks, versions per trajectory."""
@@ -92,6 +102,7 @@ class Batch:
             "in_flight": self.in_flight,
             "trainer_wait_s": round(self.waited_s, 2),
             "forced_groups": self.forced,
+            "stragglers_deferred": self.deferred,
             "batch_trajectories": len(self.trajectories),
         }
 
@@ -99,18 +110,23 @@ class Batch:
 class AsyncRollout:
     """Runs `groups` (lists of attempts, in launch order) with `run`, `max_in_flight` attempts at a time, and
     hands them out as batches of `batch_groups` finished groups under the staleness bound (module docstring).
-    The caller sets the version after each weight update (`set_version`) and calls `close` in `finally`."""
+    The caller sets the version after each weight update (`set_version`) and calls `close` in `finally`.
+    `straggler_budget_s`: seconds after which a running group is deferred instead of waited for (None: never)."""
 
     def __init__(self, groups: Sequence[Sequence[AttemptLike]], run: Callable[[AttemptLike], Trajectory], *,
                  batch_groups: int, max_staleness: float, max_in_flight: int, version: int = 0,
-                 clock: Callable[[], float] = time.monotonic):  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic, straggler_budget_s: float | None = None):  # fmt: skip
         if batch_groups < 1 or max_staleness < 0:
             raise ValueError(f"need batch_groups >= 1 and max_staleness >= 0, got {batch_groups}, {max_staleness}")
+        if straggler_budget_s is not None and straggler_budget_s <= 0:
+            raise ValueError(f"straggler_budget_s must be > 0 or None, got {straggler_budget_s}")
         if groups and max(len(g) for g in groups) > max_in_flight:
             raise ValueError(f"max_in_flight {max_in_flight} is less than a group ({max(len(g) for g in groups)})")
         self._todo = [list(g) for g in groups]
         self._run, self._clock = run, clock
         self.batch_groups, self.max_staleness, self.max_in_flight = batch_groups, max_staleness, max_in_flight
+        self.straggler_budget_s = straggler_budget_s
+        self.deferred_groups = 0  # groups deferred so far
         self.version = version  # the policy version the engines serve now
         self._launched: list[_Group] = []
         self._unconsumed: list[_Group] = []
@@ -134,7 +150,28 @@ class AsyncRollout:
         with self._cond:
             self._fill()
 
+    def _defer(self) -> float | None:  # under the lock
+        """Mark the groups past the straggler budget; the seconds until the next one would be (None: none)."""
+        if self.straggler_budget_s is None:
+            return None
+        now, soonest = self._clock(), None
+        for g in self._unconsumed:
+            if g.done or g.deferred:
+                continue
+            left = g.launched_at + self.straggler_budget_s - now
+            if left <= 0:
+                g.deferred = True
+                self.deferred_groups += 1
+            else:
+                soonest = left if soonest is None else min(soonest, left)
+        return soonest
+
+    def _waited_for(self) -> list[_Group]:  # under the lock
+        """The unconsumed groups a batch may wait for: all but the deferred ones still running."""
+        return [g for g in self._unconsumed if g.done or not g.deferred]
+
     def _fill(self) -> None:  # under the lock
+        self._defer()
         while len(self._launched) < len(self._todo) and not self._closed and self._error is None:
             attempts = self._todo[len(self._launched)]
             if self._updating and self.max_staleness < 1:
@@ -142,7 +179,7 @@ class AsyncRollout:
                 return
             if self._in_flight + len(attempts) > self.max_in_flight:
                 return
-            if len(self._unconsumed) >= self.unconsumed_cap:
+            if len(self._waited_for()) >= self.unconsumed_cap:
                 self.held_launches += 1
                 return
             group = _Group(len(self._launched), attempts, self.version, self._clock())
@@ -195,7 +232,7 @@ class AsyncRollout:
     def _required(self) -> list[_Group]:  # under the lock
         """Groups that would break the bound if left for after the next update."""
         limit = self.version + 1 - self.max_staleness
-        return [g for g in self._unconsumed if (m := g.min_version()) is not None and m < limit]
+        return [g for g in self._waited_for() if (m := g.min_version()) is not None and m < limit]
 
     def next_batch(self, timeout: float | None = None) -> Batch | None:
         """Block until a batch may be trained; None when every group has been trained. Raises what an attempt
@@ -209,14 +246,21 @@ class AsyncRollout:
                 all_launched = len(self._launched) == len(self._todo)
                 if all_launched and not self._unconsumed:
                     return None
+                before = self.deferred_groups
+                next_deferral = self._defer()
+                if self.deferred_groups > before:
+                    self._fill()  # a group just deferred frees its place under the launch cap
                 required = self._required()
                 ready = [g for g in self._unconsumed if g.done]
-                enough = len(ready) >= self.batch_groups or (all_launched and len(ready) == len(self._unconsumed))
+                waited = self._waited_for()
+                enough = len(ready) >= self.batch_groups or (all_launched and bool(ready) and len(ready) == len(waited))
                 if enough and all(g.done for g in required):
                     return self._take(required, ready, self._clock() - start)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"no batch in {timeout}s ({self._in_flight} attempts in flight)")
+                if next_deferral is not None:  # wake up when the next running group passes the budget
+                    left = next_deferral if left is None else min(left, next_deferral)
                 self._cond.wait(left)
 
     def _take(self, required: list[_Group], ready: list[_Group], waited: float) -> Batch:  # under the lock
@@ -240,7 +284,8 @@ class AsyncRollout:
         self._updating = True
         self._fill()  # the cap counts untrained groups: taking some frees launches
         return Batch(trajectories, reference, self.version, waited, self._in_flight,
-                     forced=sum(g not in ready[: self.batch_groups] for g in chosen))  # fmt: skip
+                     forced=sum(g not in ready[: self.batch_groups] for g in chosen),
+                     deferred=sum(g.deferred and not g.done for g in self._unconsumed))  # fmt: skip
 
     def counts(self) -> dict:
         """Attempts launched, trained, and lost (launched, finished and never trained: must stay 0 at the end)."""
@@ -248,7 +293,8 @@ class AsyncRollout:
             launched = sum(len(g.attempts) for g in self._launched)
             return {"launched": launched, "trained": len(self._trained), "in_flight": self._in_flight,
                     "untrained_finished": sum(len(g.finished) for g in self._unconsumed),
-                    "held_launches": self.held_launches, "peak_unconsumed_groups": self.peak_unconsumed}  # fmt: skip
+                    "held_launches": self.held_launches, "peak_unconsumed_groups": self.peak_unconsumed,
+                    "deferred_groups": self.deferred_groups}  # fmt: skip
 
     def close(self) -> None:
         """No more launches; queued attempts are cancelled, running ones end with their sandboxes."""

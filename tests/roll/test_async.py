@@ -63,11 +63,13 @@ def groups_of(n_groups: int, size: int, gaps=None, calls=None) -> list[list[Fake
     return out
 
 
-def drive(groups, *, batch_groups, max_staleness, max_in_flight, train_s=0.0, live=None, version=0):
+def drive(groups, *, batch_groups, max_staleness, max_in_flight, train_s=0.0, live=None, version=0,
+          straggler_budget_s=None):  # fmt: skip
     """The driver's loop: batches until done, a sleep for the update, then version + 1. Returns the batches."""
     ref: list = [None]
     sched = AsyncRollout(groups, make_runner(ref, live), batch_groups=batch_groups, max_staleness=max_staleness,
-                         max_in_flight=max_in_flight, version=version)  # fmt: skip
+                         max_in_flight=max_in_flight, version=version,
+                         straggler_budget_s=straggler_budget_s)  # fmt: skip
     ref[0] = sched
     batches, caps = [], []
     try:
@@ -115,6 +117,39 @@ def test_a_straggler_does_not_hold_the_batch_and_joins_a_later_one_within_the_bo
     assert where >= 1
     assert all(0 <= min(staleness(b)) and max(staleness(b)) <= 1 for b in batches)
     assert sum(len(b.trajectories) for b in batches) == 12 and batches[0].version == 6
+
+
+@pytest.mark.parametrize("budget", [None, 0.15])
+def test_a_straggler_past_the_budget_is_deferred_not_waited_for_and_trained_later(budget):
+    # group 0 takes 1.2 s, the others 0.02 s; η = 0 makes every batch wait for everything launched, unless the
+    # straggler budget defers group 0: then the batches go on and group 0 is trained in the last one
+    gaps = [0.6] + [0.01] * 5
+    sched, batches, _ = drive(groups_of(6, 2, gaps), batch_groups=2, max_staleness=0, max_in_flight=12,
+                              straggler_budget_s=budget)  # fmt: skip
+    ids = [t.trajectory_id for b in batches for t in b.trajectories]
+    assert sorted(ids) == sorted(f"g{g}a{i}" for g in range(6) for i in range(2))  # all, each once: none lost
+    counts = sched.counts()
+    assert counts["launched"] == counts["trained"] == 12 and counts["untrained_finished"] == 0
+    for b in batches:  # a group is still trained whole
+        assert len(b.trajectories) == 2 * len({t.trajectory_id.split("a")[0] for t in b.trajectories})
+    where = next(i for i, b in enumerate(batches) if any(t.trajectory_id == "g0a0" for t in b.trajectories))
+    if budget is None:  # the synchronous schedule: the first batch waited for the straggler
+        assert where == 0 and batches[0].waited_s >= 1.0 and counts["deferred_groups"] == 0
+        return
+    assert batches[0].waited_s < 0.6  # formed long before group 0 ended
+    assert where == len(batches) - 1 >= 2  # trained later, alone, after the others went on without it
+    assert counts["deferred_groups"] == 1
+    assert [b.metrics()["stragglers_deferred"] for b in batches[:where]] == [1] * where
+    assert batches[where].metrics()["stragglers_deferred"] == 0
+    # its chunks were sampled at version 0 and are trained later: stale past η, corrected, not dropped
+    assert batches[where].metrics()["staleness_max"] >= 1
+    assert all(max(staleness(b)) == 0 for b in batches[:where])  # the others kept the bound
+
+
+def test_a_non_positive_straggler_budget_is_refused():
+    with pytest.raises(ValueError, match="straggler_budget_s"):
+        AsyncRollout(groups_of(1, 1), lambda a: None, batch_groups=1, max_staleness=1, max_in_flight=1,
+                     straggler_budget_s=0)  # fmt: skip
 
 
 def test_a_slow_trainer_throttles_launches_to_the_bound():
@@ -188,6 +223,10 @@ def test_the_run_schema_has_the_mode_and_the_bound_with_sync_by_default():
         load_config(tiny, ["rollout.resample.enabled=true", "train.mode=async"])
     with pytest.raises(ConfigError, match="max_in_flight 1 is less than one group"):
         load_config(tiny, [*off, "train.mode=async", "train.max_in_flight=1", "rollout.group_size=2"])
+    assert load_config(tiny, off).train.straggler_budget_s is None  # off by default
+    assert load_config(tiny, [*off, "train.mode=async", "train.straggler_budget_s=90"]).train.straggler_budget_s == 90
+    with pytest.raises(ConfigError, match="train.straggler_budget_s"):
+        load_config(tiny, [*off, "train.mode=async", "train.straggler_budget_s=0"])
 
 
 def test_the_stale_chunks_ratio_is_against_its_own_recorded_logprobs():
@@ -269,7 +308,8 @@ def test_a_stale_chunk_is_masked_only_for_a_true_mismatch(tmp_path):
 @pytest.mark.docker
 def test_roll_train_async_end_to_end(tmp_path, docker_client):
     """Real `roll train` in async mode (vLLM, iflow in ROCK sandboxes, DeepSpeed, in-memory syncs; about 3-4
-    minutes): every attempt trained once, chunks stamped by the engine's version, the bound kept."""
+    minutes): every attempt trained once, chunks stamped by the engine's version, the bound kept, every chunk
+    taken from the gateway's stream as it was recorded (none refetched)."""
     import json
     import subprocess
     import sys
@@ -292,6 +332,12 @@ def test_roll_train_async_end_to_end(tmp_path, docker_client):
     assert steps[-1]["attempts_launched"] == steps[-1]["attempts_trained"] == 8
     assert all(m["staleness_max"] <= 1 and not m["skipped"] for m in steps)
     assert [m["policy_version"] for m in steps] == list(range(1, len(steps) + 1))  # one sync per update
+    assert "chunk stream open" in proc.stdout
+    # every recorded chunk reached the trainer through the stream (roll/rollout/stream.py), none was refetched
+    assert sum(m["chunks_streamed"] for m in steps) == sum(len(r["chunks"]) for r in rows) > 0
+    assert all(m["chunks_refetched"] == 0 for m in steps)
+    lags = [m["stream_lag_max_s"] for m in steps if m["stream_lag_max_s"] is not None]
+    assert lags and max(lags) < 5.0  # record to buffer: seconds at most, on a loaded 2-core machine
     chunks = [(r["iteration"], c) for r in rows for c in r["chunks"] if c["response_token_ids"]]
     assert chunks and all(c["policy_version"] is not None for _, c in chunks)
     # what a batch trained was sampled at most one version before it: the engine's stamp, per chunk
