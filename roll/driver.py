@@ -635,6 +635,9 @@ class Run:
             if isinstance(e.cause, RollError):  # a user error raised in the worker: its one line, not Ray's trace
                 raise e.cause from None
             raise
+        except ray.exceptions.OutOfMemoryError as e:  # Ray's memory monitor killed the worker's process
+            raise WorkerDied(f"{_who(worker)} was killed: out of memory ({_why(e)}); the run stopped; "
+                             f"{self._resume_hint()}") from e  # fmt: skip
         except ray.exceptions.RayActorError as e:
             raise WorkerDied(f"{_who(worker)} died ({_why(e)}); the run stopped; {self._resume_hint()}") from e
         except ray.exceptions.GetTimeoutError as e:
