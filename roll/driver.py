@@ -389,7 +389,9 @@ class Run:
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         log(f"ray started; worker logs in {ctx.address_info.get('session_dir', '?')}/logs")
         env = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(cfg.inference.kvcache_gb),
-               "OMP_NUM_THREADS": str(os.cpu_count() or 1), "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+               "OMP_NUM_THREADS": str(os.cpu_count() or 1), "TOKENIZERS_PARALLELISM": "false",
+               # colocated: a CUDA engine starts in vLLM's sleep mode so that it can give the device back
+               "ROME_VLLM_SLEEP_MODE": "1" if cfg.train.mode == "colocated" else "0"}  # fmt: skip
         # num_cpus=0: on a 2-core machine both actors must coexist; the OS time-shares them.
         opts = {"num_cpus": 0, "runtime_env": {"env_vars": env}}
         inf = cfg.inference

@@ -5,6 +5,12 @@ New weights are loaded in place, without restarting the engine: from a model dir
 or from safetensors bytes in buckets of whole layers (`update_weights_from_bytes`), through the
 worker extension in vllm_worker_ext.py. The service holds requests back meanwhile, so none sees
 mixed weights.
+
+Sleep mode (`ROME_VLLM_SLEEP_MODE=1`, which `roll train` sets for train.mode=colocated): on CUDA the engine starts
+with vLLM's `enable_sleep_mode`, so roll/colocate.py's sleep (level 1: weights to host, KV cache freed) and wake_up
+give the device to the trainer and back; without it vLLM ignores sleep. The CPU build has no sleep mode: the
+colocated states pause the engine there instead, and the variable is ignored
+(`.venv/bin/pytest tests/roll/test_sleep_mode.py`; the CUDA check under the `gpu` marker).
 """
 
 from __future__ import annotations
@@ -21,6 +27,14 @@ from rome.serving.engine import Delta, Engine, SamplingSpec
 from rome.serving.weights import bucket_names, check_bucket, model_dir_names
 
 WORKER_EXTENSION = "rome.serving.vllm_worker_ext.WeightSyncExtension"
+SLEEP_MODE_ENV = "ROME_VLLM_SLEEP_MODE"
+
+
+def sleep_mode(requested: bool | None, device_type: str) -> bool:
+    """Whether the engine starts with vLLM's sleep mode: asked for (None: `ROME_VLLM_SLEEP_MODE=1`) and on CUDA."""
+    if requested is None:
+        requested = os.environ.get(SLEEP_MODE_ENV) == "1"
+    return requested and device_type == "cuda"
 
 
 class VLLMEngine(Engine):
@@ -31,8 +45,11 @@ class VLLMEngine(Engine):
         dtype: str | None = None,
         seed: int = 0,
         shm_dir: str | None = "/dev/shm",
+        sleep_mode: bool | None = None,
     ):
         self.model_dir = Path(model_dir)
+        self._sleep_mode = sleep_mode  # None: from ROME_VLLM_SLEEP_MODE (module docstring)
+        self.sleep_mode = False  # what the started engine has
         self._max_model_len = max_model_len
         # vLLM's "auto" turns float32 checkpoints into bf16 on CPU; serve in the dtype the weights
         # were saved in, so a float32 ROME-tiny samples with the logprobs the trainer computes.
@@ -48,8 +65,10 @@ class VLLMEngine(Engine):
         # Keep the KV cache small on shared CPU machines unless the operator says otherwise.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import AsyncEngineArgs
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        self.sleep_mode = sleep_mode(self._sleep_mode, current_platform.device_type)
         args = AsyncEngineArgs(
             model=str(self.model_dir),
             dtype=self._dtype,
@@ -57,6 +76,7 @@ class VLLMEngine(Engine):
             seed=self._seed,
             enable_prefix_caching=True,
             worker_extension_cls=WORKER_EXTENSION,
+            enable_sleep_mode=self.sleep_mode,
         )
         self.llm = AsyncLLM.from_engine_args(args)
         self.max_model_len = self.llm.model_config.max_model_len

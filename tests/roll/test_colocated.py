@@ -252,7 +252,7 @@ def test_roll_train_colocated_end_to_end(tmp_path, docker_client):
 
 
 @pytest.mark.gpu
-def test_cuda_rollout_train_sync_cycle_frees_the_device_and_samples_again(tmp_path):
+def test_cuda_rollout_train_sync_cycle_frees_the_device_and_samples_again(tmp_path, monkeypatch):
     """The CUDA rows on a real engine: the inference worker (in-process, no Ray) through the same functions the
     actor adapter runs; train frees the device's memory (sleep level 1), sync wakes the weights only, rollout
     samples the same greedy tokens. Needs CUDA vLLM, and rome's VLLMEngine started with enable_sleep_mode."""
@@ -301,6 +301,7 @@ def test_cuda_rollout_train_sync_cycle_frees_the_device_and_samples_again(tmp_pa
         def onload(self):
             self.s = "onloaded"
 
+    monkeypatch.setenv("ROME_VLLM_SLEEP_MODE", "1")  # as `roll train` sets it for colocated mode
     server = InferenceServer(str(init_model(tmp_path / "tiny", "tiny")))
     try:
         llm = server._handle.service.engine.llm
