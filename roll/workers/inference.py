@@ -1,8 +1,9 @@
 """The inference worker: rome's OpenAI-compatible server (vLLM engine) inside a Ray actor.
 
-Started by `roll train CONFIG`. vLLM runs in the actor's process, the HTTP server in a background thread
-of it (rome.serving.server.start_server), so the ROCK gateway reaches the policy at `url()` and the
-driver swaps weights in memory with `update_weights` (or from a dir with `load_weights`) without
+Started by `roll train CONFIG`, `inference.engines` of them, held by roll/workers/pool.py's InferencePool (with
+several, its router in the driver is what the gateway calls). vLLM runs in the actor's process, the HTTP server in
+a background thread of it (rome.serving.server.start_server), so the ROCK gateway reaches the policy at `url()`
+and the driver swaps weights in memory with `update_weights` (or from a dir with `load_weights`) without
 restarting the engine.
 """
 
