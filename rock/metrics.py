@@ -30,6 +30,7 @@ class Metrics:
             "rock_exec_seconds", "Exec wall time, by mode", ["mode"], registry=r, buckets=LATENCY_BUCKETS
         )
         self.errors = Counter("rock_errors_total", "Error responses, by error code", ["code"], registry=r)
+        self.chunk_streams = Gauge("rock_chunk_streams", "Open GET /v1/chunks/stream subscriptions", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

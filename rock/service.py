@@ -595,6 +595,7 @@ class SandboxService:
         # A keep-alive line is a write, so a client gone away ends the stream (and the subscription) within
         # keepalive_s; the client, reading with a timeout above keepalive_s, notices a dead server the same way.
         pending = None
+        self.metrics.chunk_streams.inc()
         try:
             yield line("open")
             while True:
@@ -612,6 +613,7 @@ class SandboxService:
             if pending is not None:
                 pending.cancel()
             sub.close()
+            self.metrics.chunk_streams.dec()
 
 
 def _read_context(data: bytes) -> tuple[str, str]:

@@ -137,6 +137,40 @@ def test_bad_parameters_are_4xx_with_a_message(rock):
         assert httpx.get(f"{rock.url}/v1/chunks/stream").status_code == 401
 
 
+def open_streams(rock: RockProcess) -> float:
+    text = httpx.get(f"{rock.url}/metrics", headers={"Authorization": f"Bearer {rock.token}"}).text
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("rock_chunk_streams ")))
+
+
+def test_a_client_gone_away_ends_its_subscription_and_the_async_sdk_streams_too(rock):
+    import asyncio
+
+    before = open_streams(rock)
+    with rock.client() as c:
+        events = c.chunk_stream(keepalive_s=0.2)
+        assert next(events).type == "open" and next(events).type == "keepalive"
+        assert open_streams(rock) == before + 1
+        events.close()  # the client hangs up: the server's next keep-alive write (or the disconnect) ends it
+    wait_for(lambda: open_streams(rock) == before, timeout=5)
+
+    async def first_chunk() -> list:
+        async with rock.async_client() as ac:
+            sb = await ac.create_sandbox(network="model", trajectory_id="traj-async")
+            try:
+                seen = []
+                async for event in ac.chunk_stream(sandbox_id=sb.id, keepalive_s=0.5):
+                    seen.append(event.type)
+                    if event.type == "open":
+                        r = await sb.exec(["python3", "-c", CALL, "async"], timeout=60)
+                        assert r.exit_code == 0, r.stderr
+                    if event.type == "chunk":
+                        return seen + [event.chunk.response.text]
+            finally:
+                await sb.delete()
+
+    assert asyncio.run(asyncio.wait_for(first_chunk(), 60))[-2:] == ["chunk", "echo async"]
+
+
 def task(name: str) -> TaskSpec:
     return TaskSpec(id=name, instruction="Copy /app/input.txt to /app/out.txt.", family="copy", split="heldout",
                     environment=Environment(image="rock/base:bookworm", setup="echo seed > input.txt"),
