@@ -534,6 +534,12 @@ class Run:
                 step += 1
                 history.append(self.async_step(step, batch))
                 log(format_metrics(history[-1]))
+        c = self.scheduler.counts()
+        lost = c["launched"] - c["trained"]
+        log(f"async rollout: {c['launched']} attempts launched, {c['trained']} trained, {lost} lost; "
+            f"{c['deferred_groups']} straggler group(s) deferred past the budget and trained later")  # fmt: skip
+        if lost:  # next_batch ends only when every launched group was trained: this is a scheduler bug
+            raise RuntimeError(f"async rollout lost {lost} attempts ({c})")
 
     def async_step(self, step: int, batch) -> dict:
         """One update on a batch of finished groups, then the weights to the engine while attempts run on."""
