@@ -29,7 +29,6 @@ when it ends).
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import time
@@ -372,6 +371,7 @@ class Run:
         import ray
 
         from roll.workers.inference import InferenceServer
+        from roll.workers.placement import actor_options
         from roll.workers.pool import InferencePool
         from roll.workers.trainer import Trainer
 
@@ -388,17 +388,12 @@ class Run:
         # ray.init installs a native SIGTERM handler that aborts the process; put ours back on top.
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         log(f"ray started; worker logs in {ctx.address_info.get('session_dir', '?')}/logs")
-        env = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(cfg.inference.kvcache_gb),
-               "OMP_NUM_THREADS": str(os.cpu_count() or 1), "TOKENIZERS_PARALLELISM": "false",
-               # colocated: a CUDA engine starts in vLLM's sleep mode so that it can give the device back
-               "ROME_VLLM_SLEEP_MODE": "1" if cfg.train.mode == "colocated" else "0"}  # fmt: skip
-        # num_cpus=0: on a 2-core machine both actors must coexist; the OS time-shares them.
-        opts = {"num_cpus": 0, "runtime_env": {"env_vars": env}}
+        opts = actor_options(cfg)  # cpu: num_cpus=0 for all; cuda: GPUs per role (roll/workers/placement.py)
         inf = cfg.inference
-        engine = ray.remote(InferenceServer).options(**opts)
+        engine = ray.remote(InferenceServer).options(**opts["inference"])
         actors = [engine.remote(str(model_dir), inf.engine, inf.kvcache_gb) for _ in range(inf.engines)]
         self.inference = InferencePool(actors, self._get, inf.router_timeout_s)  # `close` stops what started
-        self.trainer = ray.remote(Trainer).options(**opts).remote(str(model_dir), cfg.train)
+        self.trainer = ray.remote(Trainer).options(**opts["trainer"]).remote(str(model_dir), cfg.train)
         log(f"starting {inf.engines} inference worker(s) ({inf.engine}) and the trainer worker (DeepSpeed) ...")
         url = self.inference.wait_ready(inf.startup_timeout_s)
         if inf.engines == 1:
