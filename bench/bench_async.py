@@ -16,7 +16,7 @@ Throughput = trajectories trained / wall time of the phase (first launch to last
 policy saves included). Last line: JSON with "ratio" (async / sync, target >= 3.0), the async phase's
 staleness max (must be <= the bound) and "dropped" (launched, never trained: must be 0).
 Options: --iterations --tasks --group-count --group-size --max-staleness --max-in-flight --median-s --sigma
---model DIR.
+--trainer-threads --model DIR.
 
 Measured 2026-12-06 (defaults, 2 cores shared with a training run): ratio 2.29 (sync 290 s, async 127 s for
 48 trajectories), staleness max 4 <= 4, dropped 0; the trainer was idle 83 % of the sync phase and 5 % of the
@@ -61,7 +61,14 @@ def config(work: Path, model: Path, args, mode: str):
         "tasks": {"families": ["create_file"], "train_per_family": args.tasks, "seed": 0},
         "rollout": {"tasks_per_iteration": args.group_count, "group_size": args.group_size},
         "train": {"iterations": args.iterations, "mode": mode, "max_staleness": args.max_staleness, "lr": 1e-5,
-                  "max_in_flight": args.max_in_flight},
+                  "max_in_flight": args.max_in_flight,
+                  # the delta_logp diagnostic re-runs the batch's forward after each update (~22 % of a step,
+                  # measured): off in both phases, it is a metric, not training
+                  "logprob_shift": False,
+                  # the trainer's torch threads: 1 on these 2 oversubscribed cores (a step of the bench's shape
+                  # took 4.6-4.9 s with 1 thread against 25-68 s with 2 beside the other work; 14 s against 57 s
+                  # beside two more busy processes): both phases
+                  "threads": args.trainer_threads},
     })  # fmt: skip
 
 
@@ -74,12 +81,17 @@ def phase(run, tasks, mode: str) -> dict:
         for it in range(1, run.cfg.train.iterations + 1):
             history.append(run.iteration(it, tasks, rng))
     else:
+        run.completed = 0  # the same groups again, not a resume that skips those the sync phase trained
         run.run_async(tasks, random.Random(run.cfg.tasks.seed), history)
     wall = time.monotonic() - start
     n = sum(m["attempts"] + m["oracle_attempts"] for m in history)
     out = {"wall_s": round(wall, 1), "trajectories": n, "throughput_per_min": round(60 * n / wall, 2),
            "updates": len(history), "train_s": round(sum(m["train_s"] for m in history), 1),
            "sync_s": round(sum(m["sync_s"] for m in history), 1)}  # fmt: skip
+    # where an update's seconds go: the trainer's step by part, the policy save, the checkpoint
+    parts = sorted({k for m in history for k in m if k.startswith("step_") and k.endswith("_s")})
+    out["update_parts_s"] = {k: round(sum(m.get(k, 0.0) for m in history), 1)
+                             for k in [*parts, "save_s", "checkpoint_s"]}  # fmt: skip
     if mode == "async":
         counts = run.scheduler.counts()
         out |= {"staleness_max": max(m["staleness_max"] for m in history),
@@ -104,6 +116,7 @@ def main() -> None:
     p.add_argument("--max-in-flight", type=int, default=24, help="async: attempts at once (sync runs a batch at once)")
     p.add_argument("--median-s", type=float, default=12.0, help="median environment latency of a task")
     p.add_argument("--sigma", type=float, default=1.25, help="log-normal sigma of the latency")
+    p.add_argument("--trainer-threads", type=int, default=1, help="torch threads of the trainer (both phases)")
     p.add_argument("--model", help="HF model dir (default: a fresh ROME-tiny)")
     args = p.parse_args()
 
@@ -130,7 +143,7 @@ def main() -> None:
     ratio = asyn["throughput_per_min"] / sync["throughput_per_min"]
     print(json.dumps({
         "bench": "async", "ratio": round(ratio, 3), "sync": sync, "async": asyn,
-        "max_staleness": args.max_staleness, "max_in_flight": args.max_in_flight, "within_bound": asyn["staleness_max"] <= args.max_staleness,
+        "max_staleness": args.max_staleness, "max_in_flight": args.max_in_flight, "trainer_threads": args.trainer_threads, "within_bound": asyn["staleness_max"] <= args.max_staleness,
         "dropped": asyn["dropped"],
         "workload": {"groups_per_batch": args.group_count, "group_size": args.group_size,
                      "iterations": args.iterations, "latency_median_s": args.median_s, "sigma": args.sigma,

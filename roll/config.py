@@ -169,6 +169,18 @@ class TrainConfig(_Strict):
         None, gt=0, description="async: a group still running this many seconds after its launch is deferred: "
         "batches go on without it, it runs on and is trained (importance-corrected) when it ends; None: off"
     )  # fmt: skip
+    checkpoint_every: int = Field(
+        1, ge=1, description="a checkpoint (roll/resume.py) after every this many iterations (async: updates) and "
+        "after the last; --resume carries on after the last one written"
+    )  # fmt: skip
+    threads: int | None = Field(
+        None, ge=1, description="torch threads of a trainer rank on cpu; None: OMP_NUM_THREADS (all cores). On a "
+        "machine whose cores are oversubscribed 1 is faster: 2 threads beside other busy processes measured 4x slower"
+    )  # fmt: skip
+    logprob_shift: bool = Field(
+        True, description="delta_logp_pos/neg in the metrics (how the update moved the batch's chunk logprobs); "
+        "costs one more forward over the batch per update, about a fifth of a step"
+    )  # fmt: skip
     algorithm: Literal["ipa", "grpo", "ppo"] = Field(
         "ipa", description="ipa (chunk-level), or token-level grpo / ppo over the same rollouts"
     )

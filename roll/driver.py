@@ -16,9 +16,10 @@ policy versions of its sampler, one update per batch. With `train.mode=colocated
 devices (rollout -> train -> sync: the engines paused on CPU, asleep on CUDA, while the trainer trains), with the
 seconds of each phase and the busy fraction of each resource in the metrics. Everything it starts
 (sandboxes, rock server, teacher, Ray actors) is stopped in `finally`, also on Ctrl-C and SIGTERM; a worker that
-dies is named (WorkerDied), never waited for. Every completed iteration (async: update) is checkpointed atomically
-(roll/resume.py, `.venv/bin/pytest tests/roll/test_resume.py`): `roll train ... --resume` carries on after the
-last one, the unfinished iteration's trajectories discarded. Chunks reach the driver as they are recorded: one
+dies is named (WorkerDied), never waited for. Every completed iteration (async: update; with
+`train.checkpoint_every` K every K-th and the last) is checkpointed atomically (roll/resume.py, `.venv/bin/pytest
+tests/roll/test_resume.py`): `roll train ... --resume` carries on after the last one, the unfinished iterations'
+trajectories discarded. Chunks reach the driver as they are recorded: one
 subscriber per run files them into a buffer keyed by trajectory (roll/rollout/stream.py, `.venv/bin/pytest
 tests/roll/test_stream.py -m docker`), and an attempt's trajectory is assembled from it when the attempt ends;
 chunks_streamed, chunks_refetched and the record-to-buffer seconds are in the metrics. With
@@ -488,7 +489,7 @@ class Run:
         if self.note_step(it, step):
             self._sync(it, metrics)
         self._write(trajectories, reference, metrics)
-        self.checkpoint(it, rng)
+        metrics["checkpoint_s"] = self.checkpoint(it, rng, last=it == self.cfg.train.iterations)
         self.stop_if_diverged()
         return metrics
 
@@ -529,6 +530,8 @@ class Run:
                 step += 1
                 history.append(self.async_step(step, batch))
                 log(format_metrics(history[-1]))
+        if step > self.completed:  # the last update, when train.checkpoint_every skipped it
+            history[-1]["checkpoint_s"] += self.checkpoint(step, None, last=True)
         c = self.scheduler.counts()
         lost = c["launched"] - c["trained"]
         log(f"async rollout: {c['launched']} attempts launched, {c['trained']} trained, {lost} lost; "
@@ -553,7 +556,7 @@ class Run:
         metrics["trainer_idle_frac"] = round(batch.waited_s / max(1e-9, batch.waited_s + busy), 3)
         metrics |= {f"attempts_{k}": v for k, v in self.scheduler.counts().items()}
         self._write(batch.trajectories, reference, metrics)
-        self.checkpoint(step, None)
+        metrics["checkpoint_s"] = self.checkpoint(step, None)
         self.stop_if_diverged()
         return metrics
 
@@ -591,7 +594,7 @@ class Run:
         machine.enter("idle")
         metrics |= machine.lap()
         self._write(trajectories, reference, metrics)
-        self.checkpoint(it, rng)
+        metrics["checkpoint_s"] = self.checkpoint(it, rng, last=it == self.cfg.train.iterations)
         self.stop_if_diverged()
         return metrics
 
@@ -690,8 +693,11 @@ class Run:
         if failed:
             raise WorkerDied(f"{'; '.join(failed)}; the run stopped; {self._resume_hint()}")
 
-    def checkpoint(self, it: int, rng: random.Random | None) -> None:
-        """Iteration (async: update) `it` is complete: its checkpoint, written atomically (roll/resume.py)."""
+    def checkpoint(self, it: int, rng: random.Random | None, last: bool = False) -> float:
+        """Iteration (async: update) `it` is complete: its checkpoint, written atomically (roll/resume.py), when
+        `it` is a multiple of `train.checkpoint_every` or the `last`; returns the seconds it took."""
+        if it % self.cfg.train.checkpoint_every and not last:
+            return 0.0
         t = time.monotonic()
         internal = rng.getstate() if rng is not None else random.Random(self.cfg.tasks.seed).getstate()
         state = DriverState(iteration=it, mode=self.cfg.train.mode, policy_version=self.version,
@@ -702,6 +708,7 @@ class Run:
                          resampler)  # fmt: skip
         self.completed = it
         log(f"  checkpoint {it} written ({time.monotonic() - t:.1f}s)")
+        return round(time.monotonic() - t, 1)
 
     def _roll_back(self, point: ResumePoint) -> None:
         """Before the workers start: the records and attempts of the unfinished iteration dropped."""

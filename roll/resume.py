@@ -1,6 +1,7 @@
 """`roll train CONFIG --resume` after `kill -9` or Ctrl-C (`.venv/bin/pytest tests/roll/test_resume.py`).
 
-After every completed iteration (async mode: every update) the driver writes one checkpoint,
+After every `train.checkpoint_every`-th completed iteration (async mode: update; default every one) and after the
+last, the driver writes one checkpoint,
 `<run_dir>/checkpoints/it-N/`: the trainer's DeepSpeed model and optimizer state and RNG (`trainer/`), and the
 driver's state (`driver.json`: iteration, policy version, skipped steps, the task-drawing RNG, how many bytes of
 metrics.jsonl and trajectories.jsonl the completed iterations wrote; `resampler.pkl`: the
@@ -33,6 +34,7 @@ RECORDS = ("metrics.jsonl", "trajectories.jsonl")
 # Keys that may differ on --resume: how long the run is and how patient it is, not what it learns.
 MAY_CHANGE = (
     "train.iterations",
+    "train.checkpoint_every",
     "inference.startup_timeout_s",
     "inference.kvcache_gb",
     "agent.timeout_s",

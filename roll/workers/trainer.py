@@ -7,15 +7,20 @@ of whole trajectories by a padded-token budget with gradients accumulated, logpr
 tokens and a slice of the logits at a time, then the configured loss from roll/algo/ipa.py — IPA (chunk-level
 returns G_k = γ^(K−k)·R, group baselines, chunk ratio ρ_k against the sampler's recorded logprobs μ with
 mismatch masking) or token-level GRPO / PPO-clip for comparison. A non-finite loss applies no update and says
-so (`skipped`). `weight_buckets` hands the new weights to the inference worker in memory; `save` writes the
-HF dir. On CPU: DS_ACCELERATOR=cpu, gloo, fp32. The driver runs it inside a Ray actor; tests drive it in-process.
+so (`skipped`). Its metrics say where the step's seconds went (step_forward_s, step_backward_s, step_optimizer_s,
+step_stale_s: scoring stale chunks under their sampler's weights, step_snapshot_s: the host copy of those weights,
+step_shift_s: the delta_logp diagnostic's second forward, off with `train.logprob_shift=false`). `weight_buckets`
+hands the new weights to the inference worker in memory; `save` writes the HF dir. On CPU: DS_ACCELERATOR=cpu,
+gloo, fp32. The driver runs it inside a Ray actor; tests drive it in-process.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -83,6 +88,24 @@ def _imitate_prefixes(
     return ChunkTargets(returns, targets.advantages, positive)
 
 
+class _Clock:
+    """Seconds per part of a step (`with clock("forward"): ...`), summed; `metrics()` as step_<part>_s."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, part: str):
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[part] = self.seconds.get(part, 0.0) + time.monotonic() - t
+
+    def metrics(self) -> dict[str, float]:
+        return {f"step_{k}_s": round(v, 3) for k, v in self.seconds.items()}
+
+
 class Trainer:
     """Holds the DeepSpeed engine of one policy. Methods run synchronously; under Ray, call `.remote`."""
 
@@ -114,6 +137,8 @@ class Trainer:
         module = _ResponseLogprobs(model, cfg.logprob_slice)
         self.engine, *_ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=ds_config)
         self.engine.train()
+        if cfg.threads:  # after DeepSpeed's set-up, which may set its own
+            torch.set_num_threads(cfg.threads)
         # Async mode: the weights of the last ⌊max_staleness⌋ versions (host copies), so that a stale chunk is
         # mismatch-tested under the version that sampled it. The version counts applied updates, as the driver's.
         self.version = 0
@@ -191,19 +216,24 @@ class Trainer:
         loss_total, abs_diff, policy_tokens = 0.0, 0.0, 0
         before: list[torch.Tensor] = []  # [C_mb] chunk mean logprob per micro-batch, before the update
         sampled_by = {(t.trajectory_id, c.index): c.policy_version for t in trajectories for c in t.chunks}
+        clock = _Clock()
         if self.keep_versions:
-            self._snapshots[self.version] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            with clock("snapshot"):
+                self._snapshots[self.version] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         for mb in plan:
-            logp = self.engine(mb.input_ids, mb.rows, mb.cols)[None]  # [1, N]
+            with clock("forward"):
+                logp = self.engine(mb.input_ids, mb.rows, mb.cols)[None]  # [1, N]
             old = torch.where(mb.is_ref, logp.detach(), mb.old)  # [1, N]
             t = _select(targets, where, mb.keys)
-            behaviour = self._behaviour(mb, logp.detach(), sampled_by, stats) if self.keep_versions else None
+            with clock("stale"):
+                behaviour = self._behaviour(mb, logp.detach(), sampled_by, stats) if self.keep_versions else None
             loss, m = self._loss(mb, logp, old, t, denominators, behaviour)
             if not torch.isfinite(loss):
                 self._discard_gradients()
                 return base | {"skipped": True, "chunks": len(keys), "loss": math.nan,
                                "error": f"non-finite loss {loss.item()} on a micro-batch of {len(mb.keys)} chunks"}  # fmt: skip
-            self.engine.backward(loss, scale_wrt_gas=False)
+            with clock("backward"):
+                self.engine.backward(loss, scale_wrt_gas=False)
             loss_total += loss.item()
             for k, v in m.items():
                 if k != "loss":
@@ -211,8 +241,10 @@ class Trainer:
             on_policy = ~mb.is_ref
             abs_diff += (logp.detach() - mb.old)[on_policy].abs().sum().item()
             policy_tokens += int(on_policy.sum())
-            before.append(self._chunk_means(logp.detach(), mb))
-        self.engine.step()
+            if self.cfg.logprob_shift:
+                before.append(self._chunk_means(logp.detach(), mb))
+        with clock("optimizer"):
+            self.engine.step()
         self.version += 1
         for v in [v for v in self._snapshots if v < self.version - self.keep_versions]:
             del self._snapshots[v]  # no chunk that old can be trained any more (the staleness bound)
@@ -235,7 +267,10 @@ class Trainer:
         )
         if self.cfg.algorithm == "ipa":
             out["mismatch_frac"] = stats.get("mismatch_chunks", 0.0) / len(keys)
-        return out | self._shift(plan, before, targets, where)
+        if self.cfg.logprob_shift:
+            with clock("shift"):
+                out |= self._shift(plan, before, targets, where)
+        return out | clock.metrics()
 
     @torch.no_grad()
     def _behaviour(self, mb: _MicroBatch, current: torch.Tensor, sampled_by: dict, stats: dict) -> torch.Tensor:

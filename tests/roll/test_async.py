@@ -305,6 +305,38 @@ def test_a_stale_chunk_is_masked_only_for_a_true_mismatch(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_update_says_where_its_seconds_went_and_the_shift_metric_costs_one_forward(tmp_path, monkeypatch):
+    """The step's seconds by part (step_<part>_s); with train.logprob_shift off the step runs one forward per
+    micro-batch instead of two and reports no delta_logp (the bench's setting, roll/workers/trainer.py)."""
+    from trainer_helpers import micro_moe_dir
+
+    from roll.config import TrainConfig
+    from roll.workers.trainer import Trainer, _ResponseLogprobs
+
+    micro_moe_dir(tmp_path)
+    trainer = Trainer(str(tmp_path), TrainConfig(lr=1e-2, mode="async", max_staleness=2))
+    forwards = []
+    forward = _ResponseLogprobs.forward
+    monkeypatch.setattr(_ResponseLogprobs, "forward", lambda self, *a: (forwards.append(1), forward(self, *a))[1])
+
+    def batch(tag):  # sampled by the current version: no stale chunk to score under an older one
+        return [Trajectory(trajectory_id=f"{tag}{i}", task_id="t", family="f", split="train", reward=float(i),
+                           status="resolved" if i else "unresolved", group=0,
+                           chunks=_chunks_of(f"{tag}{i}", i, trainer.version)) for i in (0, 1)]  # fmt: skip
+
+    with_shift = trainer.step(batch("a"))
+    n_with = len(forwards)
+    trainer.cfg.logprob_shift = False
+    forwards.clear()
+    without = trainer.step(batch("b"))
+    assert "delta_logp_pos" in with_shift and "delta_logp_pos" not in without
+    assert n_with == 2 * len(forwards) > 0
+    parts = {"step_snapshot_s", "step_forward_s", "step_stale_s", "step_backward_s", "step_optimizer_s"}
+    assert parts | {"step_shift_s"} <= set(with_shift) and parts <= set(without) and "step_shift_s" not in without
+    assert all(without[k] >= 0 for k in parts) and without["step_backward_s"] > 0
+
+
+@pytest.mark.slow
 @pytest.mark.docker
 def test_roll_train_async_end_to_end(tmp_path, docker_client):
     """Real `roll train` in async mode (vLLM, iflow in ROCK sandboxes, DeepSpeed, in-memory syncs; about 3-4

@@ -441,3 +441,35 @@ def test_a_dry_run_reads_the_run_dir_only_with_resume(tmp_path, capsys):
     assert f"would resume {tmp_path}/r after iteration 1" in capsys.readouterr().out
     assert main([*argv, "--resume", "train.lr=0.5"]) == 2
     assert "train.lr: 5e-05 -> 0.5" in capsys.readouterr().err
+
+
+def test_checkpoint_every_k_writes_every_kth_and_the_last_and_resume_rolls_back_the_rest(tmp_path):
+    """train.checkpoint_every=2 over 5 iterations: checkpoints after 2, 4 and 5 (the last) only; a stop after
+    iteration 3 resumes after 2, iteration 3's trajectories discarded. The setting may change on --resume."""
+    from types import SimpleNamespace
+
+    from roll.driver import Run
+
+    cfg = cfg_in(tmp_path, "train.iterations=5", "train.checkpoint_every=2", "rollout.resample.enabled=false")
+    start_fresh(cfg)
+    run, run_dir = Run(cfg), cfg.run_dir.resolve()
+    saved = []
+    run.trainer = SimpleNamespace(save_state=SimpleNamespace(remote=lambda d: d))  # the ref is the dir
+    run._get = lambda worker, d, timeout=None: (saved.append(Path(d).parent.name), fake_trainer()(Path(d)))
+    written = {}
+    for it in range(1, 6):
+        with open(run_dir / "trajectories.jsonl", "a") as f:
+            f.write(json.dumps({"iteration": it, "trajectory_id": f"t{it}", "group": it}) + "\n")
+        seconds = run.checkpoint(it, random.Random(it), last=it == 5)
+        written[it] = (latest(run_dir) or Path("none")).name
+        assert seconds >= 0.0 and len(saved) == {1: 0, 2: 1, 3: 1, 4: 2, 5: 3}[it]
+        if it == 3:  # a stop here: the resume point is iteration 2's
+            point = check(cfg_in(tmp_path, "train.iterations=5", "train.checkpoint_every=1",
+                                 "rollout.resample.enabled=false"), resume=True)  # fmt: skip
+            assert point.state.iteration == 2 and run.completed == 2
+            trajectories = (run_dir / "trajectories.jsonl").read_bytes()
+            roll_back(run_dir, point)
+            assert trained_groups(run_dir) == {1, 2}
+            (run_dir / "trajectories.jsonl").write_bytes(trajectories)  # go on as if not stopped
+    assert saved == [".tmp-it-2", ".tmp-it-4", ".tmp-it-5"]
+    assert written == {1: "none", 2: "it-2", 3: "it-2", 4: "it-4", 5: "it-5"}
