@@ -31,7 +31,7 @@ from rock.contracts import Chunk, ChunkResponse, Trajectory
 from roll.algo.packing import PackedSequence, pack_trajectory
 from roll.sft.data import DataError
 from roll.sft.masks import changes_state, chunk_calls, outcomes
-from roll.sft.relex import augment, lookalike_share_field
+from roll.sft.relex import WordStyle, augment, lookalike_share_field, piece_share_field, word_style
 from roll.sft.render import RenderError, load_tokenizer, render_chunk, render_trajectory
 
 
@@ -75,6 +75,7 @@ class CptDataConfig(BaseModel):
     )
     pseudo_share: float = Field(0.5, ge=0, le=1, description="share of replacement words that are made up")
     lookalike_share: float = lookalike_share_field()
+    piece_share: float = piece_share_field()
     fresh: int = Field(
         0,
         ge=0,
@@ -190,7 +191,7 @@ def golden_first_call(task) -> list[dict]:
                              "function": {"name": step.tool, "arguments": step.arguments}}])  # fmt: skip
 
 
-def fresh_tasks(families: list[str], n: int, pseudo_share: float, seed: int, lookalike_share: float = 0.0) -> list:
+def fresh_tasks(families: list[str], n: int, pseudo_share: float, seed: int, style: WordStyle = WordStyle()) -> list:
     """`n` new instances (TaskSpecs) of `families`, round robin, each built by its family's builder from a word pool
     of its own: made-up words (a `pseudo_share` of them) or the train vocabulary. The same seed, the same tasks."""
     from roll.sft.relex import pseudo_word
@@ -204,9 +205,7 @@ def fresh_tasks(families: list[str], n: int, pseudo_share: float, seed: int, loo
         family = families[i % len(families)]
         # dict, not set: a set of strings iterates in the process's hash order, a different pool every run
         pool = (
-            train
-            if rng.random() >= pseudo_share
-            else list(dict.fromkeys(pseudo_word(rng, lookalike_share) for _ in range(40)))
+            train if rng.random() >= pseudo_share else list(dict.fromkeys(pseudo_word(rng, style) for _ in range(40)))
         )
         draft = BUILDERS[family](Words(random.Random(rng.random()), pool))
         out.append(suite._spec(suite.FAMILIES[family], 0, "train", draft))
@@ -214,10 +213,10 @@ def fresh_tasks(families: list[str], n: int, pseudo_share: float, seed: int, loo
 
 
 def fresh_examples(families: list[str], n: int, tokenizer, pseudo_share: float, seed: int,
-                   lookalike_share: float = 0.0) -> list[tuple[PackedSequence, str]]:  # fmt: skip
+                   style: WordStyle = WordStyle()) -> list[tuple[PackedSequence, str]]:  # fmt: skip
     """`n` task-alone examples of `fresh_tasks`, the target the golden solution's first call in ROME's format."""
     out = []
-    for i, task in enumerate(fresh_tasks(families, n, pseudo_share, seed, lookalike_share)):
+    for i, task in enumerate(fresh_tasks(families, n, pseudo_share, seed, style)):
         chunk = Chunk(trajectory_id=f"fresh-{i}", sandbox_id="", index=0, latency_s=0.0, created_at=0.0,
                       messages=[{"role": "user", "content": task.instruction}],
                       response=ChunkResponse(text="", tool_calls=golden_first_call(task)))  # fmt: skip
@@ -258,7 +257,8 @@ def cpt_dataset(trajectories: list[Trajectory], tokenizer, cfg: CptDataConfig | 
     chosen = select(trajectories, cfg.per_behaviour, cfg.seed)
     report = CptReport(trajectories=len(trajectories), selected=len(chosen))
     report.behaviours = len({behaviour(t) for t in chosen})
-    chosen = augment(chosen, cfg.variants, cfg.pseudo_share, cfg.seed, cfg.lookalike_share)
+    style = word_style(cfg, tokenizer)
+    chosen = augment(chosen, cfg.variants, cfg.pseudo_share, cfg.seed, style)
     pick = random.Random(f"cpt-copies:{cfg.seed}")
     short: list[tuple[PackedSequence, str]] = []
     full: list[tuple[PackedSequence, str]] = []
@@ -293,7 +293,7 @@ def cpt_dataset(trajectories: list[Trajectory], tokenizer, cfg: CptDataConfig | 
             report.unrenderable += 1
     if cfg.fresh:
         families = sorted({t.family for t in chosen})
-        made = fresh_examples(families, cfg.fresh, tokenizer, cfg.pseudo_share, cfg.seed, cfg.lookalike_share)
+        made = fresh_examples(families, cfg.fresh, tokenizer, cfg.pseudo_share, cfg.seed, style)
         short += made
         kinds["fresh"] += len(made)
     rng = random.Random(cfg.seed)

@@ -24,6 +24,7 @@ import keyword
 import random
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from rock.contracts import Trajectory
@@ -33,10 +34,33 @@ VOWELS = "aeiou"
 _BUILTINS = set(dir(builtins))
 
 
-def pseudo_word(rng: random.Random, lookalike_share: float = 0.0) -> str:
-    """A made-up lowercase word of 3-9 letters built from consonant-vowel syllables (e.g. `tabemo`, `rukis`), or
-    with probability `lookalike_share` one spelled like the train vocabulary (`lookalike_word`)."""
-    if lookalike_share and rng.random() < lookalike_share:
+@dataclass(frozen=True)
+class WordStyle:
+    """How made-up words are spelled: with probability `piece_share` built around a letter piece of the model's
+    tokenizer (`piece_word` over `pieces`, from `letter_pieces`), else with probability `lookalike_share` spelled
+    like the train vocabulary (`lookalike_word`), else from consonant-vowel syllables."""
+
+    lookalike_share: float = 0.0
+    piece_share: float = 0.0
+    pieces: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.piece_share and not self.pieces:
+            raise ValueError("piece_share > 0 needs the tokenizer's letter pieces (relex.letter_pieces)")
+
+
+def word_style(cfg, tokenizer) -> WordStyle:
+    """The style a CPT or SFT data config asks for (`lookalike_share`, `piece_share`), pieces from `tokenizer`."""
+    pieces = letter_pieces(tokenizer) if cfg.piece_share else ()
+    return WordStyle(cfg.lookalike_share, cfg.piece_share, pieces)
+
+
+def pseudo_word(rng: random.Random, style: WordStyle = WordStyle()) -> str:
+    """A made-up lowercase word: of 3-9 letters built from consonant-vowel syllables (e.g. `tabemo`, `rukis`), or,
+    as `style` says, around a tokenizer piece (`piece_word`) or spelled like the train vocabulary (`lookalike_word`)."""
+    if style.piece_share and rng.random() < style.piece_share:
+        return piece_word(rng, style.pieces)
+    if style.lookalike_share and rng.random() < style.lookalike_share:
         return lookalike_word(rng)
     while True:
         word = "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(rng.randint(2, 4)))
@@ -80,6 +104,50 @@ def lookalike_word(rng: random.Random) -> str:
         if 3 <= len(word) <= 10 and word not in banned and not any(h in word for h in heldout if len(h) >= 4):
             if not keyword.iskeyword(word) and word not in _BUILTINS:
                 return word
+
+
+def letter_pieces(tokenizer) -> tuple[str, ...]:
+    """The tokenizer's pieces that are lowercase ASCII letters, sorted; a piece that starts a word after a space
+    (byte-level BPE's `Ġ`) as " piece". A held-out word is copied piece by piece, and a piece never seen as a
+    target cannot be written: ROME-tiny's 1,024-token BPE has 660 letter pieces, and the train vocabulary's words
+    (real or spelled like them) never produce `ery`, `arg`, `cc` or ` cre` — so `bakery`, `cargo` and `raccoon`
+    were written `bakool`, `caluo` and `raing` at evaluation."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else tokenizer
+    out = set()
+    for token in vocab:
+        letters = token.removeprefix("Ġ")
+        if letters and letters.isascii() and letters.isalpha() and letters.islower():
+            out.add((" " if token.startswith("Ġ") else "") + letters)
+    return tuple(sorted(out))
+
+
+def piece_word(rng: random.Random, pieces: tuple[str, ...]) -> str:
+    """A made-up word of 3-12 letters around one of `pieces` drawn uniformly (so the rare pieces come as often as
+    the common ones): a word-initial piece (" cre") starts it, any other sits after 1-3 letters; the rest is taken
+    from `lookalike_word`s. Never a vocabulary word, never containing a held-out one."""
+    _, banned, heldout = _letter_chain()
+    while True:
+        piece = rng.choice(pieces)
+        head = "" if piece.startswith(" ") else lookalike_word(rng)[: rng.randint(1, 3)]
+        tail = lookalike_word(rng)[-rng.randint(1, 3) :] if rng.random() < 0.7 else ""
+        word = head + piece.strip() + tail
+        if 3 <= len(word) <= 12 and word not in banned and not any(h in word for h in heldout if len(h) >= 4):
+            if not keyword.iskeyword(word) and word not in _BUILTINS:
+                return word
+
+
+def piece_share_field():
+    """The `piece_share` setting of CPT's and SFT's data configs."""
+    from pydantic import Field
+
+    return Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the made-up words built around a letter piece of the tokenizer drawn uniformly "
+        "(relex.piece_word): every piece a held-out word may need is written in training, not only the train "
+        "vocabulary's",
+    )
 
 
 def lookalike_share_field():
@@ -147,14 +215,14 @@ def _task_seed(traj: Trajectory) -> tuple[str, int] | None:
 
 
 def mapping(words: Iterable[str], rng: random.Random, pseudo_share: float, pool: list[str],
-            avoid: set[str] = frozenset(), lookalike_share: float = 0.0) -> dict[str, str]:  # fmt: skip
+            avoid: set[str] = frozenset(), style: WordStyle = WordStyle()) -> dict[str, str]:  # fmt: skip
     """A replacement for each word: distinct, none containing or contained in another (grep/sed tasks rely on
     that), made-up with probability `pseudo_share` (`pseudo_word`), else drawn from `pool`."""
     out: dict[str, str] = {}
     taken: list[str] = []
     for word in words:
         for _ in range(200):
-            new = pseudo_word(rng, lookalike_share) if rng.random() < pseudo_share or not pool else rng.choice(pool)
+            new = pseudo_word(rng, style) if rng.random() < pseudo_share or not pool else rng.choice(pool)
             if new in avoid or new in out or any(new in t or t in new for t in taken + list(words)):
                 continue
             break
@@ -172,7 +240,7 @@ def _sub(text: Any, pattern: re.Pattern, table: dict[str, str]) -> Any:
 
 
 def relexicalize(traj: Trajectory, rng: random.Random, pseudo_share: float = 0.5, suffix: str = "~relex",
-                 lookalike_share: float = 0.0) -> Trajectory:  # fmt: skip
+                 style: WordStyle = WordStyle()) -> Trajectory:  # fmt: skip
     """A copy of `traj` with the instance's words replaced throughout (see the module doc); the same trajectory
     when its task is not a suite instance. Token ids are cleared; the trajectory id gets `suffix`."""
     from roll.tasks.words import vocab_split
@@ -188,7 +256,7 @@ def relexicalize(traj: Trajectory, rng: random.Random, pseudo_share: float = 0.5
     words = [w for w in words if w not in protected]
     if not words:
         return traj
-    table = mapping(words, rng, pseudo_share, list(vocab_split("train")), protected, lookalike_share)
+    table = mapping(words, rng, pseudo_share, list(vocab_split("train")), protected, style)
     pattern = re.compile(
         r"(?<![A-Za-z0-9_])(" + "|".join(sorted(map(re.escape, table), key=len, reverse=True)) + r")(?![A-Za-z0-9_])"
     )
@@ -231,7 +299,7 @@ def augment(
     variants: int,
     pseudo_share: float = 0.5,
     seed: int = 0,
-    lookalike_share: float = 0.0,
+    style: WordStyle = WordStyle(),
 ) -> list[Trajectory]:
     """The trajectories followed by `variants` relexicalised copies of each (ids `<id>~relexN`)."""
     if variants <= 0:
@@ -239,5 +307,5 @@ def augment(
     rng = random.Random(f"relex:{seed}")
     out = list(trajectories)
     for n in range(variants):
-        out += [relexicalize(t, rng, pseudo_share, f"~relex{n}", lookalike_share) for t in trajectories]
+        out += [relexicalize(t, rng, pseudo_share, f"~relex{n}", style) for t in trajectories]
     return out

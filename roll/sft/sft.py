@@ -20,7 +20,7 @@ from roll.errors import ConfigError
 from roll.sft.data import DataError, NoVerifiedDataError
 from roll.sft.filters import RULES, Rule, violation
 from roll.sft.masks import duplicate_chunks, failed_chunks, mask_chunks, replaced_history_chunks, trained_chunks
-from roll.sft.relex import augment, lookalike_share_field
+from roll.sft.relex import augment, lookalike_share_field, piece_share_field, word_style
 from roll.sft.render import RenderError, load_tokenizer, render_trajectory
 
 
@@ -47,6 +47,7 @@ class SftDataConfig(BaseModel):
     )
     pseudo_share: float = Field(0.5, ge=0, le=1, description="share of replacement words that are made up")
     lookalike_share: float = lookalike_share_field()
+    piece_share: float = piece_share_field()
     seed: int = 0
 
 
@@ -90,7 +91,7 @@ def sft_dataset(trajectories: list[Trajectory], tokenizer, cfg: SftDataConfig | 
     if "tests_failed" in cfg.filters and not any(t.resolved for t in trajectories):
         raise NoVerifiedDataError(f"none of the {len(trajectories)} trajectories is verified (resolved by its tests)")
     tokenizer = load_tokenizer(tokenizer)
-    trajectories = augment(trajectories, cfg.variants, cfg.pseudo_share, cfg.seed, cfg.lookalike_share)
+    trajectories = augment(trajectories, cfg.variants, cfg.pseudo_share, cfg.seed, word_style(cfg, tokenizer))
     rules = set(cfg.filters)
     report, dropped, masked = SftReport(trajectories=len(trajectories)), Counter(), Counter()
     sequences, families = [], []

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+from collections import Counter
+
+import pytest
 
 from rock.contracts import Chunk, ChunkResponse, ToolCall, ToolResult, Trajectory
-from roll.sft.relex import augment, instance_words, mapping, pseudo_word, relexicalize
+from roll.sft.relex import WordStyle, augment, instance_words, mapping, pseudo_word, relexicalize
 from roll.tasks.suite import generate
 from roll.tasks.words import vocab_split
 
@@ -134,8 +138,8 @@ def test_lookalike_words_are_spelled_like_the_train_words_but_never_a_vocabulary
     assert all(("^^" + w + "$")[i : i + 3] in grams for w in made for i in range(len(w) + 1))
     # the consonant-vowel words are not: `pseudo_word` mixes the two as `lookalike_share` says
     rng = random.Random(1)
-    cv = {pseudo_word(rng, 0.0) for _ in range(300)}
-    mixed = [pseudo_word(rng, 1.0) for _ in range(300)]
+    cv = {pseudo_word(rng, WordStyle(lookalike_share=0.0)) for _ in range(300)}
+    mixed = [pseudo_word(rng, WordStyle(lookalike_share=1.0)) for _ in range(300)]
     assert not set(mixed) & (train | heldout)
     spelled = lambda w: all(("^^" + w + "$")[i : i + 3] in grams for i in range(len(w) + 1))  # noqa: E731
     assert all(map(spelled, mixed)) and sum(map(spelled, cv)) < len(cv) / 2
@@ -148,8 +152,84 @@ def test_lookalike_share_reaches_the_relexicalised_variants():
     spelled = lambda w: all(("^^" + w + "$")[i : i + 3] in grams for i in range(len(w) + 1))  # noqa: E731
     traj, original = _trajectory(), set(instance_words("create_file", 3))
     for share, expect in ((1.0, True), (0.0, False)):
-        out = augment([traj], variants=10, pseudo_share=1.0, seed=0, lookalike_share=share)
+        out = augment([traj], variants=10, pseudo_share=1.0, seed=0, style=WordStyle(lookalike_share=share))
         words = [w for t in out[1:] for w in json.loads(t.chunks[0].response.tool_calls[0].function["arguments"])
                  ["content"].split()]  # fmt: skip
         assert len(words) >= 10 and not original & set(words)
         assert (sum(map(spelled, words)) == len(words)) is expect
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory):
+    """ROME-tiny's own BPE, as `rome init` trains it."""
+    from roll.sft.render import load_tokenizer
+    from rome.init import init_model
+
+    return load_tokenizer(str(init_model(str(tmp_path_factory.mktemp("tok") / "m"), "tiny", seed=0)))
+
+
+def _written(tok, words) -> set[str]:
+    """The letter pieces (`letter_pieces` spelling) that writing `words` after a space, alone, or in a path uses."""
+    out = set()
+    for w in words:
+        for form in (" " + w, w, "/" + w):
+            out |= {t.replace("Ġ", " ") for t in tok.convert_ids_to_tokens(tok.encode(form, add_special_tokens=False))}
+    return out
+
+
+def test_piece_words_write_every_piece_a_heldout_word_needs(tiny_tokenizer):
+    """The train vocabulary's spellings (real or lookalike) leave letter pieces of the tokenizer unwritten, which a
+    held-out word may need (`bakery` -> `ery`); piece words write nearly all of them, and still never a vocabulary
+    word nor one containing a held-out word."""
+    from roll.sft.relex import letter_pieces, lookalike_word, piece_word
+
+    tok = tiny_tokenizer
+    pieces = letter_pieces(tok)
+    assert len(pieces) > 300 and all(p.strip().isalpha() and p.strip().islower() for p in pieces)
+    assert any(p.startswith(" ") for p in pieces) and any(not p.startswith(" ") for p in pieces)
+    train, heldout = set(vocab_split("train")), set(vocab_split("heldout"))
+    needed = _written(tok, heldout) & set(pieces)
+    rng = random.Random(0)
+    lookalike = [lookalike_word(rng) for _ in range(3000)] + list(train)
+    made = [piece_word(rng, pieces) for _ in range(3000)]
+    assert needed - _written(tok, lookalike)  # the gap: held-out pieces the train spellings never write
+    assert len(needed - _written(tok, made)) <= len(needed) // 50
+    assert len(set(pieces) & _written(tok, made)) >= 0.9 * len(pieces)
+    assert not (train | heldout) & set(made)
+    assert not any(h in w for w in made for h in heldout if len(h) >= 4)
+    # pseudo_word mixes them as the style says; a piece share without pieces is refused
+    style = WordStyle(lookalike_share=0.0, piece_share=0.5, pieces=pieces)
+    mixed = [pseudo_word(random.Random(i), style) for i in range(400)]
+    assert 100 < sum(w in set(made) or not _cv(w) for w in mixed) < 300
+    with pytest.raises(ValueError, match="letter pieces"):
+        WordStyle(piece_share=0.5)
+
+
+def _cv(word: str) -> bool:
+    from roll.sft.relex import CONSONANTS, VOWELS
+
+    return all((c in CONSONANTS) == (i % 2 == 0) and (c in VOWELS) == (i % 2 == 1) for i, c in enumerate(word))
+
+
+def test_piece_share_reaches_the_cpt_and_sft_data(tiny_tokenizer):
+    """The configs' `piece_share` is the style their made-up words are drawn in (fresh CPT tasks, variants)."""
+    from roll.sft.cpt import CptDataConfig, fresh_tasks
+    from roll.sft.relex import letter_pieces, word_style
+    from roll.sft.sft import SftDataConfig
+
+    tok = tiny_tokenizer
+    for cfg in (CptDataConfig(piece_share=0.4), SftDataConfig(piece_share=0.4)):
+        style = word_style(cfg, tok)
+        assert style.piece_share == 0.4 and style.pieces == letter_pieces(tok)
+    assert word_style(CptDataConfig(), tok).pieces == ()
+    train = set(vocab_split("train"))
+
+    def words(tasks) -> set[str]:  # the instances' words, not the instruction template's
+        per_task = [set(re.findall(r"[a-z]+", t.instruction)) for t in tasks]
+        common = Counter(w for ws in per_task for w in ws)
+        return {w for ws in per_task for w in ws if common[w] < len(tasks) / 5} - train
+
+    plain = words(fresh_tasks(["create_file"], 200, 1.0, 0))
+    pieced = words(fresh_tasks(["create_file"], 200, 1.0, 0, word_style(CptDataConfig(piece_share=1.0), tok)))
+    assert sum(map(_cv, plain)) > 0.9 * len(plain) and sum(map(_cv, pieced)) < 0.3 * len(pieced)
+    assert len(_written(tok, pieced) & set(letter_pieces(tok))) > len(_written(tok, plain) & set(letter_pieces(tok)))
