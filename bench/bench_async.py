@@ -18,11 +18,18 @@ staleness max (must be <= the bound) and "dropped" (launched, never trained: mus
 Options: --iterations --tasks --group-count --group-size --max-staleness --max-in-flight --median-s --sigma
 --trainer-threads --model DIR.
 
-Measured 2026-12-06 (defaults, 2 cores shared with a training run): ratio 2.29 (sync 290 s, async 127 s for
-48 trajectories), staleness max 4 <= 4, dropped 0; the trainer was idle 83 % of the sync phase and 5 % of the
-async one. Short of 3.0 because async is trainer-bound here: the same 6 updates took 107 s beside the rollouts
-against 48 s alone (the 2 cores are shared, not disjoint). An earlier run that also scored every stale chunk
-under its sampler's weights: 2.06.
+Measured 2026-12-06, session 7 (defaults, 2 cores shared with a training run): ratio 2.57 (sync 273.5 s, async
+106.5 s for 48 trajectories), staleness max 2 <= 4, dropped 0. Where an update's seconds went (update_parts_s):
+the trainer's forward and backward; the policy save (~0.03 s), checkpoint (~0.3 s), weight sync (~0.25 s), host
+copy of the weights (~0.02 s) and scoring of stale chunks (0 s: no chunk left the ratio bound) are small. Two
+real overheads were cut, in both phases: the delta_logp diagnostic's second forward (22 % of a step) and 2 torch
+threads on oversubscribed cores (a step 4-14x slower than with 1, measured apart): the async phase's 6 updates
+took 36 s instead of 79 s (first run this session, still with 2 threads: ratio 2.49, sync 287 s, async 115 s). Short of 3.0 by 0.43
+because async is now rollout-bound, not trainer-bound: the trainer idles 52 % of it, 66 s of its 106 s are waits
+for finished groups (22 s for the first batch while 24 sandboxes start on the 2 cores, 34 s for the last two,
+the latency tail), and a step beside 15-24 attempts in flight still takes 2x its time alone (7-8 s vs 3.7 s).
+3.0 needs the async phase at 91 s. Earlier: 2.29 (trainer-bound: the same 6 updates took 107 s beside the
+rollouts against 48 s alone), 2.06 (also scoring every stale chunk under its sampler's weights).
 """
 
 from __future__ import annotations

@@ -307,14 +307,21 @@ def test_a_stale_chunk_is_masked_only_for_a_true_mismatch(tmp_path):
 @pytest.mark.slow
 def test_an_update_says_where_its_seconds_went_and_the_shift_metric_costs_one_forward(tmp_path, monkeypatch):
     """The step's seconds by part (step_<part>_s); with train.logprob_shift off the step runs one forward per
-    micro-batch instead of two and reports no delta_logp (the bench's setting, roll/workers/trainer.py)."""
+    micro-batch instead of two and reports no delta_logp; train.threads sets the torch threads (the bench's
+    settings, roll/workers/trainer.py)."""
     from trainer_helpers import micro_moe_dir
 
     from roll.config import TrainConfig
     from roll.workers.trainer import Trainer, _ResponseLogprobs
 
     micro_moe_dir(tmp_path)
-    trainer = Trainer(str(tmp_path), TrainConfig(lr=1e-2, mode="async", max_staleness=2))
+    threads = torch.get_num_threads()
+    try:  # train.threads: the rank's torch threads
+        torch.set_num_threads(2)
+        trainer = Trainer(str(tmp_path), TrainConfig(lr=1e-2, mode="async", max_staleness=2, threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     forwards = []
     forward = _ResponseLogprobs.forward
     monkeypatch.setattr(_ResponseLogprobs, "forward", lambda self, *a: (forwards.append(1), forward(self, *a))[1])
