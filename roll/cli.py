@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from roll.config import load_config
+from roll.config import check_train_workers, load_config
 from roll.errors import RollError
 
 OVERRIDES_HELP = "dotted overrides applied after the file, e.g. train.iterations=1 agent.max_tokens=32"
@@ -52,6 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise RollError("device cuda: no CUDA device is visible here (start the run on the GPU cluster)")
     # before the curriculum's minutes: nothing to resume, another config, a run dir that would be overwritten
+    check_train_workers(cfg)  # one RL trainer rank today: train.workers > 1 is refused, not ignored
     check_resume(cfg, args.resume)
     from roll.curriculum import run_train
 

@@ -250,6 +250,14 @@ class RunConfig(_Strict):
         return self.runs_dir / self.name
 
 
+def check_train_workers(cfg: RunConfig) -> None:
+    """Refuse `train.workers` > 1 for a run (`roll train`; `roll plan` still sizes such recipes): the RL trainer is one
+    DeepSpeed rank, one Ray actor, today."""
+    if cfg.train.workers > 1:
+        raise ConfigError(f"train.workers={cfg.train.workers}: the RL trainer runs one rank today; set train.workers=1 "
+                          f"(`roll plan` sizes more ranks, `roll train` does not start them yet)")  # fmt: skip
+
+
 def apply_override(data: dict, override: str) -> None:
     """Set `a.b.c=value` in the nested dict `data`; the value is parsed as a YAML scalar."""
     key, sep, raw = override.partition("=")

@@ -44,7 +44,7 @@ import torch
 
 from rock.contracts import Chunk, Trajectory
 from roll.algo import group_advantages
-from roll.config import RunConfig
+from roll.config import RunConfig, check_train_workers
 from roll.errors import PreflightError, RollError
 from roll.resume import DriverState, ResumePoint, record_bytes, roll_back, start_fresh, trained_groups, write_checkpoint
 from roll.resume import check as check_resume
@@ -374,9 +374,11 @@ class Run:
         from roll.workers.inference import InferenceServer
         from roll.workers.placement import actor_options
         from roll.workers.pool import InferencePool
-        from roll.workers.trainer import Trainer
+        from roll.workers.trainer import Trainer, deepspeed_setup
 
         cfg = self.cfg
+        check_train_workers(cfg)  # one trainer rank: more are refused, never silently dropped
+        ds = deepspeed_setup(cfg.train, cfg.device)  # cpu: gloo, float32; cuda: NCCL, bf16 on the actor's GPU
         if point is None:
             start_fresh(cfg)  # a new run's records start empty (train() refused to overwrite completed iterations)
         else:
@@ -394,7 +396,7 @@ class Run:
         engine = ray.remote(InferenceServer).options(**opts["inference"])
         actors = [engine.remote(str(model_dir), inf.engine, inf.kvcache_gb) for _ in range(inf.engines)]
         self.inference = InferencePool(actors, self._get, inf.router_timeout_s)  # `close` stops what started
-        self.trainer = ray.remote(Trainer).options(**opts["trainer"]).remote(str(model_dir), cfg.train)
+        self.trainer = ray.remote(Trainer).options(**opts["trainer"]).remote(str(model_dir), cfg.train, cfg.device)
         log(f"starting {inf.engines} inference worker(s) ({inf.engine}) and the trainer worker (DeepSpeed) ...")
         url = self.inference.wait_ready(inf.startup_timeout_s)
         if inf.engines == 1:
@@ -403,7 +405,7 @@ class Run:
             log(f"inference pool of {inf.engines} {inf.engine} engines ({', '.join(self.inference.engine_urls)}) "
                 f"behind the router at {url} (sticky per trajectory, least-loaded)")  # fmt: skip
         self._get("trainer", self.trainer.__ray_ready__.remote())
-        log(f"trainer worker ready ({cfg.train.algorithm}, DeepSpeed ZeRO-{cfg.train.zero_stage}, CPU)  "
+        log(f"trainer worker ready ({cfg.train.algorithm}, DeepSpeed ZeRO-{cfg.train.zero_stage}, {ds.describe()})  "
             f"[{time.monotonic() - t:.0f}s]")  # fmt: skip
         if point is not None:
             self._restore(point)
@@ -809,6 +811,7 @@ def train(cfg: RunConfig, model_dir: Path | None = None, tasks: list[TaskSpec] |
     missing) on `tasks` (default: the configured suite's train split); returns the process exit status and the
     per-iteration metrics (async mode: per update). `resume`: carry on after the run dir's last checkpoint
     (roll/resume.py); without it a run dir with completed iterations is refused."""
+    check_train_workers(cfg)  # before anything starts
     point = check_resume(cfg, resume)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     run = Run(cfg)

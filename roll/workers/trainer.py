@@ -10,8 +10,11 @@ mismatch masking) or token-level GRPO / PPO-clip for comparison. A non-finite lo
 so (`skipped`). Its metrics say where the step's seconds went (step_forward_s, step_backward_s, step_optimizer_s,
 step_stale_s: scoring stale chunks under their sampler's weights, step_snapshot_s: the host copy of those weights,
 step_shift_s: the delta_logp diagnostic's second forward, off with `train.logprob_shift=false`). `weight_buckets`
-hands the new weights to the inference worker in memory; `save` writes the HF dir. On CPU: DS_ACCELERATOR=cpu,
-gloo, fp32. The driver runs it inside a Ray actor; tests drive it in-process.
+hands the new weights to the inference worker in memory; `save` writes the HF dir. One code path for both devices,
+chosen by the run's `device` (`deepspeed_setup`, tested in tests/roll/test_trainer_device.py): cpu: DS_ACCELERATOR=cpu,
+gloo, float32; cuda: NCCL, bfloat16 weights on the rank's GPU. The micro-batch goes to the device for the forward;
+the response logprobs ([N] float32) come back to the host, where the loss is computed, as on CPU. The driver runs
+it inside a Ray actor (one rank: `roll.config.check_train_workers`); tests drive it in-process.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +38,41 @@ from roll.errors import RollError
 from roll.trainer.trainer import export_hf, init_distributed
 
 _AVERAGED = ("mean", "frac")  # loss metrics averaged over micro-batches by chunks; the others are sums
+
+
+@dataclass(frozen=True)
+class DeepSpeedSetup:
+    """How a trainer rank runs on its device: the process group's backend, the weights' dtype, DeepSpeed's config."""
+
+    device: str  # "cpu" or "cuda"
+    backend: str  # "gloo" or "nccl" (what roll.trainer.trainer.init_distributed starts for the device)
+    dtype: torch.dtype  # the weights': float32 on cpu, bfloat16 on cuda (fp32 master weights in the optimizer)
+    config: dict  # deepspeed.initialize(config=...)
+
+    def describe(self) -> str:
+        return f"{self.device}, {self.backend}, {str(self.dtype).removeprefix('torch.')}"
+
+
+def deepspeed_setup(cfg: TrainConfig, device: str = "cpu") -> DeepSpeedSetup:
+    """The RL trainer's DeepSpeed set-up for a run's `device` and `train` section (pure: no torch state touched)."""
+    if device not in ("cpu", "cuda"):
+        raise RollError(f"the RL trainer runs on device cpu or cuda, not {device!r}")
+    if cfg.zero_stage == 3:  # the weight export reads whole parameters; ZeRO-3 partitions them
+        raise RollError("the RL trainer runs ZeRO stages 0-2 (train.zero_stage=3 is for the supervised trainer)")
+    bf16 = device == "cuda"
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        # backward() per micro-batch only accumulates; our step() is the boundary, however many there were
+        "managed_gradient_accumulation": False,
+        "optimizer": {"type": "Adam", "params": {"lr": cfg.lr, "weight_decay": 0.0, "torch_adam": True}},
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "gradient_clipping": cfg.grad_clip,
+        "fp16": {"enabled": False},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 1 << 30,
+    }
+    return DeepSpeedSetup(device, "nccl" if bf16 else "gloo", torch.bfloat16 if bf16 else torch.float32, config)
 
 
 class _ResponseLogprobs(torch.nn.Module):
@@ -109,11 +148,13 @@ class _Clock:
 class Trainer:
     """Holds the DeepSpeed engine of one policy. Methods run synchronously; under Ray, call `.remote`."""
 
-    def __init__(self, model_dir: str, cfg: TrainConfig | None = None):
+    def __init__(self, model_dir: str, cfg: TrainConfig | None = None, device: str = "cpu"):
         self.cfg = cfg = cfg or TrainConfig()
-        if cfg.zero_stage == 3:  # the weight export below reads whole parameters; ZeRO-3 partitions them
-            raise RollError("the RL trainer runs ZeRO stages 0-2 (train.zero_stage=3 is for the supervised trainer)")
-        init_distributed("cpu")  # the supervised trainer's: DS_ACCELERATOR before the import, gloo, one process
+        self.setup = setup = deepspeed_setup(cfg, device)
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RollError("device cuda asked for, but torch sees no CUDA device")
+        # the supervised trainer's: DS_ACCELERATOR before the import, gloo (cpu) or NCCL (cuda), one process
+        init_distributed(device)
         import deepspeed
         from deepspeed.utils import logger as ds_logger
         from transformers import AutoModelForCausalLM
@@ -121,21 +162,11 @@ class Trainer:
         ds_logger.setLevel("WARNING")
         torch.manual_seed(cfg.seed)
         self.model_dir = Path(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        ds_config = {
-            "train_micro_batch_size_per_gpu": 1,
-            "gradient_accumulation_steps": 1,
-            # backward() per micro-batch only accumulates; our step() is the boundary, however many there were
-            "managed_gradient_accumulation": False,
-            "optimizer": {"type": "Adam", "params": {"lr": cfg.lr, "weight_decay": 0.0, "torch_adam": True}},
-            "zero_optimization": {"stage": cfg.zero_stage},
-            "gradient_clipping": cfg.grad_clip,
-            "fp16": {"enabled": False},
-            "bf16": {"enabled": False},
-            "steps_per_print": 1 << 30,
-        }
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=setup.dtype)
         module = _ResponseLogprobs(model, cfg.logprob_slice)
-        self.engine, *_ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=ds_config)
+        self.engine, *_ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=setup.config)
+        # where the micro-batches go: the rank's GPU (DeepSpeed moved the model there) or the host
+        self.device = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
         self.engine.train()
         if cfg.threads:  # after DeepSpeed's set-up, which may set its own
             torch.set_num_threads(cfg.threads)
@@ -219,10 +250,11 @@ class Trainer:
         clock = _Clock()
         if self.keep_versions:
             with clock("snapshot"):
-                self._snapshots[self.version] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                state = self.model.state_dict()
+                self._snapshots[self.version] = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         for mb in plan:
             with clock("forward"):
-                logp = self.engine(mb.input_ids, mb.rows, mb.cols)[None]  # [1, N]
+                logp = self._logprobs(mb)  # [1, N]
             old = torch.where(mb.is_ref, logp.detach(), mb.old)  # [1, N]
             t = _select(targets, where, mb.keys)
             with clock("stale"):
@@ -272,6 +304,12 @@ class Trainer:
                 out |= self._shift(plan, before, targets, where)
         return out | clock.metrics()
 
+    def _logprobs(self, mb: _MicroBatch) -> torch.Tensor:
+        """[1, N] float32 on the host: the engine's forward on the device; the loss math stays on the host
+        (N floats per micro-batch cross back; gradients flow through the copy)."""
+        ids, rows, cols = (x.to(self.device) for x in (mb.input_ids, mb.rows, mb.cols))
+        return self.engine(ids, rows, cols).float().cpu()[None]
+
     @torch.no_grad()
     def _behaviour(self, mb: _MicroBatch, current: torch.Tensor, sampled_by: dict, stats: dict) -> torch.Tensor:
         """[1, N]: the logprobs the mismatch test compares with μ. A stale chunk whose ratio against the current
@@ -317,7 +355,7 @@ class Trainer:
         trajectories' chunks: the update should raise the first and (with a negative advantage) lower the second."""
         deltas, positive = [], []
         for mb, b in zip(plan, before, strict=True):
-            after = self._chunk_means(self.engine(mb.input_ids, mb.rows, mb.cols)[None], mb)
+            after = self._chunk_means(self._logprobs(mb), mb)
             deltas.append(after - b)
             positive.append(_select(targets, where, mb.keys).positive)
         d, pos = torch.cat(deltas), torch.cat(positive)
@@ -336,7 +374,8 @@ class Trainer:
         """The weights as safetensors buckets of whole layers, for the inference worker's in-memory update."""
         from rome.serving.weights import model_buckets
 
-        # ZeRO-1/2 partition optimizer state and gradients only: every rank holds the full fp32 parameters.
+        # ZeRO-1/2 partition optimizer state and gradients only: every rank holds the full parameters (fp32 on
+        # cpu, bf16 on cuda, in the dtype the inference worker loads).
         return list(model_buckets(self.model))
 
     def save(self, out_dir: str) -> str:
