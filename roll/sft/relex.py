@@ -86,13 +86,22 @@ def _letter_chain() -> tuple[dict[str, tuple[str, ...]], frozenset[str], tuple[s
     return {k: tuple(v) for k, v in table.items()}, frozenset(vocab_split("train")) | frozenset(heldout), heldout
 
 
+def _admissible(word: str) -> bool:
+    """A made-up word may be used: 3 letters or more, not a vocabulary word, containing no held-out word (of 4
+    letters or more), not a Python keyword or builtin (code tasks name things with it)."""
+    _, banned, heldout = _letter_chain()
+    if len(word) < 3 or word in banned or any(h in word for h in heldout if len(h) >= 4):
+        return False
+    return not keyword.iskeyword(word) and word not in _BUILTINS
+
+
 def lookalike_word(rng: random.Random) -> str:
     """A made-up word of 3-10 letters spelled like the train vocabulary (a letter-trigram chain over it: `tromel`,
     `bacorn`), never a vocabulary word and never containing a held-out one. Its BPE pieces are the pieces of real
     words in new combinations, so the first piece of a word does not tell the rest: the words of issue 12's failed
     held-out copies (`onion` -> `onkey`, `trail` -> `trout`) were completed from memory after their first piece,
     which the consonant-vowel words (tokenised into other pieces) never taught against."""
-    table, banned, heldout = _letter_chain()
+    table = _letter_chain()[0]
     while True:
         s = "^^"
         while len(s) < 13:
@@ -101,9 +110,8 @@ def lookalike_word(rng: random.Random) -> str:
                 break
             s += c
         word = s[2:]
-        if 3 <= len(word) <= 10 and word not in banned and not any(h in word for h in heldout if len(h) >= 4):
-            if not keyword.iskeyword(word) and word not in _BUILTINS:
-                return word
+        if len(word) <= 10 and _admissible(word):
+            return word
 
 
 def letter_pieces(tokenizer) -> tuple[str, ...]:
@@ -112,9 +120,8 @@ def letter_pieces(tokenizer) -> tuple[str, ...]:
     target cannot be written: ROME-tiny's 1,024-token BPE has 660 letter pieces, and the train vocabulary's words
     (real or spelled like them) never produce `ery`, `arg`, `cc` or ` cre` — so `bakery`, `cargo` and `raccoon`
     were written `bakool`, `caluo` and `raing` at evaluation."""
-    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else tokenizer
     out = set()
-    for token in vocab:
+    for token in tokenizer.get_vocab():
         letters = token.removeprefix("Ġ")
         if letters and letters.isascii() and letters.isalpha() and letters.islower():
             out.add((" " if token.startswith("Ġ") else "") + letters)
@@ -125,15 +132,13 @@ def piece_word(rng: random.Random, pieces: tuple[str, ...]) -> str:
     """A made-up word of 3-12 letters around one of `pieces` drawn uniformly (so the rare pieces come as often as
     the common ones): a word-initial piece (" cre") starts it, any other sits after 1-3 letters; the rest is taken
     from `lookalike_word`s. Never a vocabulary word, never containing a held-out one."""
-    _, banned, heldout = _letter_chain()
     while True:
         piece = rng.choice(pieces)
         head = "" if piece.startswith(" ") else lookalike_word(rng)[: rng.randint(1, 3)]
         tail = lookalike_word(rng)[-rng.randint(1, 3) :] if rng.random() < 0.7 else ""
         word = head + piece.strip() + tail
-        if 3 <= len(word) <= 12 and word not in banned and not any(h in word for h in heldout if len(h) >= 4):
-            if not keyword.iskeyword(word) and word not in _BUILTINS:
-                return word
+        if len(word) <= 12 and _admissible(word):
+            return word
 
 
 def piece_share_field():

@@ -25,6 +25,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from rock.gateway.client import BrokenReply, ConnectFailed, ConnectTimeout, ReadTimeout, TransportError, UpstreamPool
@@ -271,19 +272,13 @@ class InferencePool:
                 log.warning("stopping the router failed: %s", e)
         refs = []
         for a in self.actors:
-            try:
+            with suppress(Exception):
                 refs.append(a.stop.remote())
-            except Exception:
-                pass
-        try:
+        with suppress(Exception):  # the actors are killed next anyway
             ray.wait(refs, num_returns=len(refs), timeout=10)
-        except Exception:
-            pass  # the actors are killed next anyway
         for a in self.actors:
-            try:
+            with suppress(Exception):
                 ray.kill(a)
-            except Exception:
-                pass
 
 
 class PoolEngines:
