@@ -31,6 +31,11 @@ class PackingError(ValueError):
         super().__init__(f"trajectory {trajectory_id} chunk {index}: {message}")
 
 
+# What one more micro-batch costs beyond its padded tokens, in tokens: ROME-tiny on 2 CPU cores spends ~22 ms on
+# a forward and backward of almost nothing, the time of ~120 tokens at its 5,400 tokens/s (measured in session 8).
+MICROBATCH_OVERHEAD_TOKENS = 128
+
+
 @dataclass
 class PackedSequence:
     trajectory_id: str
@@ -119,30 +124,44 @@ def pack_trajectory(chunks: Sequence[Chunk], pack: bool = True) -> list[PackedSe
     return sequences
 
 
-def budget_microbatches(sequences: Sequence[PackedSequence | int], max_tokens: int) -> list[list[int]]:
+def budget_microbatches(
+    sequences: Sequence[PackedSequence | int], max_tokens: int, overhead: int = MICROBATCH_OVERHEAD_TOKENS
+) -> list[list[int]]:
     """Partition the sequences (or their lengths) into micro-batches of at most `max_tokens` padded tokens.
 
-    A micro-batch is padded to its longest member, so its cost is count × longest. Sequences are taken
-    longest first and a micro-batch is closed when one more would exceed the budget; a sequence longer than
-    the budget alone is its own micro-batch. Every index appears exactly once (one optimizer step = all of
-    them, accumulated: nothing duplicated or dropped to make sizes divide). Returns lists of indices into
-    `sequences`, each list in ascending order.
+    A micro-batch is padded to its longest member, so its cost is count × longest, plus `overhead` tokens' worth
+    for the forward and backward themselves. With the sequences sorted longest first, the micro-batches are the
+    runs of that order of least total cost (an exact dynamic programme over the cut points): short sequences are
+    not padded to the longest of the step when a cut is cheaper than the padding, and no cut is made that costs
+    more than it saves. A sequence longer than the budget alone is its own micro-batch. Every index appears
+    exactly once (one optimizer step = all of them, accumulated: nothing duplicated or dropped to make sizes
+    divide). Returns lists of indices into `sequences`, each list in ascending order, longest micro-batch first.
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if overhead < 0:
+        raise ValueError(f"overhead must be >= 0, got {overhead}")
     lengths = [s if isinstance(s, int) else len(s) for s in sequences]
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    n = len(order)
+    # best[i]: (cost, micro-batches) of the first i of `order`; cut[i]: where the last micro-batch starts
+    best: list[tuple[int, int]] = [(0, 0)] + [(0, 0)] * n
+    cut = [0] * (n + 1)
+    for i in range(1, n + 1):
+        candidates = []
+        for j in range(i - 1, -1, -1):
+            longest = lengths[order[j]]  # sorted: the first of the run is its longest
+            if i - j > 1 and (i - j) * longest > max_tokens:
+                break  # a longer run starts at a longer sequence: over budget too
+            cost, count = best[j]
+            candidates.append(((cost + overhead + (i - j) * longest, count + 1), j))
+        best[i], cut[i] = min(candidates)
     batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) + 1) * longest > max_tokens:
-            batches.append(sorted(current))
-            current = []
-        current.append(i)
-    if current:
-        batches.append(sorted(current))
-    return batches
+    i = n
+    while i > 0:
+        batches.append(sorted(order[cut[i] : i]))
+        i = cut[i]
+    return batches[::-1]
 
 
 @dataclass

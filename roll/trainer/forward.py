@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from roll.algo.logprobs import sliced_token_logprobs
-from roll.algo.packing import PackedSequence, budget_microbatches
+from roll.algo.packing import MICROBATCH_OVERHEAD_TOKENS, PackedSequence, budget_microbatches
 
 
 @dataclass
@@ -64,7 +64,8 @@ def plan_microbatches(
         seqs = [sequences[i] for i in members]
         p = common_prefix_len(seqs) if len(seqs) > 1 else 0
         suffix_lengths = [len(s) - p for s in seqs]
-        for local in budget_microbatches(suffix_lengths, max(1, max_tokens - p)):
+        # each micro-batch runs the prefix again: a cut costs that on top of the forward's own overhead
+        for local in budget_microbatches(suffix_lengths, max(1, max_tokens - p), MICROBATCH_OVERHEAD_TOKENS + p):
             ix = [members[j] for j in local]
             mb = [sequences[i] for i in ix]
             prefix = common_prefix_len(mb) if len(mb) > 1 else 0

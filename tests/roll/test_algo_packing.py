@@ -110,8 +110,42 @@ def test_pack_rejects_chunks_of_several_trajectories():
 
 
 def test_budget_microbatches_by_hand():
-    # longest first: 20 alone (over budget), 8 alone (2·8 > 10), 5+3 (2·5 = 10), 2+2
-    assert budget_microbatches([5, 3, 8, 2, 2, 20], max_tokens=10) == [[5], [2], [0, 1], [3, 4]]
+    # longest first: 20 alone (over budget), 8 alone (2·8 > 10); then 5 | 3+2+2 (5 + 9 = 14 padded tokens) or
+    # 5+3 | 2+2 (10 + 4 = 14) in two micro-batches, or 5 | 3 | 2+2 (12) in three: at 3 tokens a micro-batch the
+    # two-way cuts win (14 + 6 < 12 + 9), and of those the one whose last run is longer
+    assert budget_microbatches([5, 3, 8, 2, 2, 20], max_tokens=10, overhead=3) == [[5], [2], [0], [1, 3, 4]]
+    # no overhead: 5 | 3 | 2+2 (12 tokens) is the cheapest
+    assert budget_microbatches([5, 3, 8, 2, 2, 20], max_tokens=10, overhead=0) == [[5], [2], [0], [1], [3, 4]]
+
+
+def test_budget_microbatches_cut_where_padding_costs_more_than_a_microbatch():
+    # one micro-batch would pad the three short sequences to 100: 4·100 + 20 = 420 against 100 + 20 + 3·10 + 20
+    assert budget_microbatches([10, 100, 10, 10], max_tokens=1000, overhead=20) == [[1], [0, 2, 3]]
+    # nearly equal lengths: one micro-batch (4·12 + 20 = 68) beats a cut (12 + 20 + 3·10 + 20 = 82)
+    assert budget_microbatches([10, 12, 10, 10], max_tokens=1000, overhead=20) == [[0, 1, 2, 3]]
+    # a long overhead: never cut inside the budget
+    assert budget_microbatches([10, 100, 10, 10], max_tokens=1000, overhead=1000) == [[0, 1, 2, 3]]
+
+
+def _padded_cost(batches, lengths, overhead):
+    return sum(overhead + len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def test_budget_microbatches_never_cost_more_than_longest_first_greedy_filling():
+    rng = random.Random(1)
+    for _ in range(200):
+        lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 40))]
+        budget, overhead = rng.randint(300, 4000), rng.randint(0, 200)
+        greedy, current = [], []
+        for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+            if current and (len(current) + 1) * lengths[current[0]] > budget:
+                greedy.append(current)
+                current = []
+            current.append(i)
+        greedy.append(current)
+        planned = budget_microbatches(lengths, budget, overhead)
+        assert sorted(i for b in planned for i in b) == list(range(len(lengths)))
+        assert _padded_cost(planned, lengths, overhead) <= _padded_cost(greedy, lengths, overhead)
 
 
 def test_budget_microbatches_cover_every_sequence_once_within_budget():
@@ -125,6 +159,8 @@ def test_budget_microbatches_cover_every_sequence_once_within_budget():
             assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget
     with pytest.raises(ValueError, match="max_tokens"):
         budget_microbatches([1], 0)
+    with pytest.raises(ValueError, match="overhead"):
+        budget_microbatches([1], 10, overhead=-1)
 
 
 def test_pad_sequences_gives_global_chunk_ids_and_refuses_a_chunk_twice():
