@@ -33,6 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         from roll.plan import check
 
+        check_train_workers(cfg)
         check(cfg)
         if args.resume:  # what the run would resume from; a plain dry run says nothing of the run dir
             point = check_resume(cfg, resume=True)
@@ -52,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise RollError("device cuda: no CUDA device is visible here (start the run on the GPU cluster)")
     # before the curriculum's minutes: nothing to resume, another config, a run dir that would be overwritten
-    check_train_workers(cfg)  # one RL trainer rank today: train.workers > 1 is refused, not ignored
+    check_train_workers(cfg)  # what train.workers > 1 cannot do yet is refused, not ignored
     check_resume(cfg, args.resume)
     from roll.curriculum import run_train
 

@@ -192,7 +192,10 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(1.0, gt=0)
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage: 1 optimizer, 2 +grads, 3 +weights")
     offload_optimizer: bool = Field(False, description="ZeRO-Offload: fp32 master weights and Adam state in host RAM")
-    workers: int = Field(1, ge=1, description="DeepSpeed ranks (Ray actors); one GPU each on cuda")
+    workers: int = Field(
+        1, ge=1, description="DeepSpeed ranks (Ray actors, one process group, data parallel: each trains a share of "
+        "an update's micro-batches, the same update as one rank); one GPU each on cuda; on cpu they split `threads`"
+    )  # fmt: skip
     micro_batch_tokens: int = Field(4096, ge=1, description="tokens per rank per micro-batch (what `roll plan` sizes)")
     logprob_slice: int = Field(1024, ge=1, description="log-probs are computed this many tokens at a time (lm_head)")
     memory_headroom: float = Field(0.9, gt=0, le=1, description="share of a device's memory the plan may fill")
@@ -251,11 +254,11 @@ class RunConfig(_Strict):
 
 
 def check_train_workers(cfg: RunConfig) -> None:
-    """Refuse `train.workers` > 1 for a run (`roll train`; `roll plan` still sizes such recipes): the RL trainer is one
-    DeepSpeed rank, one Ray actor, today."""
-    if cfg.train.workers > 1:
-        raise ConfigError(f"train.workers={cfg.train.workers}: the RL trainer runs one rank today; set train.workers=1 "
-                          f"(`roll plan` sizes more ranks, `roll train` does not start them yet)")  # fmt: skip
+    """Refuse what `train.workers` > 1 cannot do yet, before anything starts (`roll train`, `driver.train`): on cuda,
+    colocated mode shares one GPU between one engine and one trainer rank (roll/workers/placement.py)."""
+    if cfg.train.workers > 1 and cfg.device == "cuda" and cfg.train.mode == "colocated":
+        raise ConfigError(f"train.workers={cfg.train.workers}: train.mode colocated on cuda runs one trainer rank; "
+                          f"set train.workers=1 or train.mode sync/async")  # fmt: skip
 
 
 def apply_override(data: dict, override: str) -> None:

@@ -374,10 +374,11 @@ class Run:
         from roll.workers.inference import InferenceServer
         from roll.workers.placement import actor_options
         from roll.workers.pool import InferencePool
-        from roll.workers.trainer import Trainer, deepspeed_setup
+        from roll.workers.trainer import deepspeed_setup
+        from roll.workers.trainer_group import TrainerGroup
 
         cfg = self.cfg
-        check_train_workers(cfg)  # one trainer rank: more are refused, never silently dropped
+        check_train_workers(cfg)  # what train.workers cannot do yet is refused, never silently dropped
         ds = deepspeed_setup(cfg.train, cfg.device)  # cpu: gloo, float32; cuda: NCCL, bf16 on the actor's GPU
         if point is None:
             start_fresh(cfg)  # a new run's records start empty (train() refused to overwrite completed iterations)
@@ -396,16 +397,18 @@ class Run:
         engine = ray.remote(InferenceServer).options(**opts["inference"])
         actors = [engine.remote(str(model_dir), inf.engine, inf.kvcache_gb) for _ in range(inf.engines)]
         self.inference = InferencePool(actors, self._get, inf.router_timeout_s)  # `close` stops what started
-        self.trainer = ray.remote(Trainer).options(**opts["trainer"]).remote(str(model_dir), cfg.train, cfg.device)
-        log(f"starting {inf.engines} inference worker(s) ({inf.engine}) and the trainer worker (DeepSpeed) ...")
+        # train.workers DeepSpeed ranks, one actor each, one process group (roll/workers/trainer_group.py)
+        self.trainer = TrainerGroup(str(model_dir), cfg.train, cfg.device, opts["trainer"], self._get)
+        ranks = "the trainer worker" if len(self.trainer) == 1 else f"{len(self.trainer)} trainer ranks"
+        log(f"starting {inf.engines} inference worker(s) ({inf.engine}) and {ranks} (DeepSpeed) ...")
         url = self.inference.wait_ready(inf.startup_timeout_s)
         if inf.engines == 1:
             log(f"inference worker ({inf.engine}) serving {url}")
         else:
             log(f"inference pool of {inf.engines} {inf.engine} engines ({', '.join(self.inference.engine_urls)}) "
                 f"behind the router at {url} (sticky per trajectory, least-loaded)")  # fmt: skip
-        self._get("trainer", self.trainer.__ray_ready__.remote())
-        log(f"trainer worker ready ({cfg.train.algorithm}, DeepSpeed ZeRO-{cfg.train.zero_stage}, {ds.describe()})  "
+        self.trainer.ready()
+        log(f"{ranks} ready ({cfg.train.algorithm}, DeepSpeed ZeRO-{cfg.train.zero_stage}, {ds.describe()})  "
             f"[{time.monotonic() - t:.0f}s]")  # fmt: skip
         if point is not None:
             self._restore(point)
@@ -485,7 +488,7 @@ class Run:
         reference = {a.trajectory_id for a in attempts if a.oracle}
         given = {a.trajectory_id: a.start_chunk for a in attempts if a.start_chunk}
         metrics = iteration_metrics(it, trajectories, reference) | resampling | {"rollout_s": round(t1 - t0, 1)}
-        step = self._get("trainer", self.trainer.step.remote(trajectories, sorted(reference), given))
+        step = self.trainer.call("step", trajectories, sorted(reference), given)
         t2 = time.monotonic()
         metrics.update(step, train_s=round(t2 - t1, 1), sync_s=0.0, policy_version=self.version)
         if self.note_step(it, step):
@@ -547,7 +550,7 @@ class Run:
         t1 = time.monotonic()
         self.check_inference()
         metrics = iteration_metrics(step, batch.trajectories, reference) | batch.metrics() | self.stream_metrics()
-        result = self._get("trainer", self.trainer.step.remote(batch.trajectories, sorted(reference), {}))
+        result = self.trainer.call("step", batch.trajectories, sorted(reference), {})
         t2 = time.monotonic()
         metrics.update(result, rollout_s=round(batch.waited_s, 1), train_s=round(t2 - t1, 1), sync_s=0.0,
                        policy_version=self.version)  # fmt: skip
@@ -569,7 +572,9 @@ class Run:
 
         cfg = self.cfg
         engines = self.inference.colocated_engines(lambda name: lambda ref: self._get(name, ref, timeout=600))
-        trainer = ActorTrainer(self.trainer, lambda ref: self._get("trainer", ref, timeout=600))
+        # rank 0 stands for the group: on cpu the trainer is never moved (ActorTrainer only reads its state), and on
+        # cuda colocated runs one rank (roll.config.check_train_workers)
+        trainer = ActorTrainer(self.trainer.actors[0], lambda ref: self._get(self.trainer.names[0], ref, timeout=600))
         self.colocation = Colocation(cfg.device, engines, trainer)
         for it in range(self.completed + 1, cfg.train.iterations + 1):
             history.append(self.colocated_iteration(it, tasks, rng))
@@ -588,7 +593,7 @@ class Run:
         reference = {a.trajectory_id for a in attempts if a.oracle}
         given = {a.trajectory_id: a.start_chunk for a in attempts if a.start_chunk}
         machine.require("train")
-        step = self._get("trainer", self.trainer.step.remote(trajectories, sorted(reference), given))
+        step = self.trainer.call("step", trajectories, sorted(reference), given)
         metrics = iteration_metrics(it, trajectories, reference) | resampling | step | {"policy_version": self.version}
         if self.note_step(it, step):
             machine.enter("sync")
@@ -624,11 +629,11 @@ class Run:
         the version counts once every engine serves it."""
         t = time.monotonic()
         version = self.version + 1
-        buckets = self.trainer.weight_buckets.remote()  # an ObjectRef: Ray hands the bytes actor to actor
+        buckets = self.trainer.first_ref("weight_buckets")  # an ObjectRef: Ray hands the bytes actor to actor
         result = self.inference.update_weights(buckets, version)
         self.version = version
         t2 = time.monotonic()
-        path = self._get("trainer", self.trainer.save.remote(str(self.run_dir / "policy" / f"v{version}")))
+        path = self.trainer.first("save", str(self.run_dir / "policy" / f"v{version}"))
         metrics.update(sync_s=round(t2 - t, 1), save_s=round(time.monotonic() - t2, 1), policy_version=version,
                        policy_dir=path, synced_tensors=result.get("tensors"))  # fmt: skip
 
@@ -706,8 +711,7 @@ class Run:
                             skipped_in_row=list(self.skipped_in_row), rng=json.loads(json.dumps(internal)),
                             record_bytes=record_bytes(self.run_dir))  # fmt: skip
         resampler = self.resampler.state_dict() if self.resampler else None
-        write_checkpoint(self.run_dir, state, lambda d: self._get("trainer", self.trainer.save_state.remote(str(d))),
-                         resampler)  # fmt: skip
+        write_checkpoint(self.run_dir, state, lambda d: self.trainer.call("save_state", str(d)), resampler)
         self.completed = it
         log(f"  checkpoint {it} written ({time.monotonic() - t:.1f}s)")
         return round(time.monotonic() - t, 1)
@@ -723,10 +727,10 @@ class Run:
     def _restore(self, point: ResumePoint) -> None:
         """The trainer's checkpointed state, its weights into the inference worker under the checkpoint's version."""
         t = time.monotonic()
-        self._get("trainer", self.trainer.load_state.remote(str(point.trainer_dir)))
+        self.trainer.call("load_state", str(point.trainer_dir))  # every rank: each reads its optimizer partition
         self.version = point.state.policy_version
         if self.version:
-            self.inference.update_weights(self.trainer.weight_buckets.remote(), self.version)
+            self.inference.update_weights(self.trainer.first_ref("weight_buckets"), self.version)
         self.skipped_in_row = list(point.state.skipped_in_row)
         if self.resampler is not None and point.resampler is not None:
             self.resampler.load_state_dict(point.resampler)
@@ -772,7 +776,7 @@ class Run:
             if self.inference is not None:
                 self.inference.stop()  # the router, the engines' servers, the actors
             if self.trainer is not None:
-                ray.kill(self.trainer)
+                self.trainer.kill()
             ray.shutdown()
 
 

@@ -14,17 +14,29 @@ hands the new weights to the inference worker in memory; `save` writes the HF di
 chosen by the run's `device` (`deepspeed_setup`, tested in tests/roll/test_trainer_device.py): cpu: DS_ACCELERATOR=cpu,
 gloo, float32; cuda: NCCL, bfloat16 weights on the rank's GPU. The micro-batch goes to the device for the forward;
 the response logprobs ([N] float32) come back to the host, where the loss is computed, as on CPU. The driver runs
-it inside a Ray actor (one rank: `roll.config.check_train_workers`); tests drive it in-process.
+it as `train.workers` Ray actors (roll/workers/trainer_group.py, `.venv/bin/pytest tests/roll/test_trainer_ranks.py`);
+tests drive one rank in-process.
+
+With N ranks (one torch.distributed group, data parallel) every rank gets the whole iteration and plans the same
+micro-batches; each trains a disjoint share of them (whole trajectories) with the loss normalised by the step's
+global counts (chunks, trajectories, tokens over all ranks) and scaled by N, since DeepSpeed averages the gradients
+over the ranks: the sum is the one-rank gradient. Every rank runs as many backward passes (a rank out of
+micro-batches runs a zero-loss one: ZeRO-2 reduces at each backward) and agrees on a non-finite loss before the
+next; the metrics are summed over the ranks once, after the update. Weights out (`weight_buckets`, `save`) come
+from rank 0 (ZeRO-1/2 leave every rank the full parameters); `save_state` / `load_state` run on every rank (each
+writes and reads its optimizer partition).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -38,6 +50,33 @@ from roll.errors import RollError
 from roll.trainer.trainer import export_hf, init_distributed
 
 _AVERAGED = ("mean", "frac")  # loss metrics averaged over micro-batches by chunks; the others are sums
+# How long a rank waits in a collective (or for the group to form) before it fails: a rank's share of a step on a
+# loaded CPU takes minutes; the driver names a dead rank at once through Ray, this bounds what is left.
+GROUP_TIMEOUT_S = 1800.0
+
+
+def join_group(device: str, rank: int, world: int, rendezvous: tuple[str, int]) -> None:
+    """This process as rank `rank` of a `world`-rank torch.distributed group that meets at the TCP store
+    `rendezvous` (host, port) that the driver holds; one device per rank (Ray makes it the rank's cuda:0)."""
+    os.environ.setdefault("DS_ACCELERATOR", device)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    if device == "cuda":
+        torch.cuda.set_device(0)
+    timeout = timedelta(seconds=GROUP_TIMEOUT_S)
+    store = torch.distributed.TCPStore(rendezvous[0], rendezvous[1], None, False, timeout)
+    torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo", store=store, rank=rank,
+                                         world_size=world, timeout=timeout)  # fmt: skip
+
+
+def shares(costs: Sequence[int], world: int) -> list[list[int]]:
+    """The micro-batches (by index) each rank trains: longest first to the least-loaded rank (by padded tokens),
+    each rank's in plan order. The same on every rank: they plan the same micro-batches."""
+    load, out = [0] * world, [[] for _ in range(world)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        load[r] += costs[i]
+        out[r].append(i)
+    return [sorted(ix) for ix in out]
 
 
 @dataclass(frozen=True)
@@ -148,12 +187,19 @@ class _Clock:
 class Trainer:
     """Holds the DeepSpeed engine of one policy. Methods run synchronously; under Ray, call `.remote`."""
 
-    def __init__(self, model_dir: str, cfg: TrainConfig | None = None, device: str = "cpu"):
+    def __init__(self, model_dir: str, cfg: TrainConfig | None = None, device: str = "cpu", rank: int = 0,
+                 world: int = 1, rendezvous: tuple[str, int] | None = None):  # fmt: skip
+        """One rank: alone (`world` 1), or rank `rank` of `world` meeting at the TCP store `rendezvous`."""
         self.cfg = cfg = cfg or TrainConfig()
         self.setup = setup = deepspeed_setup(cfg, device)
         if device == "cuda" and not torch.cuda.is_available():
             raise RollError("device cuda asked for, but torch sees no CUDA device")
-        # the supervised trainer's: DS_ACCELERATOR before the import, gloo (cpu) or NCCL (cuda), one process
+        self.rank, self.world = rank, world
+        if world > 1:
+            if rendezvous is None:
+                raise RollError(f"trainer rank {rank} of {world} needs the group's rendezvous (host, port)")
+            join_group(device, rank, world, rendezvous)
+        # the supervised trainer's: DS_ACCELERATOR before the import, gloo (cpu) or NCCL (cuda); alone: one process
         init_distributed(device)
         import deepspeed
         from deepspeed.utils import logger as ds_logger
@@ -233,7 +279,7 @@ class Trainer:
 
         plan, dropped = self._plan(trajectories, is_reference, given)
         base = {"dropped_chunks": dropped, "algorithm": self.cfg.algorithm}
-        if not plan:
+        if not plan:  # the same on every rank: none of them joins a collective
             return base | {"skipped": False, "chunks": 0, "loss": None}
         gamma = self.cfg.ipa.gamma if self.cfg.algorithm == "ipa" else 1.0  # GRPO/PPO: A = R − group mean
         keys = [k for mb in plan for k in mb.keys]
@@ -241,10 +287,14 @@ class Trainer:
         if given and self.cfg.algorithm == "ipa":
             targets = _imitate_prefixes(targets, trajectories, keys, given, gamma)
         where = {k: i for i, k in enumerate(keys)}
+        # over the whole step, all ranks' micro-batches: each rank's share of the loss is its share of the sum
         denominators = {"chunks": len(keys), "trajectories": len({tid for tid, _ in keys}),
                         "tokens": sum(mb.old.numel() for mb in plan)}  # fmt: skip
         stats: dict[str, float] = {"given_chunks": float(sum(k[1] < given.get(k[0], 0) for k in keys))}
-        loss_total, abs_diff, policy_tokens = 0.0, 0.0, 0
+        share = shares([mb.input_ids.numel() for mb in plan], self.world)
+        mine = [plan[i] for i in share[self.rank]]
+        # sums over this rank's micro-batches (summed over the ranks after the update)
+        local: dict[str, float] = {"loss": 0.0, "abs_diff": 0.0, "policy_tokens": 0.0}
         before: list[torch.Tensor] = []  # [C_mb] chunk mean logprob per micro-batch, before the update
         sampled_by = {(t.trajectory_id, c.index): c.policy_version for t in trajectories for c in t.chunks}
         clock = _Clock()
@@ -252,27 +302,36 @@ class Trainer:
             with clock("snapshot"):
                 state = self.model.state_dict()
                 self._snapshots[self.version] = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-        for mb in plan:
-            with clock("forward"):
-                logp = self._logprobs(mb)  # [1, N]
-            old = torch.where(mb.is_ref, logp.detach(), mb.old)  # [1, N]
-            t = _select(targets, where, mb.keys)
-            with clock("stale"):
-                behaviour = self._behaviour(mb, logp.detach(), sampled_by, stats) if self.keep_versions else None
-            loss, m = self._loss(mb, logp, old, t, denominators, behaviour)
-            if not torch.isfinite(loss):
+        for r in range(max(len(ix) for ix in share)):  # as many backward passes on every rank
+            mb = mine[r] if r < len(mine) else None
+            if mb is None:
+                with clock("forward"):
+                    loss, m, error = self._idle_loss(), {}, None
+            else:
+                with clock("forward"):
+                    logp = self._logprobs(mb)  # [1, N]
+                old = torch.where(mb.is_ref, logp.detach(), mb.old)  # [1, N]
+                t = _select(targets, where, mb.keys)
+                with clock("stale"):
+                    behaviour = self._behaviour(mb, logp.detach(), sampled_by, local) if self.keep_versions else None
+                loss, m = self._loss(mb, logp, old, t, denominators, behaviour)
+                error = None if torch.isfinite(loss) else \
+                    f"non-finite loss {loss.item()} on a micro-batch of {len(mb.keys)} chunks"  # fmt: skip
+            if (error := self._first_error(error)) is not None:
                 self._discard_gradients()
-                return base | {"skipped": True, "chunks": len(keys), "loss": math.nan,
-                               "error": f"non-finite loss {loss.item()} on a micro-batch of {len(mb.keys)} chunks"}  # fmt: skip
+                return base | {"skipped": True, "chunks": len(keys), "loss": math.nan, "error": error}
             with clock("backward"):
-                self.engine.backward(loss, scale_wrt_gas=False)
-            loss_total += loss.item()
+                # DeepSpeed averages the ranks' gradients; times N, that is their sum, the one-rank gradient
+                self.engine.backward(loss * self.world if self.world > 1 else loss, scale_wrt_gas=False)
+            if mb is None:
+                continue
+            local["loss"] += loss.item()
             for k, v in m.items():
                 if k != "loss":
-                    stats[k] = stats.get(k, 0.0) + v * (len(mb.keys) if k.endswith(_AVERAGED) else 1.0)
+                    local[k] = local.get(k, 0.0) + v * (len(mb.keys) if k.endswith(_AVERAGED) else 1.0)
             on_policy = ~mb.is_ref
-            abs_diff += (logp.detach() - mb.old)[on_policy].abs().sum().item()
-            policy_tokens += int(on_policy.sum())
+            local["abs_diff"] += (logp.detach() - mb.old)[on_policy].abs().sum().item()
+            local["policy_tokens"] += float(on_policy.sum())
             if self.cfg.logprob_shift:
                 before.append(self._chunk_means(logp.detach(), mb))
         with clock("optimizer"):
@@ -281,6 +340,13 @@ class Trainer:
         for v in [v for v in self._snapshots if v < self.version - self.keep_versions]:
             del self._snapshots[v]  # no chunk that old can be trained any more (the staleness bound)
         grad_norm = self.engine.get_global_grad_norm()
+        if self.cfg.logprob_shift:
+            with clock("shift"):
+                local |= self._shift(mine, before, targets, where)
+        total = self._sum_over_ranks(local)
+        loss_total, abs_diff, policy_tokens = (total.pop(k) for k in ("loss", "abs_diff", "policy_tokens"))
+        shift = {k: total.pop(k) for k in [k for k in total if k.startswith("_shift")]}
+        stats |= total
         for k in [k for k in stats if k.endswith(_AVERAGED)]:
             stats[k] /= len(keys)
         out = (
@@ -300,9 +366,41 @@ class Trainer:
         if self.cfg.algorithm == "ipa":
             out["mismatch_frac"] = stats.get("mismatch_chunks", 0.0) / len(keys)
         if self.cfg.logprob_shift:
-            with clock("shift"):
-                out |= self._shift(plan, before, targets, where)
+            pos, neg = shift["_shift_pos_n"], shift["_shift_neg_n"]
+            out["delta_logp_pos"] = shift["_shift_pos_sum"] / pos if pos else 0.0
+            out["delta_logp_neg"] = shift["_shift_neg_sum"] / neg if neg else 0.0
         return out | clock.metrics()
+
+    def _idle_loss(self) -> torch.Tensor:
+        """A zero loss through the model on one token, for a rank out of micro-batches: its backward joins the
+        ranks' gradient reduction with zeros."""
+        ids = torch.zeros(1, 2, dtype=torch.long, device=self.device)  # [1, 2]
+        at = torch.zeros(1, dtype=torch.long, device=self.device)  # [1]
+        return self.engine(ids, at, at).float().sum() * 0.0
+
+    def _first_error(self, error: str | None) -> str | None:
+        """Any rank's error (the lowest rank's message), on every rank: they skip the update together."""
+        if self.world == 1:
+            return error
+        flag = torch.tensor([0.0 if error is None else 1.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if not flag.item():
+            return None
+        errors: list[str | None] = [None] * self.world
+        torch.distributed.all_gather_object(errors, error)
+        return next(f"trainer rank {r}: {e}" for r, e in enumerate(errors) if e is not None)
+
+    def _sum_over_ranks(self, local: dict[str, float]) -> dict[str, float]:
+        """Each key summed over the ranks (in rank order; a rank without the key adds nothing)."""
+        if self.world == 1:
+            return dict(local)
+        every: list[dict | None] = [None] * self.world
+        torch.distributed.all_gather_object(every, local)
+        total: dict[str, float] = {}
+        for d in every:
+            for k, v in d.items():
+                total[k] = total.get(k, 0.0) + v
+        return total
 
     def _logprobs(self, mb: _MicroBatch) -> torch.Tensor:
         """[1, N] float32 on the host: the engine's forward on the device; the loss math stays on the host
@@ -351,21 +449,28 @@ class Trainer:
 
     @torch.no_grad()
     def _shift(self, plan, before, targets: ChunkTargets, where) -> dict[str, float]:
-        """Mean change of the chunks' mean logprob through the update, over successful and over failed
-        trajectories' chunks: the update should raise the first and (with a negative advantage) lower the second."""
-        deltas, positive = [], []
+        """Sums and counts of the change of the chunks' mean logprob through the update, over successful and over
+        failed trajectories' chunks (of this rank's micro-batches; their means, over all ranks', are delta_logp_pos
+        and _neg): the update should raise the first and (with a negative advantage) lower the second."""
+        deltas, positive = [torch.zeros(0)], [torch.zeros(0, dtype=torch.bool)]
         for mb, b in zip(plan, before, strict=True):
             after = self._chunk_means(self._logprobs(mb), mb)
             deltas.append(after - b)
             positive.append(_select(targets, where, mb.keys).positive)
         d, pos = torch.cat(deltas), torch.cat(positive)
-        return {"delta_logp_pos": d[pos].mean().item() if pos.any() else 0.0,
-                "delta_logp_neg": d[~pos].mean().item() if (~pos).any() else 0.0}  # fmt: skip
+        return {"_shift_pos_sum": d[pos].sum().item(), "_shift_pos_n": float(pos.sum()),
+                "_shift_neg_sum": d[~pos].sum().item(), "_shift_neg_n": float((~pos).sum())}  # fmt: skip
 
     def _discard_gradients(self) -> None:
         # A bad micro-batch poisons the whole step: drop what the earlier micro-batches accumulated, no update.
         if self.cfg.zero_stage > 0:
-            self.engine.optimizer.zero_grad(set_to_none=True)
+            opt = self.engine.optimizer
+            opt.zero_grad(set_to_none=True)
+            # ZeRO-1/2 also sum each backward's reduced gradients per parameter group until the step: without this
+            # the dropped micro-batches' gradients went into the next update
+            for held in (getattr(opt, "all_grad_tensors", {}), getattr(opt, "averaged_gradients", {})):
+                for i in list(held):
+                    held[i] = None
         self.engine.zero_grad()
         self.engine._unmanaged_backward_count = 0
 
@@ -384,14 +489,16 @@ class Trainer:
 
     # -- resume (roll/resume.py: the driver renames the checkpoint dir into place)
     def save_state(self, out_dir: str) -> str:
-        """Model, optimizer state, RNG and policy version into `out_dir` (a fresh dir), for `load_state`."""
+        """Model, optimizer state, RNG and policy version into `out_dir` (a fresh dir), for `load_state`. With
+        several ranks every rank calls it (each writes its optimizer partition; rank 0 the rest)."""
         from roll.trainer.checkpoint import model_shape, rng_state
 
         out = Path(out_dir)
         self.engine.save_checkpoint(str(out.parent), tag=out.name, save_latest=False)
-        torch.save(rng_state(), out / "rng.pt")
-        state = {"version": self.version, "model_shape": model_shape(self.model)}
-        (out / "trainer.json").write_text(json.dumps(state, indent=1))
+        if self.rank == 0:
+            torch.save(rng_state(), out / "rng.pt")
+            state = {"version": self.version, "model_shape": model_shape(self.model), "workers": self.world}
+            (out / "trainer.json").write_text(json.dumps(state, indent=1))
         return str(out)
 
     def load_state(self, path: str) -> int:
@@ -404,6 +511,9 @@ class Trainer:
         if state["model_shape"] != (shape := model_shape(self.model)):
             raise CheckpointError(f"checkpoint {path} is for model shape [{_shape_text(state['model_shape'])}] but "
                                   f"the model has shape [{_shape_text(shape)}]")  # fmt: skip
+        if (workers := state.get("workers", 1)) != self.world:  # each rank's optimizer partition is in it
+            raise CheckpointError(f"checkpoint {path} was written by {workers} trainer rank(s) but this run has "
+                                  f"{self.world}; resume with train.workers={workers}")  # fmt: skip
         loaded, _ = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
                                                 load_lr_scheduler_states=False)  # fmt: skip
         if loaded is None:

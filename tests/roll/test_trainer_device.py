@@ -4,8 +4,8 @@ scripts/gpu_checks.sh).
 
 - `deepspeed_setup(train, device)`: cpu -> gloo, float32, bf16 off; cuda -> NCCL, bfloat16, bf16 on; the rest of
   DeepSpeed's config the same on both; ZeRO-3 and unknown devices refused.
-- `train.workers` > 1 is refused with one line by `roll train` and `driver.train` before anything starts (the config
-  itself still loads: `roll plan` sizes such recipes).
+- `train.workers` > 1 runs (tests/roll/test_trainer_ranks.py) except colocated on one GPU, refused in one line by
+  `roll train` and `driver.train` before anything starts.
 - one update: the weights on the device in the device's dtype, the process group's backend, weights moved, finite
   loss, the buckets for the inference worker in that dtype, async snapshots kept on the host and scored there.
 """
@@ -59,32 +59,40 @@ def test_a_cuda_trainer_without_cuda_says_so_in_one_line(tmp_path):
         Trainer(str(tmp_path), TrainConfig(), device="cuda")
 
 
-def run_config(tmp_path: Path, workers: int) -> RunConfig:
+def run_config(tmp_path: Path, workers: int, **more) -> RunConfig:
     return RunConfig.model_validate({"name": "t", "runs_dir": str(tmp_path / "runs"), "model": {"dir": "/nonexistent"},
-                                     "train": {"workers": workers}})  # fmt: skip
+                                     "train": {"workers": workers}} | more)  # fmt: skip
 
 
-def test_more_than_one_trainer_rank_is_refused_in_one_line_before_anything_starts(tmp_path):
+def test_several_trainer_ranks_are_accepted_but_not_colocated_on_one_gpu(tmp_path):
     check_train_workers(run_config(tmp_path, 1))
-    cfg = run_config(tmp_path, 3)  # the config loads: `roll plan` sizes recipes of many ranks
+    check_train_workers(
+        run_config(tmp_path, 3)
+    )  # cpu (roll/workers/trainer_group.py; tests/roll/test_trainer_ranks.py)
+    check_train_workers(run_config(tmp_path, 2, device="cuda", cluster={"gpus_per_node": 2}))
+    cfg = run_config(tmp_path, 3, device="cuda", cluster={"gpus_per_node": 4}, inference={"engine": "vllm"},
+                     train={"workers": 3, "mode": "colocated"})  # fmt: skip
     with pytest.raises(ConfigError) as e:
         check_train_workers(cfg)
-    assert str(e.value).startswith("train.workers=3: the RL trainer runs one rank today; set train.workers=1")
-    assert "\n" not in str(e.value)
+    assert str(e.value) == ("train.workers=3: train.mode colocated on cuda runs one trainer rank; set train.workers=1 "
+                            "or train.mode sync/async")  # fmt: skip
     from roll.driver import train
 
-    with pytest.raises(ConfigError, match=r"^train.workers=3: the RL trainer runs one rank today"):
+    with pytest.raises(ConfigError, match=r"^train.workers=3: train.mode colocated on cuda runs one trainer rank"):
         train(cfg)
     assert not (tmp_path / "runs").exists()  # nothing was started or written
 
 
-def test_roll_train_refuses_more_workers_with_exit_2(capsys, tmp_path):
+def test_roll_train_dry_run_accepts_two_ranks_and_refuses_them_colocated_on_cuda(capsys, tmp_path):
     from roll.cli import main
 
     config = REPO / "configs/rl/tiny-cpu.yaml"
-    assert main(["train", str(config), "train.workers=2", f"runs_dir={tmp_path}"]) == 2
+    assert main(["train", str(config), "train.workers=2", f"runs_dir={tmp_path}", "--dry-run"]) == 0
+    assert "is valid and fits; nothing was started" in capsys.readouterr().out
+    colocated = ["device=cuda", "cluster.gpus_per_node=2", "train.mode=colocated", "rollout.resample.enabled=false"]
+    assert main(["train", str(config), "train.workers=2", f"runs_dir={tmp_path}", *colocated, "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "roll: error: train.workers=2: the RL trainer runs one rank today" in err
+    assert err.count("\n") == 1 and "roll: error: train.workers=2: train.mode colocated on cuda runs one" in err
     assert not any(tmp_path.iterdir())
 
 
