@@ -2,9 +2,11 @@
 (about a minute and a half on 2 busy cores: two actors load torch and DeepSpeed).
 
 One update of the group (roll/workers/trainer_group.py, as the driver starts it) = the same update as one
-in-process rank on all the trajectories: the weights to ~1e-6 (float32) on every rank, the metrics equal, for IPA
-and GRPO, with even shares (2 + 2 micro-batches), uneven ones (2 + 1) and a rank with none (all in one micro-batch).
-Both sides take the same updates in turn (Adam's state goes along). Then a rank that dies is a WorkerDied naming it.
+in-process rank on all the trajectories: the weights within 1e-6 of each tensor's norm (float32; 7e-8 measured) on
+every rank, the metrics equal, for IPA and GRPO, with even shares (2 + 2 micro-batches), uneven ones (2 + 1) and a
+rank with none (all in one micro-batch). Both sides take the same updates in turn (Adam's state goes along). A
+non-finite loss on one rank skips the update on all; the weights out and the state come from the group; a rank
+that dies is a WorkerDied naming it.
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ def sides(tmp_path_factory):
     from roll.workers.trainer_group import TrainerGroup
 
     model_dir = str(micro_moe_dir(tmp_path_factory.mktemp("tiny")))
-    cfg = TrainConfig(lr=1e-3, micro_batch_tokens=16, zero_stage=2, threads=2)
+    # one torch thread on every side: a matmul split over another thread count rounds otherwise, and the MoE
+    # router's top-k turns that into 1e-6 of the weights (the group's 2 threads split into 1 a rank)
+    cfg = TrainConfig(lr=1e-3, micro_batch_tokens=16, zero_stage=2, threads=1)
     run = Run(load_config(REPO / "configs/rl/tiny-cpu.yaml", [f"runs_dir={tmp_path_factory.mktemp('runs')}",
                                                                 "rollout.resample.enabled=false"]))  # fmt: skip
     _start_ray()
     options = {"num_cpus": 0, "runtime_env": {"env_vars": {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "2"}}}
-    group = TrainerGroup(model_dir, cfg.model_copy(update={"workers": 2}), "cpu", options, run._get)
+    group = TrainerGroup(model_dir, cfg.model_copy(update={"workers": 2, "threads": 2}), "cpu", options, run._get)
     try:
         one = Trainer(model_dir, cfg)
         group.ready()
@@ -77,8 +81,7 @@ def assert_same_update(one, group, trajectories, **step_args) -> tuple[dict, dic
         weights = ray.get(actor.__ray_call__.remote(_weights))
         for name, w in expected.items():
             rel = ((weights[name] - w).norm() / w.norm()).item()
-            print(f"WORST rank {rank} {name} rel {rel:.3g} max {(weights[name] - w).abs().max().item():.3g}")
-            assert rel <= 1e-5, f"rank {rank}: {name} off by {rel:.3g} of its norm"
+            assert rel <= 1e-6, f"rank {rank}: {name} off by {rel:.3g} of its norm"
     assert got.keys() == want.keys()
     for k, v in want.items():
         if k.startswith(_TIMING):
