@@ -69,7 +69,7 @@ def _set_cfg(trainer, update):
 
 
 def _weights(trainer) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
 
 
 def assert_same_update(one, group, trajectories, **step_args) -> tuple[dict, dict]:
@@ -162,3 +162,39 @@ def test_a_rank_that_dies_is_a_worker_died_naming_it(sides):
     ray.kill(group.actors[1])
     with pytest.raises(WorkerDied, match=r"^trainer rank 1 of 2 died \("):
         group.call("step", [trajectory("ok", 1.0), trajectory("b", 0.0, seed=2)], ["ok"], {})
+
+
+@pytest.mark.gpu
+def test_two_ranks_on_two_gpus_over_nccl_make_the_one_rank_update(tmp_path):
+    """The same on cuda (`-m gpu`, alone: DeepSpeed's accelerator is per process; needs 2 GPUs): NCCL, bf16 weights.
+    bf16 rounds the two sides apart, so the ranks must agree with each other exactly and with one rank closely."""
+    import os
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA GPUs (one per rank)")
+    if os.environ.get("DS_ACCELERATOR", "cuda") != "cuda":
+        pytest.skip("DeepSpeed was set up for another accelerator in this process (run the gpu tests alone)")
+    from roll.config import TrainConfig
+    from roll.workers.trainer import Trainer
+    from roll.workers.trainer_group import TrainerGroup
+
+    model_dir = str(micro_moe_dir(tmp_path / "tiny"))
+    cfg = TrainConfig(lr=1e-3, micro_batch_tokens=16, zero_stage=2)
+    trajs = [trajectory("ok", 1.0), trajectory("bad", 0.0, seed=2), trajectory("x", 1.0, 1, seed=3)]
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        options = {"num_cpus": 1, "num_gpus": 1}
+        get = lambda name, ref, timeout=None: ray.get(ref, timeout=timeout)  # noqa: E731
+        group = TrainerGroup(model_dir, cfg.model_copy(update={"workers": 2}), "cuda", options, get)
+        group.ready()
+        got = group.call("step", trajs, ["ok"], {})
+        ranks = [ray.get(a.__ray_call__.remote(_weights)) for a in group.actors]
+        group.kill()
+    finally:
+        ray.shutdown()
+    want = Trainer(model_dir, cfg, device="cuda").step(trajs, reference=["ok"])
+    assert not got["skipped"] and got["chunks"] == want["chunks"] == 6
+    assert got["loss"] == pytest.approx(want["loss"], rel=2e-2) and got["grad_norm"] == pytest.approx(
+        want["grad_norm"], rel=2e-2
+    )
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
