@@ -134,3 +134,21 @@ def test_a_given_prefix_is_imitated_whatever_became_of_the_resampled_attempt(ipa
         assert ipa_trainer.step([resampled], given={"resampled": 1})["chunks"] == 1
     finally:
         ipa_trainer.cfg = cfg
+
+
+def test_a_skipped_update_leaves_nothing_behind_for_the_next(tiny_model_dir):
+    """ZeRO-2 sums each backward's gradients until the step: the micro-batches trained before the non-finite one
+    must not reach the next update (they did, 3% of the weights, before `_discard_gradients` cleared them)."""
+    from roll.config import TrainConfig
+    from roll.workers.trainer import Trainer
+
+    cfg = TrainConfig(lr=1e-3, micro_batch_tokens=16, zero_stage=2)
+    skipped, fresh = Trainer(str(tiny_model_dir), cfg), Trainer(str(tiny_model_dir), cfg)
+    bad = [trajectory("ok", 1.0), trajectory("nan", 0.0, logprob=float("nan"), seed=2)]
+    plan, _ = skipped._plan(bad, lambda k: k[0] == "ok", {})
+    assert [mb.keys[0][0] for mb in plan] == ["ok", "nan"]  # a backward before the bad micro-batch
+    assert skipped.step(bad, reference=["ok"])["skipped"]
+    good = [trajectory("ok", 1.0), trajectory("b", 0.0, seed=2)]
+    skipped.step(good, reference=["ok"])
+    fresh.step(good, reference=["ok"])
+    assert changed(weights(skipped), weights(fresh)) == []
