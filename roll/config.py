@@ -254,11 +254,18 @@ class RunConfig(_Strict):
 
 
 def check_train_workers(cfg: RunConfig) -> None:
-    """Refuse what `train.workers` > 1 cannot do yet, before anything starts (`roll train`, `driver.train`): on cuda,
-    colocated mode shares one GPU between one engine and one trainer rank (roll/workers/placement.py)."""
-    if cfg.train.workers > 1 and cfg.device == "cuda" and cfg.train.mode == "colocated":
+    """Refuse what the trainer ranks cannot do yet, before anything starts (`roll train`, `driver.train`): on cuda,
+    colocated mode shares one GPU between one engine and one trainer rank (roll/workers/placement.py), and tells
+    an offloaded trainer by where its parameters are (roll/colocate.py), while ZeRO-3's offload_states moves the
+    partitions behind them and leaves the parameters' (empty) tensors on the GPU."""
+    if cfg.device != "cuda" or cfg.train.mode != "colocated":
+        return
+    if cfg.train.workers > 1:
         raise ConfigError(f"train.workers={cfg.train.workers}: train.mode colocated on cuda runs one trainer rank; "
                           f"set train.workers=1 or train.mode sync/async")  # fmt: skip
+    if cfg.train.zero_stage == 3:
+        raise ConfigError("train.zero_stage=3: train.mode colocated on cuda cannot tell the trainer offloaded under "
+                          "ZeRO-3; set train.zero_stage 0-2 or train.mode sync/async")  # fmt: skip
 
 
 def apply_override(data: dict, override: str) -> None:

@@ -20,11 +20,15 @@ tests drive one rank in-process.
 With N ranks (one torch.distributed group, data parallel) every rank gets the whole iteration and plans the same
 micro-batches; each trains a disjoint share of them (whole trajectories) with the loss normalised by the step's
 global counts (chunks, trajectories, tokens over all ranks) and scaled by N, since DeepSpeed averages the gradients
-over the ranks: the sum is the one-rank gradient. Every rank runs as many backward passes (a rank out of
-micro-batches runs a zero-loss one: ZeRO-2 reduces at each backward) and agrees on a non-finite loss before the
-next; the metrics are summed over the ranks once, after the update. Weights out (`weight_buckets`, `save`) come
-from rank 0 (ZeRO-1/2 leave every rank the full parameters); `save_state` / `load_state` run on every rank (each
-writes and reads its optimizer partition).
+over the ranks: the sum is the one-rank gradient. Every rank runs as many forward and backward passes
+(a rank out of micro-batches runs a zero-loss one: ZeRO-2 reduces at each backward, ZeRO-3 also gathers the
+parameters at each forward, the delta_logp forward included) and agrees on a non-finite loss before the next; the
+metrics are summed over the ranks once, after the update. Weights out (`weight_buckets`, `save`) come from rank 0:
+ZeRO-1/2 leave every rank the full parameters, under ZeRO-3 (`train.zero_stage=3`, `.venv/bin/pytest
+tests/roll/test_trainer_zero3.py`) every rank gathers them with it (`full_state_dict`), one parameter at a time, as
+for the async snapshots (a whole host copy on every rank, as under ZeRO-2); the stale chunks are scored on a host
+model of its own, outside the group's collectives. `save_state` / `load_state` run on every rank (each writes and
+reads its partitions).
 """
 
 from __future__ import annotations
@@ -96,16 +100,20 @@ def deepspeed_setup(cfg: TrainConfig, device: str = "cpu") -> DeepSpeedSetup:
     """The RL trainer's DeepSpeed set-up for a run's `device` and `train` section (pure: no torch state touched)."""
     if device not in ("cpu", "cuda"):
         raise RollError(f"the RL trainer runs on device cpu or cuda, not {device!r}")
-    if cfg.zero_stage == 3:  # the weight export reads whole parameters; ZeRO-3 partitions them
-        raise RollError("the RL trainer runs ZeRO stages 0-2 (train.zero_stage=3 is for the supervised trainer)")
     bf16 = device == "cuda"
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.zero_stage == 3:
+        # every parameter partitioned, the small ones too (DeepSpeed keeps those under 1e5 elements whole on every
+        # rank): a test's small model then takes the paths a 30B model's tensors take; the price is a few hundred
+        # small all-gathers per forward (the norms), nothing beside a 30B layer's
+        zero["stage3_param_persistence_threshold"] = 0
     config = {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         # backward() per micro-batch only accumulates; our step() is the boundary, however many there were
         "managed_gradient_accumulation": False,
         "optimizer": {"type": "Adam", "params": {"lr": cfg.lr, "weight_decay": 0.0, "torch_adam": True}},
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_optimization": zero,
         "gradient_clipping": cfg.grad_clip,
         "fp16": {"enabled": False},
         "bf16": {"enabled": bf16},
@@ -208,7 +216,11 @@ class Trainer:
         ds_logger.setLevel("WARNING")
         torch.manual_seed(cfg.seed)
         self.model_dir = Path(model_dir)
+        from roll.trainer.checkpoint import model_shape
+
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=setup.dtype)
+        self.shape = model_shape(model)  # before ZeRO-3 empties the parameters
+        self.zero3 = cfg.zero_stage == 3
         module = _ResponseLogprobs(model, cfg.logprob_slice)
         self.engine, *_ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=setup.config)
         # where the micro-batches go: the rank's GPU (DeepSpeed moved the model there) or the host
@@ -225,8 +237,30 @@ class Trainer:
 
     @property
     def model(self):
-        """The HF model being trained."""
+        """The HF model being trained (its parameters are partitions under ZeRO-3: `full_state_dict` gathers them)."""
         return self.engine.module.model
+
+    def full_state_dict(self, everywhere: bool = True) -> dict[str, torch.Tensor]:
+        """The model's state dict as whole host tensors. Under ZeRO-3 every rank must call it (each parameter is
+        all-gathered in turn, in the same order on every rank); `everywhere=False` keeps the copies on rank 0 only
+        (the others return {}). Peak device memory: the partitions plus one whole parameter."""
+        state = self.model.state_dict(keep_vars=True)
+        keep = everywhere or self.rank == 0
+        if not self.zero3:
+            return {k: v.detach().to("cpu", copy=True) for k, v in state.items()} if keep else {}
+        from deepspeed.runtime.zero.partition_parameters import GatheredParameters
+
+        out, seen = {}, {}
+        for name, t in state.items():
+            if id(t) in seen:  # a tied weight: the same parameter under a second name, gathered once
+                if keep:
+                    out[name] = out[seen[id(t)]]
+                continue
+            seen[id(t)] = name
+            with GatheredParameters([t] if hasattr(t, "ds_id") else [], modifier_rank=None):
+                if keep:
+                    out[name] = t.detach().to("cpu", copy=True)
+        return out if keep else {}
 
     # -- the update
     def _plan(self, trajectories, is_reference, given: Mapping[str, int]) -> tuple[list[_MicroBatch], int]:
@@ -293,6 +327,7 @@ class Trainer:
         stats: dict[str, float] = {"given_chunks": float(sum(k[1] < given.get(k[0], 0) for k in keys))}
         share = shares([mb.input_ids.numel() for mb in plan], self.world)
         mine = [plan[i] for i in share[self.rank]]
+        self._forwards = max(len(ix) for ix in share)  # of the model per pass, on every rank (idle ones on the short)
         # sums over this rank's micro-batches (summed over the ranks after the update)
         local: dict[str, float] = {"loss": 0.0, "abs_diff": 0.0, "policy_tokens": 0.0}
         before: list[torch.Tensor] = []  # [C_mb] chunk mean logprob per micro-batch, before the update
@@ -300,9 +335,8 @@ class Trainer:
         clock = _Clock()
         if self.keep_versions:
             with clock("snapshot"):
-                state = self.model.state_dict()
-                self._snapshots[self.version] = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-        for r in range(max(len(ix) for ix in share)):  # as many backward passes on every rank
+                self._snapshots[self.version] = self.full_state_dict()  # every rank scores its own stale chunks
+        for r in range(self._forwards):  # as many forward and backward passes on every rank
             mb = mine[r] if r < len(mine) else None
             if mb is None:
                 with clock("forward"):
@@ -451,12 +485,15 @@ class Trainer:
     def _shift(self, plan, before, targets: ChunkTargets, where) -> dict[str, float]:
         """Sums and counts of the change of the chunks' mean logprob through the update, over successful and over
         failed trajectories' chunks (of this rank's micro-batches; their means, over all ranks', are delta_logp_pos
-        and _neg): the update should raise the first and (with a negative advantage) lower the second."""
+        and _neg): the update should raise the first and (with a negative advantage) lower the second. Under ZeRO-3
+        a forward gathers the parameters from every rank: a rank with fewer micro-batches runs idle forwards."""
         deltas, positive = [torch.zeros(0)], [torch.zeros(0, dtype=torch.bool)]
         for mb, b in zip(plan, before, strict=True):
             after = self._chunk_means(self._logprobs(mb), mb)
             deltas.append(after - b)
             positive.append(_select(targets, where, mb.keys).positive)
+        for _ in range(self._forwards - len(plan) if self.zero3 else 0):
+            self._idle_loss()
         d, pos = torch.cat(deltas), torch.cat(positive)
         return {"_shift_pos_sum": d[pos].sum().item(), "_shift_pos_n": float(pos.sum()),
                 "_shift_neg_sum": d[~pos].sum().item(), "_shift_neg_n": float((~pos).sum())}  # fmt: skip
@@ -479,36 +516,44 @@ class Trainer:
         """The weights as safetensors buckets of whole layers, for the inference worker's in-memory update."""
         from rome.serving.weights import model_buckets
 
-        # ZeRO-1/2 partition optimizer state and gradients only: every rank holds the full parameters (fp32 on
-        # cpu, bf16 on cuda, in the dtype the inference worker loads).
-        return list(model_buckets(self.model))
+        # ZeRO-1/2 leave every rank the full parameters (fp32 on cpu, bf16 on cuda, the dtype the inference worker
+        # loads); ZeRO-3 partitions them: every rank joins the gather (roll/workers/trainer_group.py calls them all),
+        # rank 0 returns the buckets, the others [].
+        if not self.zero3:
+            return list(model_buckets(self.model))
+        state = self.full_state_dict(everywhere=False)
+        return list(model_buckets(self.model, state=state)) if self.rank == 0 else []
 
     def save(self, out_dir: str) -> str:
-        """Write the policy as an HF dir, atomically: a reader sees either nothing or the complete dir."""
-        return str(export_hf(self.model, self.model_dir, out_dir))
+        """Write the policy as an HF dir, atomically: a reader sees either nothing or the complete dir. Under
+        ZeRO-3 every rank joins the gather and rank 0 writes."""
+        if not self.zero3:
+            return str(export_hf(self.model, self.model_dir, out_dir))
+        state = self.full_state_dict(everywhere=False)
+        return str(export_hf(self.model, self.model_dir, out_dir, state_dict=state)) if self.rank == 0 else out_dir
 
     # -- resume (roll/resume.py: the driver renames the checkpoint dir into place)
     def save_state(self, out_dir: str) -> str:
         """Model, optimizer state, RNG and policy version into `out_dir` (a fresh dir), for `load_state`. With
         several ranks every rank calls it (each writes its optimizer partition; rank 0 the rest)."""
-        from roll.trainer.checkpoint import model_shape, rng_state
+        from roll.trainer.checkpoint import rng_state
 
         out = Path(out_dir)
         self.engine.save_checkpoint(str(out.parent), tag=out.name, save_latest=False)
         if self.rank == 0:
             torch.save(rng_state(), out / "rng.pt")
-            state = {"version": self.version, "model_shape": model_shape(self.model), "workers": self.world}
+            state = {"version": self.version, "model_shape": self.shape, "workers": self.world}
             (out / "trainer.json").write_text(json.dumps(state, indent=1))
         return str(out)
 
     def load_state(self, path: str) -> int:
         """Restore what `save_state` wrote; refuses a checkpoint of another model shape. Returns the version."""
-        from roll.trainer.checkpoint import _shape_text, model_shape, set_rng_state
+        from roll.trainer.checkpoint import _shape_text, set_rng_state
         from roll.trainer.errors import CheckpointError
 
         path = Path(path)
         state = json.loads((path / "trainer.json").read_text())
-        if state["model_shape"] != (shape := model_shape(self.model)):
+        if state["model_shape"] != (shape := self.shape):
             raise CheckpointError(f"checkpoint {path} is for model shape [{_shape_text(state['model_shape'])}] but "
                                   f"the model has shape [{_shape_text(shape)}]")  # fmt: skip
         if (workers := state.get("workers", 1)) != self.world:  # each rank's optimizer partition is in it

@@ -5,7 +5,8 @@ The driver holds a `TrainerGroup`: N actors of roll.workers.trainer.Trainer that
 (gloo on cpu, NCCL on cuda). They meet at a TCP store the driver serves on a port the OS picks as it binds
 (no port picked free and then lost to another process, as happens on a busy machine); one rank needs no store
 (roll.trainer.trainer.init_distributed's file rendezvous). `call` runs a method on every rank and returns rank 0's
-answer; a rank that dies is a WorkerDied naming it ("trainer rank 1 of 2"), found by waiting on all ranks at once:
+answer; the weights out (`first_ref`, `first`) come from rank 0, and under ZeRO-3 (train.zero_stage=3, the parameters
+partitioned) every rank takes part in gathering them. A rank that dies is a WorkerDied naming it ("trainer rank 1 of 2"), found by waiting on all ranks at once:
 its peers, stuck in a collective with it, are never what the driver waits on. On cpu the ranks split the trainer's
 torch threads (`train.threads`, default all cores) between them.
 """
@@ -40,6 +41,8 @@ class TrainerGroup:
         import torch
 
         n, self.get, self.store = cfg.workers, get, None
+        self.zero3 = cfg.zero_stage == 3 and n > 1
+        self._behind: dict = {}  # ref -> rank name: the other ranks' part in a ZeRO-3 `first_ref`, checked later
         rendezvous = None
         if n > 1:
             host = ray.util.get_node_ip_address()
@@ -63,23 +66,32 @@ class TrainerGroup:
     def call(self, method: str, *args):
         """`method(*args)` on every rank at once; rank 0's answer once all have answered."""
         refs = [getattr(a, method).remote(*args) for a in self.actors]
-        self._wait(refs)
+        behind, self._behind = self._behind, {}
+        self._wait(dict(zip(refs, self.names, strict=True)) | behind)
         return self.get(self.names[0], refs[0])
 
     def first_ref(self, method: str, *args):
-        """`method(*args)` on rank 0 only, its ObjectRef (the weights out: every rank holds them whole)."""
-        return getattr(self.actors[0], method).remote(*args)
+        """`method(*args)` on rank 0, its ObjectRef (the weights out). ZeRO-1/2 leave every rank the whole
+        parameters: rank 0 alone runs it. Under ZeRO-3 every rank runs it (they gather the parameters together);
+        the other ranks' outcomes are waited on with the next `call`."""
+        if not self.zero3:
+            return getattr(self.actors[0], method).remote(*args)
+        refs = [getattr(a, method).remote(*args) for a in self.actors]
+        self._behind |= dict(zip(refs[1:], self.names[1:], strict=True))
+        return refs[0]
 
     def first(self, method: str, *args):
-        """`method(*args)` on rank 0 only, its answer."""
+        """`method(*args)` on rank 0 (under ZeRO-3 on every rank, as `first_ref`), its answer once all answered."""
+        if self.zero3:
+            return self.call(method, *args)
         return self.get(self.names[0], self.first_ref(method, *args))
 
-    def _wait(self, refs: list) -> None:
-        """Until every rank answered; the first failure raised through `get`, a dead rank named before the ranks
-        whose collectives broke with it."""
+    def _wait(self, pending: dict) -> None:
+        """Until every ref of `pending` (ref -> rank name) answered; the first failure raised through `get`, a dead
+        rank named before the ranks whose collectives broke with it."""
         import ray
 
-        pending = dict(zip(refs, self.names, strict=True))
+        pending = dict(pending)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:

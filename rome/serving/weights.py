@@ -42,16 +42,17 @@ def state_dict_buckets(tensors: Mapping[str, object], bucket_bytes: int = 64 << 
     return _buckets(([(n, tensors[n]) for n in names] for names in groups.values()), bucket_bytes)
 
 
-def model_buckets(model, bucket_bytes: int = 64 << 20) -> Iterator[bytes]:
+def model_buckets(model, bucket_bytes: int = 64 << 20, state: Mapping[str, object] | None = None) -> Iterator[bytes]:
     """Buckets of a transformers model's weights in checkpoint format, converted one layer at a time.
 
     transformers 5 holds some weights in another layout than it saves them (Qwen3-MoE's experts
     fused into one tensor per layer; the checkpoint and vLLM have one per expert), so each layer
-    goes through the same reverse conversion as `save_pretrained`.
+    goes through the same reverse conversion as `save_pretrained`. `state`: the model's state dict
+    given whole (ZeRO-3 leaves the model's own parameters partitioned); default `model.state_dict()`.
     """
     from transformers.core_model_loading import revert_weight_conversion
 
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     groups: dict[str, list[str]] = {}
     for name in state:
         groups.setdefault(layer_key(name), []).append(name)

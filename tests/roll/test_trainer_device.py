@@ -3,9 +3,10 @@ one real update on a GPU (NCCL, bf16): `-m gpu tests/roll/test_trainer_device.py
 scripts/gpu_checks.sh).
 
 - `deepspeed_setup(train, device)`: cpu -> gloo, float32, bf16 off; cuda -> NCCL, bfloat16, bf16 on; the rest of
-  DeepSpeed's config the same on both; ZeRO-3 and unknown devices refused.
-- `train.workers` > 1 runs (tests/roll/test_trainer_ranks.py) except colocated on one GPU, refused in one line by
-  `roll train` and `driver.train` before anything starts.
+  DeepSpeed's config the same on both; ZeRO-3 with every parameter partitioned (tests/roll/test_trainer_zero3.py);
+  unknown devices refused.
+- `train.workers` > 1 runs (tests/roll/test_trainer_ranks.py) except colocated on one GPU, and so does ZeRO-3 except
+  colocated on cuda: both refused in one line by `roll train` and `driver.train` before anything starts.
 - one update: the weights on the device in the device's dtype, the process group's backend, weights moved, finite
   loss, the buckets for the inference worker in that dtype, async snapshots kept on the host and scored there.
 """
@@ -46,9 +47,10 @@ def test_cuda_is_nccl_and_bf16_and_nothing_else_changes():
     assert cuda.describe() == "cuda, nccl, bfloat16"
 
 
-def test_zero3_and_unknown_devices_are_refused():
-    with pytest.raises(RollError, match=r"ZeRO stages 0-2 \(train.zero_stage=3"):
-        deepspeed_setup(TrainConfig(zero_stage=3), "cuda")
+def test_zero3_partitions_every_parameter_and_unknown_devices_are_refused():
+    z3 = deepspeed_setup(TrainConfig(zero_stage=3), "cuda").config["zero_optimization"]
+    assert z3 == {"stage": 3, "stage3_param_persistence_threshold": 0}
+    assert deepspeed_setup(TrainConfig(zero_stage=2)).config["zero_optimization"] == {"stage": 2}
     with pytest.raises(RollError, match="cpu or cuda, not 'mps'"):
         deepspeed_setup(TrainConfig(), "mps")
 
@@ -83,6 +85,19 @@ def test_several_trainer_ranks_are_accepted_but_not_colocated_on_one_gpu(tmp_pat
     assert not (tmp_path / "runs").exists()  # nothing was started or written
 
 
+def test_zero3_is_accepted_but_not_colocated_on_cuda(tmp_path):
+    check_train_workers(run_config(tmp_path, 2, train={"workers": 2, "zero_stage": 3}))
+    check_train_workers(run_config(tmp_path, 1, train={"workers": 1, "zero_stage": 3, "mode": "colocated"}))  # cpu
+    check_train_workers(run_config(tmp_path, 2, device="cuda", cluster={"gpus_per_node": 2},
+                                   train={"workers": 2, "zero_stage": 3}))  # fmt: skip
+    cfg = run_config(tmp_path, 1, device="cuda", cluster={"gpus_per_node": 2}, inference={"engine": "vllm"},
+                     train={"workers": 1, "zero_stage": 3, "mode": "colocated"})  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        check_train_workers(cfg)
+    assert str(e.value) == ("train.zero_stage=3: train.mode colocated on cuda cannot tell the trainer offloaded "
+                            "under ZeRO-3; set train.zero_stage 0-2 or train.mode sync/async")  # fmt: skip
+
+
 def test_roll_train_dry_run_accepts_two_ranks_and_refuses_them_colocated_on_cuda(capsys, tmp_path):
     from roll.cli import main
 
@@ -94,6 +109,14 @@ def test_roll_train_dry_run_accepts_two_ranks_and_refuses_them_colocated_on_cuda
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "roll: error: train.workers=2: train.mode colocated on cuda runs one" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_roll_train_dry_run_accepts_the_30b_recipe_on_zero3(capsys, tmp_path):
+    from roll.cli import main
+
+    assert main(["train", str(REPO / "configs/rl/rome-30b-a3b.yaml"), f"runs_dir={tmp_path}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "train: DeepSpeed ZeRO-3 over 24 GPUs" in out and "is valid and fits; nothing was started" in out
 
 
 # -- one real update
