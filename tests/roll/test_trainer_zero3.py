@@ -7,7 +7,7 @@ norm, float32, one torch thread), on one rank in-process and on two ranks (Ray a
 them), for IPA with the delta_logp second forward and a rank that runs short (2 + 1 micro-batches) or idle, and
 after a non-finite loss on one rank skipped an update; the
 weights handed out (`weight_buckets`, `save`) are the whole parameters, gathered by every rank; async snapshots of
-old weights are whole; `save_state` / `load_state` round-trip on two ranks.
+old weights are whole on every rank and score stale chunks as under ZeRO-2; `save_state` / `load_state` round-trip on two ranks.
 """
 
 from __future__ import annotations
@@ -100,28 +100,41 @@ def test_zero3_partitions_and_one_rank_makes_the_zero2_update(pair, tmp_path):
                  "model.safetensors"), "save")  # fmt: skip
 
 
+def _async(trainer, on: bool) -> None:
+    """Async mode with max_staleness 1 (the last version's weights kept), or back to sync."""
+    _set_cfg(trainer, {"mode": "async" if on else "sync", "max_staleness": 1.0})
+    trainer.keep_versions = int(on)
+
+
+def _snapshot(trainer) -> dict:
+    return trainer._snapshots[max(trainer._snapshots)]
+
+
+def stale_steps(sampled_at: int, step) -> dict:
+    """Two async steps on chunks sampled by version `sampled_at`: the second's are stale and far off the policy
+    (recorded logprob -12), so they are scored under the kept snapshot. `step(trajectories)`: its metrics."""
+    for logprob in (-4.0, -12.0):
+        spec = [trajectory(f"s{logprob}{i}", float(i % 2), seed=i + 1, logprob=logprob) for i in range(2)]
+        for t in spec:
+            t.chunks = [c.model_copy(update={"policy_version": sampled_at}) for c in t.chunks]
+        got = step(spec)
+    assert got["stale_scored_chunks"] == 4 and not got.get("stale_unscored_chunks")
+    return got
+
+
 def test_zero3_async_snapshots_are_whole_and_score_stale_chunks(pair):
     z2, z3 = pair
     for t in pair:
-        _set_cfg(t, {"mode": "async", "max_staleness": 1.0})
-        t.keep_versions = 1
+        _async(t, True)
     try:
-        sampled_at = z3.version
-        for logprob in (-4.0, -12.0):  # the second step's chunks are stale and far off: scored under the snapshot
-            spec = [trajectory(f"s{logprob}{i}", float(i % 2), seed=i + 1, logprob=logprob) for i in range(2)]
-            for t in spec:
-                t.chunks = [c.model_copy(update={"policy_version": sampled_at}) for c in t.chunks]
-            want, got = z2.step(spec), z3.step(spec)
-            assert got.get("stale_scored_chunks") == want.get("stale_scored_chunks")
-        assert got["stale_scored_chunks"] == 4 and not got.get("stale_unscored_chunks")
-        v = max(z3._snapshots)
-        assert_close(z3._snapshots[v], z2._snapshots[v], "the snapshot")
-        assert all(t.numel() > 0 for t in z3._snapshots[v].values())
+        want, got = stale_steps(z2.version, z2.step), stale_steps(z3.version, z3.step)
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+        assert_close(_snapshot(z3), _snapshot(z2), "the snapshot")
+        assert all(t.numel() > 0 for t in _snapshot(z3).values())
         assert_close(z3.full_state_dict(), z2.full_state_dict(), "after the stale step")
     finally:
         for t in pair:
-            _set_cfg(t, {"mode": "sync"})
-            t.keep_versions = 0
+            _async(t, False)
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +203,17 @@ def test_two_zero3_ranks_make_the_one_rank_zero2_update(model_dir, group, tmp_pa
     assert_close(sent, whole, "weight_buckets")
     path = group.first("save", str(tmp_path / "policy"))
     assert (Path(path) / "model.safetensors").is_file()
+    # async: every rank gathers the snapshot (whole on each) and scores its own stale chunks on its host copy
+    version = z2.version
+    _async(z2, True)
+    _both(group, _async, True)
+    want = stale_steps(version, z2.step)
+    got = stale_steps(version, lambda spec: group.call("step", spec, [], {}))
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    for rank, (weights, snapshot) in enumerate(zip(_both(group, _full), _both(group, _snapshot), strict=True)):
+        assert_close(snapshot, _snapshot(z2), f"rank {rank}'s snapshot")
+        assert_close(weights, z2.full_state_dict(), f"rank {rank} after the stale step")
+    _both(group, _async, False)
 
 
 def test_save_state_load_state_round_trip_on_two_zero3_ranks(group, tmp_path):
