@@ -145,7 +145,7 @@ def budget_microbatches(
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     n = len(order)
     # best[i]: (cost, micro-batches) of the first i of `order`; cut[i]: where the last micro-batch starts
-    best: list[tuple[int, int]] = [(0, 0)] + [(0, 0)] * n
+    best: list[tuple[int, int]] = [(0, 0)] * (n + 1)
     cut = [0] * (n + 1)
     for i in range(1, n + 1):
         candidates = []
