@@ -38,6 +38,10 @@ class TrainerConfig(BaseModel):
         True, description="compute a prefix shared by a micro-batch's sequences once (not under ZeRO-3)"
     )
     min_shared_prefix: int = Field(64, ge=1, description="shorter common prefixes are not worth the second forward")
+    router_aux_coef: float | None = Field(
+        None, ge=0, description="weight of the MoE routers' load-balancing loss (per layer, mean over layers); None:"
+        " the model config's router_aux_loss_coef (0.001 for Qwen3-MoE); 0 or a dense model: none",
+    )
     seed: int = 0
     max_bad_steps: int = Field(3, ge=1, description="this many NaN/Inf steps in a row stop the run")
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints; 0: only at the end")

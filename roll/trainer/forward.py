@@ -84,10 +84,32 @@ def _pad(rows: list[torch.Tensor], pad_id: int) -> torch.Tensor:
     return ids
 
 
-def microbatch_nll(model, mb: MicroBatch, slice_len: int, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def load_balancing_loss(router_logits: Sequence[Sequence[torch.Tensor]], top_k: int) -> torch.Tensor:
+    """The Switch-Transformer load-balancing loss, E * sum_e f_e * p_e, of each MoE layer, averaged over the layers:
+    f_e the picks of expert e per token (they sum to k), p_e its mean router probability; k when the experts share
+    evenly, up to E when k of them take every token. Per layer, not pooled as transformers' Qwen3-MoE does: pooled,
+    layers lopsided towards different experts look balanced. `router_logits`: per forward, one [tokens, E] tensor
+    per layer, padding already left out. Only p_e carries a gradient."""
+    losses = []
+    for layer in zip(*router_logits, strict=True):
+        probs = torch.softmax(torch.cat(layer).float(), dim=-1)  # [N, E]
+        n, n_experts = probs.shape
+        picks = torch.zeros(n_experts, device=probs.device).index_add_(
+            0, probs.topk(top_k, dim=-1).indices.reshape(-1), torch.ones(n * top_k, device=probs.device)
+        )
+        losses.append(n_experts * torch.sum(picks / n * probs.mean(0)))
+    return torch.stack(losses).mean()
+
+
+def microbatch_nll(
+    model, mb: MicroBatch, slice_len: int, pad_id: int = 0, router_logits: list[torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence summed NLL [B] and loss-token counts [B] of a micro-batch under an HF causal LM `model`.
 
-    Targets follow `PackedSequence`: position j predicts input_ids[j+1] and counts where loss_mask[j].
+    Targets follow `PackedSequence`: position j predicts input_ids[j+1] and counts where loss_mask[j]. With a
+    `router_logits` list (a MoE model), each forward appends the router logits of the sequences' tokens, one
+    [tokens, E] tensor per layer, for `load_balancing_loss`: no padding, and the shared prefix's once per sequence, so
+    the balancing loss too is that of separate rows.
     """
     device = next(model.parameters()).device
     seqs, P = mb.sequences, mb.prefix_len
@@ -95,11 +117,14 @@ def microbatch_nll(model, mb: MicroBatch, slice_len: int, pad_id: int = 0) -> tu
     counts = torch.tensor([int(s.loss_mask.sum()) for s in seqs], dtype=torch.float32, device=device)
     per_seq = torch.zeros(B, dtype=torch.float32, device=device)
     backbone, lm_head = model.get_decoder(), model.get_output_embeddings()
+    routed = {"output_router_logits": True} if router_logits is not None else {}
     cache = None
     if P:
         # The prefix once, with grad; its hidden states serve targets 0..P-1 and its KV cache every suffix.
-        pre = backbone(input_ids=seqs[0].input_ids[None, :P].to(device), use_cache=True)
+        pre = backbone(input_ids=seqs[0].input_ids[None, :P].to(device), use_cache=True, **routed)
         prefix_hidden, cache = pre.last_hidden_state[0], pre.past_key_values  # [P, H]
+        if routed:
+            router_logits.append(tuple(r.repeat(B, 1) for r in pre.router_logits))  # as in B separate rows
         # Targets inside the prefix (j < P-1) are the same tokens for all: one logprob, weighted per sequence.
         inner = torch.stack([s.loss_mask[: P - 1] for s in seqs]).to(device)  # [B, P-1]
         used = inner.any(0).nonzero().squeeze(-1)
@@ -111,10 +136,14 @@ def microbatch_nll(model, mb: MicroBatch, slice_len: int, pad_id: int = 0) -> tu
     ids = _pad([s.input_ids[P:] for s in seqs], pad_id).to(device)
     if P:
         positions = torch.arange(P, P + ids.shape[1], device=device)[None].expand(B, -1)
-        hidden = backbone(input_ids=ids, past_key_values=cache, position_ids=positions)
+        out = backbone(input_ids=ids, past_key_values=cache, position_ids=positions, **routed)
     else:
-        hidden = backbone(input_ids=ids)
-    hidden = hidden.last_hidden_state  # [B, S, H]: position P+k of each sequence
+        out = backbone(input_ids=ids, **routed)
+    if routed:
+        lengths = torch.tensor([len(s) - P for s in seqs], device=device)
+        real = (torch.arange(ids.shape[1], device=device)[None] < lengths[:, None]).reshape(-1)  # [B*S], pads out
+        router_logits.append(tuple(r[real] for r in out.router_logits))
+    hidden = out.last_hidden_state  # [B, S, H]: position P+k of each sequence
     rows_h, rows_t, rows_b = [], [], []
     for b, s in enumerate(seqs):
         js = s.loss_mask.nonzero().squeeze(-1)

@@ -26,7 +26,7 @@ from roll.algo.packing import PackedSequence
 from roll.trainer import checkpoint
 from roll.trainer.config import TrainerConfig, lr_at
 from roll.trainer.errors import CheckpointError, DivergedError, NoDataError, TrainerError
-from roll.trainer.forward import MicroBatch, microbatch_nll, plan_microbatches
+from roll.trainer.forward import MicroBatch, load_balancing_loss, microbatch_nll, plan_microbatches
 from roll.trainer.metrics import MetricsLog, Progress
 from roll.trainer.sampler import EpochSampler
 
@@ -57,12 +57,25 @@ def init_distributed(device: str) -> None:
 class _LossModule(torch.nn.Module):
     """The model under DeepSpeed: a micro-batch in, per-sequence NLL sums and loss-token counts out."""
 
-    def __init__(self, model, slice_len: int, pad_id: int):
+    def __init__(self, model, slice_len: int, pad_id: int, balance_top_k: int = 0):
         super().__init__()
-        self.model, self.slice_len, self.pad_id = model, slice_len, pad_id
+        self.model, self.slice_len, self.pad_id, self.balance_top_k = model, slice_len, pad_id, balance_top_k
 
-    def forward(self, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        return microbatch_nll(self.model, mb, self.slice_len, self.pad_id)
+    def forward(self, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(per-sequence NLL sums, loss-token counts, the routers' load-balancing loss or None)."""
+        if not self.balance_top_k:
+            return (*microbatch_nll(self.model, mb, self.slice_len, self.pad_id), None)
+        routers: list = []
+        nll, counts = microbatch_nll(self.model, mb, self.slice_len, self.pad_id, routers)
+        return nll, counts, load_balancing_loss(routers, self.balance_top_k)
+
+
+def router_aux_coef(cfg: TrainerConfig, model_config) -> float:
+    """The load-balancing loss's weight for this model: 0 for a dense model, else the trainer's setting or the
+    model config's `router_aux_loss_coef`."""
+    if not getattr(model_config, "num_experts", None) or not getattr(model_config, "num_experts_per_tok", None):
+        return 0.0
+    return cfg.router_aux_coef if cfg.router_aux_coef is not None else getattr(model_config, "router_aux_loss_coef", 0.0)
 
 
 class SupervisedTrainer:
@@ -115,12 +128,15 @@ class SupervisedTrainer:
             "fp16": {"enabled": False},
             "steps_per_print": 1 << 30,
         }
-        module = _LossModule(model, self.cfg.logprob_slice, self.pad_id)
+        self.aux_coef = router_aux_coef(self.cfg, model.config)
+        module = _LossModule(model, self.cfg.logprob_slice, self.pad_id,
+                             model.config.num_experts_per_tok if self.aux_coef else 0)  # fmt: skip
         self.engine, *_ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=ds_config)
         self.engine.train()
         # ZeRO-3 reduces a parameter's gradient per use of its module, and the shared prefix runs the model twice
         # in one backward (prefix, then suffixes): DeepSpeed 0.19 asserts on the repeated parameter. Off there.
         self._shared_prefix = self.cfg.shared_prefix and self.cfg.zero_stage < 3
+        self.last_balance = 0.0
         self.step = 0  # optimizer steps taken, over all fits of this trainer (the x axis of its metrics)
         self._fit_start = 0  # where the next fit starts: fits run one after another (curriculum phases)
         self._resumed: dict | None = None
@@ -208,6 +224,8 @@ class SupervisedTrainer:
                        "tokens_per_s": n_tokens / seconds, "input_tokens": input_tokens,
                        "input_tokens_per_s": input_tokens / seconds, "seconds": seconds, "skipped": skipped,
                        "samples": indices}  # fmt: skip
+                if self.aux_coef:
+                    row["router_balance"] = self.last_balance  # k when the experts share evenly, up to E
                 log.log(row)
                 progress.update(loss, input_tokens / seconds)
                 if on_step is not None:
@@ -255,13 +273,19 @@ class SupervisedTrainer:
         if n_tokens == 0:
             return 0.0, 0, [0.0] * len(seqs)  # nothing to learn from: no update (Adam would still move weights)
         plan = plan_microbatches(seqs, self.cfg.micro_batch_tokens, self._shared_prefix, self.cfg.min_shared_prefix)
-        for mb in plan:
-            nll, _ = self.engine(mb)
-            total = nll.sum()
-            if not torch.isfinite(total):
+        routed = [sum(len(s) for s in mb.sequences) for mb in plan]
+        self.last_balance = 0.0  # the step's load-balancing loss, each micro-batch by its share of routed tokens
+        for mb, mb_routed in zip(plan, routed, strict=True):
+            nll, _, balance = self.engine(mb)
+            loss = nll.sum() / n_tokens
+            if balance is not None:
+                share = mb_routed / sum(routed)
+                loss = loss + self.aux_coef * share * balance
+                self.last_balance += share * float(balance.detach())
+            if not torch.isfinite(loss):
                 self._discard_gradients()
                 return math.nan, n_tokens, []
-            self.engine.backward(total / n_tokens, scale_wrt_gas=False)
+            self.engine.backward(loss, scale_wrt_gas=False)
             seq_nll[mb.indices] = nll.detach().float().cpu()
         self.engine.step()
         counts = [max(1, int(s.loss_mask.sum())) for s in seqs]
