@@ -360,8 +360,10 @@ def test_roll_train_async_end_to_end(tmp_path, docker_client):
             "train.iterations=4", "train.max_staleness=1", "train.lr=1e-3", "tasks.families=[create_file]",
             "tasks.train_per_family=4", "rollout.tasks_per_iteration=1", "rollout.group_size=2",
             "rollout.oracle_per_group=0", "rollout.resample.enabled=false", "agent.max_turns=2",
-            "agent.max_tokens=16"]  # fmt: skip
-    proc = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=900)
+            "agent.max_tokens=16",
+            # vLLM's start takes ~1 min on 2 quiet cores and once took over 600 s beside a training and the suite
+            "inference.startup_timeout_s=1500"]  # fmt: skip
+    proc = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     run_dir = tmp_path / "async"
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
