@@ -163,12 +163,9 @@ def attempt_runner(client, attempts: list[Attempt], cfg: RunConfig, tracker: San
         if a.reference is not None:
             from roll.rollout.resample import resampled_attempt
 
-            try:  # it pulls its own chunks (joined to its reference's prefix): the streamed ones are dropped
-                return resampled_attempt(client, a.task, a.reference, a.start_chunk, options, snapshots=snapshots,
-                                         **common)  # fmt: skip
-            finally:
-                if stream is not None:
-                    stream.discard(a.trajectory_id)
+            # its sampled chunks come from the stream too (joined to its reference's prefix)
+            return resampled_attempt(client, a.task, a.reference, a.start_chunk, options, snapshots=snapshots,
+                                     stream=stream, **common)  # fmt: skip
         return run_attempt(client, a.task, "iflow", model_url=teacher_url if a.oracle else None,
                            options=oracle_options if a.oracle else options, stream=stream, **common)  # fmt: skip
 

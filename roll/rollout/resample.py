@@ -15,7 +15,8 @@ trajectory (`.venv/bin/pytest tests/roll/test_resample_docker.py`; `roll resampl
    (the task, the prefix's replies and observations); the system prompt is iflow's own, so the policy's
    first prompt is the reference's chunk-k prompt and the policy samples only chunks k.. .
 3. The task's tests, as in `run_attempt`. The returned Trajectory holds the reference's chunks 0..k-1
-   (given) then the sampled ones, renumbered k.., with `start_chunk=k` and `reference_id`: the trainer
+   (given) then the sampled ones (taken from the run's stream buffer when given, as `run_attempt` does; else
+   pulled from the sandbox now), renumbered k.., with `start_chunk=k` and `reference_id`: the trainer
    puts an imitation term on `chunks[:start_chunk]` and the RL term on the rest.
 
 Snapshots keep files, not processes: a task whose setup or prefix starts a background process (`setsid`,
@@ -55,6 +56,7 @@ from roll.rollout.attempt import (
     one_line,
     task_image,
 )
+from roll.rollout.stream import ChunkStream
 from roll.tasks.spec import TaskSpec
 
 HISTORY_PATH = "/tmp/iflow-history.json"
@@ -273,11 +275,14 @@ def resampled_attempt(
     group: int | None = None,
     tracker: SandboxTracker | None = None,
     iflow_source: Path | None = None,
+    stream: ChunkStream | None = None,
 ) -> Trajectory:
     """One iflow attempt at `task` from the state before chunk `start_chunk` of `reference` (module docstring).
 
     Raises BadReference for a reference that has no such chunk or is of another task; a reference whose
     prefix no longer reproduces is the returned attempt's `environment_error`. Infrastructure failures raise.
+    `stream`: the run's chunk buffer (roll/rollout/stream.py), which the sampled chunks are taken from (the
+    sandbox records them under the attempt's trajectory id, as `run_attempt`'s); None: pulled after the attempt.
     """
     check_reference(task, reference, start_chunk)
     options = options or AgentOptions()
@@ -301,31 +306,35 @@ def resampled_attempt(
         logs.write("trajectory.json", traj.model_dump_json(indent=1))
         return traj
 
-    calls = prefix_calls(reference, start_chunk)
     try:
-        image = task_image(client, task)
-    except EnvironmentFailed as e:
-        logs.write("environment.log", str(e) + "\n")
-        return failed("environment_error", str(e))
-    create = iflow_sandbox(image, base["trajectory_id"], options, model_url, iflow_source)
-    use_snapshots = snapshots is not None and not starts_processes(task, calls)
-    key = (task.id, reference.trajectory_id, start_chunk)
-    try:
-        if use_snapshots:
-            assert snapshots is not None
-            with snapshots.lock(key):
-                sandbox = _restored(client, task, calls, create, tracker, logs, snapshots, key)
-        else:
-            sandbox = _restored(client, task, calls, create, tracker, logs, None, key)
-    except (rock_errors.ImageNotFound, rock_errors.ValidationFailed) as e:
-        logs.write("environment.log", f"{type(e).__name__}: {e}\n")
-        return failed("environment_error", f"sandbox of image {image}: {e}")
-    except _Failed as e:
-        return failed("environment_error", str(e.reason), e.sandbox_id)
-    try:
-        return _run_from(sandbox, task, reference, start_chunk, calls, options, logs, base, start)
+        calls = prefix_calls(reference, start_chunk)
+        try:
+            image = task_image(client, task)
+        except EnvironmentFailed as e:
+            logs.write("environment.log", str(e) + "\n")
+            return failed("environment_error", str(e))
+        create = iflow_sandbox(image, base["trajectory_id"], options, model_url, iflow_source)
+        use_snapshots = snapshots is not None and not starts_processes(task, calls)
+        key = (task.id, reference.trajectory_id, start_chunk)
+        try:
+            if use_snapshots:
+                assert snapshots is not None
+                with snapshots.lock(key):
+                    sandbox = _restored(client, task, calls, create, tracker, logs, snapshots, key)
+            else:
+                sandbox = _restored(client, task, calls, create, tracker, logs, None, key)
+        except (rock_errors.ImageNotFound, rock_errors.ValidationFailed) as e:
+            logs.write("environment.log", f"{type(e).__name__}: {e}\n")
+            return failed("environment_error", f"sandbox of image {image}: {e}")
+        except _Failed as e:
+            return failed("environment_error", str(e.reason), e.sandbox_id)
+        try:
+            return _run_from(sandbox, task, reference, start_chunk, calls, options, logs, base, start, stream)
+        finally:
+            tracker.delete(sandbox)
     finally:
-        tracker.delete(sandbox)
+        if stream is not None:
+            stream.discard(base["trajectory_id"])  # taken already, or nothing to take
 
 
 class _Failed(Exception):
@@ -379,7 +388,8 @@ def _setup(sandbox, task: TaskSpec, logs: _Logs) -> None:
 
 
 def _run_from(sandbox, task: TaskSpec, reference: Trajectory, k: int, calls: list[PrefixCall],
-              options: AgentOptions, logs: _Logs, base: dict, start: float) -> Trajectory:  # fmt: skip
+              options: AgentOptions, logs: _Logs, base: dict, start: float,
+              stream: ChunkStream | None = None) -> Trajectory:  # fmt: skip
     wd = task.workdir
     sandbox.write_file(HISTORY_PATH, json.dumps(reference_history(reference, k), ensure_ascii=False), mode=0o644)
     agent_timeout = options.timeout_s or task.agent_timeout_s
@@ -400,7 +410,7 @@ def _run_from(sandbox, task: TaskSpec, reference: Trajectory, k: int, calls: lis
     logs.exec("tests", test)
     status, error = decide_status("iflow", run, info, test, _graded(sandbox, task, test))
 
-    sampled = _chunks(sandbox.trajectory())
+    sampled = stream.take(sandbox, base["trajectory_id"]) if stream else _chunks(sandbox.trajectory())
     new_results = link_tool_results(sampled, (info or {}).get("tool_results") or [])
     traj = Trajectory(
         **base,

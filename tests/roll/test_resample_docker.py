@@ -3,7 +3,8 @@
 The reference is one oracle-teacher iflow attempt at multi_step_chain-0 (8 chunks: look, four reads along the
 chain, write_file of the word at chunk 5, a check, the answer). The teacher continues its plan from the call ids
 in the history it is given, so from start k it makes exactly the reference's calls k.. : an attempt that starts
-after the write (k = 6) resolves only if the replay (or the snapshot) put the written file back.
+after the write (k = 6) resolves only if the replay (or the snapshot) put the written file back. With the run's
+ChunkStream the sampled chunks come from its buffer (none pulled after the attempt), joined as the pull's are.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from roll.cli import main
 from roll.data.teacher import OracleTeacher
 from roll.rollout.attempt import AgentOptions, iflow_source_dir, run_attempt
 from roll.rollout.resample import SnapshotCache, resampled_attempt
+from roll.rollout.stream import ChunkStream
 from roll.tasks.suite import generate
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -113,6 +115,36 @@ def test_a_reference_that_no_longer_reproduces_is_reported_and_skipped(rock, tea
     assert good.chunks[3].messages == reference.chunks[3].messages
     assert all(same_calls(a, b) for a, b in zip(good.chunks, reference.chunks, strict=True))
     assert len(snapshots) == cached + 1  # the good start's; nothing for the broken reference
+
+
+def test_the_sampled_chunks_come_from_the_runs_stream_joined_as_the_pull_joins_them(
+    rock_proc, rock, teacher, reference, snapshots, tmp_path
+):
+    pulled = resampled_attempt(rock, TASK, reference, 6, OPTIONS, model_url=teacher, snapshots=snapshots)
+    lines = []
+    stream = ChunkStream.open(rock_proc.url, rock_proc.token, log=lines.append, keepalive_s=1.0, grace_s=0.5)
+    assert stream is not None, lines
+    try:
+        streamed = resampled_attempt(rock, TASK, reference, 6, OPTIONS, model_url=teacher, snapshots=snapshots,
+                                     attempt_dir=tmp_path / "s", stream=stream)  # fmt: skip
+        m = stream.metrics()
+        assert stream.buffered == 0  # taken, not left behind
+    finally:
+        stream.close()
+    assert pulled.resolved and streamed.resolved, (pulled.status, pulled.error, streamed.status, streamed.error)
+    # both sampled chunks (the check, the answer) through the stream, none fetched after the attempt
+    assert (m["chunks_streamed"], m["chunks_refetched"]) == (2, 0), (m, lines)
+    assert not any("fetched from the gateway" in line for line in lines), lines
+    assert [c.index for c in streamed.chunks] == list(range(8)) == [c.index for c in pulled.chunks]
+    assert {c.trajectory_id for c in streamed.chunks} == {streamed.trajectory_id}
+    for mine, ref in zip(streamed.chunks[:6], reference.chunks[:6], strict=True):  # the given prefix
+        assert (mine.messages, mine.response, mine.sandbox_id) == (ref.messages, ref.response, ref.sandbox_id)
+    assert all(c.sandbox_id == streamed.sandbox_id for c in streamed.chunks[6:])  # recorded in its own sandbox
+    assert streamed.chunks[6].messages == reference.chunks[6].messages
+    assert all(same_calls(a, b) for a, b in zip(streamed.chunks, pulled.chunks, strict=True))
+    assert [c.response.text for c in streamed.chunks] == [c.response.text for c in pulled.chunks]
+    assert [r.chunk_index for r in streamed.tool_results] == [r.chunk_index for r in pulled.tool_results]
+    assert streamed.policy_versions == pulled.policy_versions
 
 
 class WeakTeacher(OracleTeacher):
