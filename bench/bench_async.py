@@ -28,7 +28,11 @@ took 36 s instead of 79 s (first run this session, still with 2 threads: ratio 2
 because async is now rollout-bound, not trainer-bound: the trainer idles 52 % of it, 66 s of its 106 s are waits
 for finished groups (22 s for the first batch while 24 sandboxes start on the 2 cores, 34 s for the last two,
 the latency tail), and a step beside 15-24 attempts in flight still takes 2x its time alone (7-8 s vs 3.7 s).
-3.0 needs the async phase at 91 s. Earlier: 2.29 (trainer-bound: the same 6 updates took 107 s beside the
+3.0 needs the async phase at 91 s.
+Measured 2026-12-07, session 9, quiet (`bench/bench_async.py --iterations 12`, 96 trajectories, so the first batch's
+sandbox starts and the last batch's tail weigh half as much): ratio **2.836** (sync 568.2 s, async 200.3 s), staleness
+max 4 <= 4, dropped 0. Now trainer-bound again: the 12 updates took 119.8 s beside the rollouts (71.4 s in the sync
+phase, alone), the trainer idles 21.5 % of the async phase; 3.0 needs it at 189 s. Earlier: 2.29 (trainer-bound: the same 6 updates took 107 s beside the
 rollouts against 48 s alone), 2.06 (also scoring every stale chunk under its sampler's weights).
 """
 
