@@ -23,9 +23,10 @@ def test_fork_bomb_is_stopped_by_the_pids_limit(rock_server, client, docker_clie
 
 def test_memory_bomb_is_oom_killed_and_the_manager_keeps_serving(rock_server, client):
     with client.create_sandbox(memory="64m") as sb:
-        # Near the limit the kernel reclaims the interpreter's own file pages before it gives up and OOM-kills: on a
-        # loaded machine with the layers on a btrfs loop that thrash took 56 s once (and over 60 in a CI dry run).
-        r = sb.exec(["python3", "-c", "a = []\nwhile True: a.append(bytearray(1 << 20))"], timeout=240)
+        # One allocation, filled by libc's memset: near the limit the kernel reclaims file pages before it OOM-kills,
+        # and a Python loop of small allocations re-faulted its interpreter's evicted pages from the btrfs loop after
+        # each one (that thrash took 56 s, then over 240 s in a quiet CI dry run); a fill needs no such pages.
+        r = sb.exec(["python3", "-c", "a = bytearray(512 << 20)"], timeout=240)
         assert r.exit_code == 137 and not r.timed_out
         assert sb.exec("echo still here").stdout == "still here\n"
         assert httpx.get(f"{rock_server.url}/healthz").status_code == 200
