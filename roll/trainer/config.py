@@ -39,7 +39,9 @@ class TrainerConfig(BaseModel):
     )
     min_shared_prefix: int = Field(64, ge=1, description="shorter common prefixes are not worth the second forward")
     router_aux_coef: float | None = Field(
-        None, ge=0, description="weight of the MoE routers' load-balancing loss (per layer, mean over layers); None:"
+        None,
+        ge=0,
+        description="weight of the MoE routers' load-balancing loss (per layer, mean over layers); None:"
         " the model config's router_aux_loss_coef (0.001 for Qwen3-MoE); 0 or a dense model: none",
     )
     seed: int = 0

@@ -75,7 +75,9 @@ def router_aux_coef(cfg: TrainerConfig, model_config) -> float:
     model config's `router_aux_loss_coef`."""
     if not getattr(model_config, "num_experts", None) or not getattr(model_config, "num_experts_per_tok", None):
         return 0.0
-    return cfg.router_aux_coef if cfg.router_aux_coef is not None else getattr(model_config, "router_aux_loss_coef", 0.0)
+    return (
+        cfg.router_aux_coef if cfg.router_aux_coef is not None else getattr(model_config, "router_aux_loss_coef", 0.0)
+    )
 
 
 class SupervisedTrainer:
