@@ -59,14 +59,14 @@ class BareLoop:
             group["lr"] = lr
         n_tokens = sum(int(s.loss_mask.sum()) for s in seqs)
         coef, config = router_aux_coef(self.cfg, self.model.config), self.model.config
-        plan = plan_microbatches(seqs, self.cfg.micro_batch_tokens, self.cfg.shared_prefix, 64)
-        routed = [sum(len(s) for s in mb.sequences) for mb in plan]
-        for mb, mb_routed in zip(plan, routed, strict=True):  # the trainer's loss: NLL + the routers' balance
-            routers: list | None = [] if coef else None
+        n_routed = sum(len(s) for s in seqs)
+        for mb in plan_microbatches(seqs, self.cfg.micro_batch_tokens, self.cfg.shared_prefix, 64):
+            routers: list | None = [] if coef else None  # the trainer's loss: NLL + the routers' balance
             nll, _ = microbatch_nll(self.model, mb, self.cfg.logprob_slice, config.pad_token_id or 0, routers)
             loss = nll.sum() / n_tokens
             if routers:
-                loss = loss + coef * mb_routed / sum(routed) * load_balancing_loss(routers, config.num_experts_per_tok)
+                share = sum(len(s) for s in mb.sequences) / n_routed
+                loss = loss + coef * share * load_balancing_loss(routers, config.num_experts_per_tok)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()

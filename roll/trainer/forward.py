@@ -102,7 +102,7 @@ def load_balancing_loss(router_logits: Sequence[Sequence[torch.Tensor]], top_k: 
 
 
 def microbatch_nll(
-    model, mb: MicroBatch, slice_len: int, pad_id: int = 0, router_logits: list[torch.Tensor] | None = None
+    model, mb: MicroBatch, slice_len: int, pad_id: int = 0, router_logits: list[tuple[torch.Tensor, ...]] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence summed NLL [B] and loss-token counts [B] of a micro-batch under an HF causal LM `model`.
 

@@ -63,11 +63,9 @@ class _LossModule(torch.nn.Module):
 
     def forward(self, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(per-sequence NLL sums, loss-token counts, the routers' load-balancing loss or None)."""
-        if not self.balance_top_k:
-            return (*microbatch_nll(self.model, mb, self.slice_len, self.pad_id), None)
-        routers: list = []
+        routers: list | None = [] if self.balance_top_k else None
         nll, counts = microbatch_nll(self.model, mb, self.slice_len, self.pad_id, routers)
-        return nll, counts, load_balancing_loss(routers, self.balance_top_k)
+        return nll, counts, load_balancing_loss(routers, self.balance_top_k) if routers is not None else None
 
 
 def router_aux_coef(cfg: TrainerConfig, model_config) -> float:
@@ -138,7 +136,6 @@ class SupervisedTrainer:
         # ZeRO-3 reduces a parameter's gradient per use of its module, and the shared prefix runs the model twice
         # in one backward (prefix, then suffixes): DeepSpeed 0.19 asserts on the repeated parameter. Off there.
         self._shared_prefix = self.cfg.shared_prefix and self.cfg.zero_stage < 3
-        self.last_balance = 0.0
         self.step = 0  # optimizer steps taken, over all fits of this trainer (the x axis of its metrics)
         self._fit_start = 0  # where the next fit starts: fits run one after another (curriculum phases)
         self._resumed: dict | None = None
@@ -215,7 +212,7 @@ class SupervisedTrainer:
                 indices = sampler.next_batch(self.cfg.batch_sequences)
                 lr = lr_at(self.cfg, self.step - start, total)
                 t0 = time.perf_counter()
-                loss, n_tokens, seq_losses = self._train_step([sequences[i] for i in indices], lr)
+                loss, n_tokens, seq_losses, balance = self._train_step([sequences[i] for i in indices], lr)
                 seconds = time.perf_counter() - t0
                 self.step += 1
                 skipped = not math.isfinite(loss)
@@ -227,7 +224,7 @@ class SupervisedTrainer:
                        "input_tokens_per_s": input_tokens / seconds, "seconds": seconds, "skipped": skipped,
                        "samples": indices}  # fmt: skip
                 if self.aux_coef:
-                    row["router_balance"] = self.last_balance  # k when the experts share evenly, up to E
+                    row["router_balance"] = balance  # k when the experts share evenly, up to E
                 log.log(row)
                 progress.update(loss, input_tokens / seconds)
                 if on_step is not None:
@@ -266,32 +263,33 @@ class SupervisedTrainer:
             "plot": str(plot),
         }
 
-    def _train_step(self, seqs: list[PackedSequence], lr: float) -> tuple[float, int, list[float]]:
-        """One optimizer step over `seqs`: (token-mean loss or NaN when skipped, loss tokens, per-sequence loss)."""
+    def _train_step(self, seqs: list[PackedSequence], lr: float) -> tuple[float, int, list[float], float]:
+        """One optimizer step over `seqs`: (token-mean loss or NaN when skipped, loss tokens, per-sequence loss, the
+        routers' load-balancing loss, each micro-batch's by its share of the step's tokens; 0 without it)."""
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
         n_tokens = int(sum(int(s.loss_mask.sum()) for s in seqs))
         seq_nll = torch.zeros(len(seqs))
         if n_tokens == 0:
-            return 0.0, 0, [0.0] * len(seqs)  # nothing to learn from: no update (Adam would still move weights)
+            return 0.0, 0, [0.0] * len(seqs), 0.0  # nothing to learn from: no update (Adam would still move weights)
         plan = plan_microbatches(seqs, self.cfg.micro_batch_tokens, self._shared_prefix, self.cfg.min_shared_prefix)
-        routed = [sum(len(s) for s in mb.sequences) for mb in plan]
-        self.last_balance = 0.0  # the step's load-balancing loss, each micro-batch by its share of routed tokens
-        for mb, mb_routed in zip(plan, routed, strict=True):
+        step_balance, n_routed = 0.0, sum(len(s) for s in seqs)  # every token of the step goes through the routers
+        for mb in plan:
             nll, _, balance = self.engine(mb)
             loss = nll.sum() / n_tokens
             if balance is not None:
-                share = mb_routed / sum(routed)
+                share = sum(len(s) for s in mb.sequences) / n_routed
                 loss = loss + self.aux_coef * share * balance
-                self.last_balance += share * float(balance.detach())
+                step_balance += share * float(balance.detach())
             if not torch.isfinite(loss):
                 self._discard_gradients()
-                return math.nan, n_tokens, []
+                return math.nan, n_tokens, [], step_balance
             self.engine.backward(loss, scale_wrt_gas=False)
             seq_nll[mb.indices] = nll.detach().float().cpu()
         self.engine.step()
         counts = [max(1, int(s.loss_mask.sum())) for s in seqs]
-        return float(seq_nll.sum()) / n_tokens, n_tokens, [float(v) / c for v, c in zip(seq_nll, counts, strict=True)]
+        seq_losses = [float(v) / c for v, c in zip(seq_nll, counts, strict=True)]
+        return float(seq_nll.sum()) / n_tokens, n_tokens, seq_losses, step_balance
 
     def _discard_gradients(self) -> None:
         # A bad micro-batch poisons the whole step: drop what the earlier micro-batches accumulated, no update.
