@@ -197,6 +197,10 @@ class TrainConfig(_Strict):
         "an update's micro-batches, the same update as one rank); one GPU each on cuda; on cpu they split `threads`"
     )  # fmt: skip
     micro_batch_tokens: int = Field(4096, ge=1, description="tokens per rank per micro-batch (what `roll plan` sizes)")
+    shared_prefix: bool = Field(
+        True, description="a prompt prefix shared by a micro-batch's trajectories (iflow's system prompt and tools) "
+        "runs once, its KV cache serving each trajectory's rest: the same gradients for less work; off under ZeRO-3"
+    )  # fmt: skip
     logprob_slice: int = Field(1024, ge=1, description="log-probs are computed this many tokens at a time (lm_head)")
     memory_headroom: float = Field(0.9, gt=0, le=1, description="share of a device's memory the plan may fill")
     seed: int = 0

@@ -4,7 +4,8 @@
 Every trajectory iflow records starts with the same ~976-token system prompt and tool schemas. When the
 sequences of a micro-batch share a prefix, the prefix runs once (batch 1) with grad, its KV cache is repeated
 to the batch and the suffixes attend to it; backward flows through the cache into the prefix, so the gradients
-are those of separate rows (tested to float64 precision) at a fraction of the work. Logprobs are taken only at
+are those of separate rows (tested to float64 precision) at a fraction of the work. The RL trainer does the same
+through `hidden_at` and plans its micro-batches of whole trajectories with `plan_units`. Logprobs are taken only at
 loss-bearing targets, through `sliced_token_logprobs`, so [tokens x vocab] logits never exist at once.
 """
 
@@ -45,32 +46,46 @@ def common_prefix_len(sequences: Sequence[PackedSequence]) -> int:
     return n
 
 
+def plan_units(
+    units: Sequence[Sequence[PackedSequence]], max_tokens: int, shared_prefix: bool = False, min_prefix: int = 64
+) -> list[tuple[list[int], int]]:
+    """Split one optimizer step's units (sequences trained in the same micro-batch: one, or a trajectory's packed
+    sequences) into micro-batches of at most `max_tokens` padded tokens; (unit indices, shared prefix length) each.
+
+    Every unit lands in exactly one micro-batch; a unit costs its sequences x its longest. With `shared_prefix`,
+    units whose sequences' first `min_prefix` tokens agree are budgeted together by their suffix lengths (the prefix
+    is paid once per micro-batch), and a micro-batch's prefix length is that of all its sequences (0 if under
+    `min_prefix`).
+    """
+    cost = [len(u) * max(len(s) for s in u) for u in units]
+    if not shared_prefix:
+        return [(ix, 0) for ix in budget_microbatches(cost, max_tokens)]
+    groups: dict[tuple, list[int]] = {}
+    for i, u in enumerate(units):
+        keys = {tuple(s.input_ids[:min_prefix].tolist()) if len(s) > min_prefix else None for s in u}
+        key = keys.pop() if len(keys) == 1 and None not in keys else ("alone", i)
+        groups.setdefault(key, []).append(i)
+    out: list[tuple[list[int], int]] = []
+    for members in groups.values():
+        seqs = [s for i in members for s in units[i]]
+        p = common_prefix_len(seqs) if len(seqs) > 1 else 0
+        suffix_costs = [len(units[i]) * (max(len(s) for s in units[i]) - p) for i in members]
+        # each micro-batch runs the prefix again: a cut costs that on top of the forward's own overhead
+        for local in budget_microbatches(suffix_costs, max(1, max_tokens - p), MICROBATCH_OVERHEAD_TOKENS + p):
+            ix = [members[j] for j in local]
+            mb = [s for i in ix for s in units[i]]
+            prefix = common_prefix_len(mb) if len(mb) > 1 else 0
+            out.append((ix, prefix if prefix >= min_prefix else 0))
+    return out
+
+
 def plan_microbatches(
     sequences: Sequence[PackedSequence], max_tokens: int, shared_prefix: bool = False, min_prefix: int = 64
 ) -> list[MicroBatch]:
-    """Split one optimizer step's sequences into micro-batches of at most `max_tokens` padded tokens.
-
-    Every sequence lands in exactly one micro-batch. With `shared_prefix`, sequences whose first `min_prefix`
-    tokens agree are budgeted together by their suffix lengths (the prefix is paid once per micro-batch).
-    """
-    if not shared_prefix:
-        return [MicroBatch(ix, [sequences[i] for i in ix]) for ix in budget_microbatches(sequences, max_tokens)]
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, s in enumerate(sequences):
-        key = tuple(s.input_ids[:min_prefix].tolist()) if len(s) > min_prefix else ("alone", i)
-        groups.setdefault(key, []).append(i)
-    out: list[MicroBatch] = []
-    for members in groups.values():
-        seqs = [sequences[i] for i in members]
-        p = common_prefix_len(seqs) if len(seqs) > 1 else 0
-        suffix_lengths = [len(s) - p for s in seqs]
-        # each micro-batch runs the prefix again: a cut costs that on top of the forward's own overhead
-        for local in budget_microbatches(suffix_lengths, max(1, max_tokens - p), MICROBATCH_OVERHEAD_TOKENS + p):
-            ix = [members[j] for j in local]
-            mb = [sequences[i] for i in ix]
-            prefix = common_prefix_len(mb) if len(mb) > 1 else 0
-            out.append(MicroBatch(ix, mb, prefix if prefix >= min_prefix else 0))
-    return out
+    """Split one optimizer step's sequences into micro-batches of at most `max_tokens` padded tokens (`plan_units`
+    with one sequence a unit)."""
+    plan = plan_units([[s] for s in sequences], max_tokens, shared_prefix, min_prefix)
+    return [MicroBatch(ix, [sequences[i] for i in ix], p) for ix, p in plan]
 
 
 def _pad(rows: list[torch.Tensor], pad_id: int) -> torch.Tensor:
@@ -82,6 +97,25 @@ def _pad(rows: list[torch.Tensor], pad_id: int) -> torch.Tensor:
     for b, r in enumerate(rows):
         ids[b, : r.shape[0]] = r
     return ids
+
+
+def hidden_at(backbone, input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, prefix_len: int = 0):
+    """[N, H]: the decoder's last hidden state at (rows[i], cols[i]) of the right-padded batch `input_ids` [B, T].
+
+    With `prefix_len` P > 0 (every row's first P tokens are equal and each row is longer) the prefix runs once
+    (batch 1, with grad), its KV cache is repeated to the batch and the rows' tokens from P on attend to it: the
+    states and gradients of separate rows, the prefix's work paid once (roll/workers/trainer.py's RL step).
+    """
+    if not prefix_len:
+        return backbone(input_ids=input_ids).last_hidden_state[rows, cols]
+    P, (B, T) = prefix_len, input_ids.shape
+    pre = backbone(input_ids=input_ids[:1, :P], use_cache=True)
+    cache = pre.past_key_values
+    cache.batch_repeat_interleave(B)
+    positions = torch.arange(P, T, device=input_ids.device)[None].expand(B, -1)
+    rest = backbone(input_ids=input_ids[:, P:], past_key_values=cache, position_ids=positions).last_hidden_state
+    inside = (cols < P)[:, None]  # [N, 1]: a target predicted from inside the prefix (the same for every row)
+    return torch.where(inside, pre.last_hidden_state[0, cols.clamp(max=P - 1)], rest[rows, (cols - P).clamp(min=0)])
 
 
 def load_balancing_loss(router_logits: Sequence[Sequence[torch.Tensor]], top_k: int) -> torch.Tensor:

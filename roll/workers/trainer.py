@@ -3,7 +3,9 @@ tests/roll/test_roll_driver.py`).
 
 `step(trajectories)` is one optimizer update on an iteration's recorded rollouts: each trajectory's trainable
 chunks packed into causal sequences (roll/algo/packing.py: a shared prompt prefix is computed once), micro-batches
-of whole trajectories by a padded-token budget with gradients accumulated, logprobs only at the response
+of whole trajectories by a padded-token budget with gradients accumulated (a prompt prefix that a micro-batch's
+trajectories share, iflow's ~976-token system prompt and tools, runs once and its KV cache serves every row:
+`train.shared_prefix`, `.venv/bin/pytest tests/roll/test_trainer_rl_prefix.py`), logprobs only at the response
 tokens and a slice of the logits at a time, then the configured loss from roll/algo/ipa.py — IPA (chunk-level
 returns G_k = γ^(K−k)·R, group baselines, chunk ratio ρ_k against the sampler's recorded logprobs μ with
 mismatch masking) or token-level GRPO / PPO-clip for comparison. A non-finite loss applies no update and says
@@ -47,13 +49,17 @@ import torch
 
 from roll.algo.ipa import grpo_loss, ipa_loss, ppo_clip_loss
 from roll.algo.logprobs import sliced_token_logprobs
-from roll.algo.packing import PackedSequence, budget_microbatches, pack_trajectory, pad_sequences, untrainable_reason
+from roll.algo.packing import PackedSequence, pack_trajectory, pad_sequences, untrainable_reason
 from roll.algo.returns import ChunkTargets, chunk_returns, chunk_targets
 from roll.config import TrainConfig
 from roll.errors import RollError
+from roll.trainer.forward import hidden_at, plan_units
 from roll.trainer.trainer import export_hf, init_distributed
 
 _AVERAGED = ("mean", "frac")  # loss metrics averaged over micro-batches by chunks; the others are sums
+# Shorter prefixes common to a micro-batch's sequences are not worth the prefix's own forward (as the SFT trainer's
+# min_shared_prefix); every iflow trajectory starts with the same ~976-token system prompt and tool schemas.
+MIN_SHARED_PREFIX = 64
 # How long a rank waits in a collective (or for the group to form) before it fails: a rank's share of a step on a
 # loaded CPU takes minutes; the driver names a dead rank at once through Ray, this bounds what is left.
 GROUP_TIMEOUT_S = 1800.0
@@ -123,25 +129,29 @@ def deepspeed_setup(cfg: TrainConfig, device: str = "cpu") -> DeepSpeedSetup:
 
 
 class _ResponseLogprobs(torch.nn.Module):
-    """The model under DeepSpeed: padded ids in, the logprob of each selected target out (rows, cols: [N])."""
+    """The model under DeepSpeed: padded ids in, the logprob of each selected target out (rows, cols: [N]);
+    `prefix_len` > 0: the rows' first `prefix_len` tokens are equal and run once (roll/trainer/forward.py)."""
 
     def __init__(self, model, slice_len: int):
         super().__init__()
         self.model, self.slice_len = model, slice_len
 
-    def forward(self, input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, prefix_len: int = 0):
         # Right padding needs no attention mask in a causal model: real tokens never attend to the pads after them.
-        hidden = self.model.get_decoder()(input_ids=input_ids).last_hidden_state  # [B, T, H]
+        hidden = hidden_at(self.model.get_decoder(), input_ids, rows, cols, prefix_len)  # [N, H]
         targets = input_ids[rows, cols + 1]  # [N]: position j predicts token j+1
-        return sliced_token_logprobs(self.model.get_output_embeddings(), hidden[rows, cols], targets, self.slice_len)
+        return sliced_token_logprobs(self.model.get_output_embeddings(), hidden, targets, self.slice_len)
 
 
 class _MicroBatch:
-    """The packed sequences of some whole trajectories, flattened to the response targets: [1, N] tensors."""
+    """The packed sequences of some whole trajectories, flattened to the response targets: [1, N] tensors;
+    `prefix_len` > 0: the sequences' first `prefix_len` tokens are equal (computed once)."""
 
-    def __init__(self, sequences: list[PackedSequence], is_reference: Callable[[tuple[str, int]], bool]):
+    def __init__(self, sequences: list[PackedSequence], is_reference: Callable[[tuple[str, int]], bool],
+                 prefix_len: int = 0):  # fmt: skip
         batch = pad_sequences(sequences)
         self.input_ids = batch.input_ids  # [B, T]
+        self.prefix_len = prefix_len
         self.rows, self.cols = batch.loss_mask.nonzero(as_tuple=True)  # [N], [N]
         self.chunk_ids = batch.chunk_ids[self.rows, self.cols][None]  # [1, N] ids into keys
         self.old = batch.old_logprobs[self.rows, self.cols][None]  # [1, N] μ as recorded
@@ -150,6 +160,12 @@ class _MicroBatch:
         self.chunk_is_ref = ref  # [C]
         self.is_ref = ref[self.chunk_ids] if self.keys else torch.zeros_like(self.chunk_ids, dtype=torch.bool)
         self.mask = torch.ones_like(self.old)  # [1, N]: every selected target counts
+
+    @property
+    def cost(self) -> int:
+        """Tokens through the model: the prefix once, every row's rest padded to the longest."""
+        B, T = self.input_ids.shape
+        return self.prefix_len + B * (T - self.prefix_len)
 
 
 def _select(targets: ChunkTargets, where: dict[tuple[str, int], int], keys: list[tuple[str, int]]) -> ChunkTargets:
@@ -221,6 +237,9 @@ class Trainer:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=setup.dtype)
         self.shape = model_shape(model)  # before ZeRO-3 empties the parameters
         self.zero3 = cfg.zero_stage == 3
+        # ZeRO-3 reduces a parameter's gradient per use of its module, and the shared prefix runs the model twice in
+        # one backward (prefix, then the rest): DeepSpeed asserts on the repeated parameter (as in the SFT trainer)
+        self.shared_prefix = cfg.shared_prefix and not self.zero3
         module = _ResponseLogprobs(model, cfg.logprob_slice)
         self.engine, *_ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=setup.config)
         # where the micro-batches go: the rank's GPU (DeepSpeed moved the model there) or the host
@@ -274,9 +293,9 @@ class Trainer:
             dropped += len(t.chunks) - len(chunks)
             if chunks:
                 packs.append(pack_trajectory(chunks))
-        cost = [len(p) * max(len(s) for s in p) for p in packs]  # padded tokens of a trajectory's sequences
-        plan = budget_microbatches(cost, self.cfg.micro_batch_tokens)
-        return [_MicroBatch([s for i in ix for s in packs[i]], is_reference) for ix in plan], dropped
+        # by padded tokens; with the shared prefix, trajectories that start alike share a micro-batch and its prefix
+        plan = plan_units(packs, self.cfg.micro_batch_tokens, self.shared_prefix, MIN_SHARED_PREFIX)
+        return [_MicroBatch([s for i in ix for s in packs[i]], is_reference, p) for ix, p in plan], dropped
 
     def _loss(self, mb: _MicroBatch, logp: torch.Tensor, old: torch.Tensor, t: ChunkTargets, denominators: dict,
               behaviour: torch.Tensor | None = None):  # fmt: skip
@@ -325,7 +344,7 @@ class Trainer:
         denominators = {"chunks": len(keys), "trajectories": len({tid for tid, _ in keys}),
                         "tokens": sum(mb.old.numel() for mb in plan)}  # fmt: skip
         stats: dict[str, float] = {"given_chunks": float(sum(k[1] < given.get(k[0], 0) for k in keys))}
-        share = shares([mb.input_ids.numel() for mb in plan], self.world)
+        share = shares([mb.cost for mb in plan], self.world)
         mine = [plan[i] for i in share[self.rank]]
         self._forwards = max(len(ix) for ix in share)  # of the model per pass, on every rank (idle ones on the short)
         # sums over this rank's micro-batches (summed over the ranks after the update)
@@ -440,7 +459,7 @@ class Trainer:
         """[1, N] float32 on the host: the engine's forward on the device; the loss math stays on the host
         (N floats per micro-batch cross back; gradients flow through the copy)."""
         ids, rows, cols = (x.to(self.device) for x in (mb.input_ids, mb.rows, mb.cols))
-        return self.engine(ids, rows, cols).float().cpu()[None]
+        return self.engine(ids, rows, cols, mb.prefix_len).float().cpu()[None]
 
     @torch.no_grad()
     def _behaviour(self, mb: _MicroBatch, current: torch.Tensor, sampled_by: dict, stats: dict) -> torch.Tensor:
@@ -471,7 +490,7 @@ class Trainer:
                 model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
                 self._scratch = _ResponseLogprobs(model, self.cfg.logprob_slice).eval()
             self._scratch.model.load_state_dict(self._snapshots[v])
-            at_v = self._scratch(mb.input_ids, mb.rows, mb.cols)[None]  # [1, N]
+            at_v = self._scratch(mb.input_ids, mb.rows, mb.cols, mb.prefix_len)[None]  # [1, N]
             behaviour = torch.where(token_version == v, at_v, behaviour)
         return behaviour
 
