@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from rome.serving.engine import Delta, Engine, SamplingSpec
+from rome.serving.vllm_worker_ext import READER_SPIN_ENV
 from rome.serving.weights import bucket_names, check_bucket, model_dir_names
 
 WORKER_EXTENSION = "rome.serving.vllm_worker_ext.WeightSyncExtension"
@@ -69,6 +70,9 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.sleep_mode = sleep_mode(self._sleep_mode, current_platform.device_type)
+        if current_platform.device_type == "cpu":
+            # the worker sleeps between steps instead of spinning a core for a second after each (vllm_worker_ext.py)
+            os.environ.setdefault(READER_SPIN_ENV, "0")
         args = AsyncEngineArgs(
             model=str(self.model_dir),
             dtype=self._dtype,
