@@ -57,9 +57,6 @@ from roll.trainer.forward import hidden_at, plan_units
 from roll.trainer.trainer import export_hf, init_distributed
 
 _AVERAGED = ("mean", "frac")  # loss metrics averaged over micro-batches by chunks; the others are sums
-# Shorter prefixes common to a micro-batch's sequences are not worth the prefix's own forward (as the SFT trainer's
-# min_shared_prefix); every iflow trajectory starts with the same ~976-token system prompt and tool schemas.
-MIN_SHARED_PREFIX = 64
 # How long a rank waits in a collective (or for the group to form) before it fails: a rank's share of a step on a
 # loaded CPU takes minutes; the driver names a dead rank at once through Ray, this bounds what is left.
 GROUP_TIMEOUT_S = 1800.0
@@ -294,7 +291,7 @@ class Trainer:
             if chunks:
                 packs.append(pack_trajectory(chunks))
         # by padded tokens; with the shared prefix, trajectories that start alike share a micro-batch and its prefix
-        plan = plan_units(packs, self.cfg.micro_batch_tokens, self.shared_prefix, MIN_SHARED_PREFIX)
+        plan = plan_units(packs, self.cfg.micro_batch_tokens, self.shared_prefix)  # its min_prefix, as SFT's
         return [_MicroBatch([s for i in ix for s in packs[i]], is_reference, p) for ix, p in plan], dropped
 
     def _loss(self, mb: _MicroBatch, logp: torch.Tensor, old: torch.Tensor, t: ChunkTargets, denominators: dict,
