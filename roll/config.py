@@ -83,6 +83,10 @@ class TasksConfig(_Strict):
 
     families: list[str] = Field(["create_file"], min_length=1, description="names in roll.tasks.suite.FAMILIES")
     train_per_family: int = Field(8, ge=1, description="train instances generated per family (seeds 0, 1, ...)")
+    train_start: int = Field(
+        0, ge=0, description="the first train seed: e.g. 12 to roll out on instances past the 12 per family that "
+        "SFT trained on (configs/sft/tiny-cpu.yaml data.train_per_family)"
+    )  # fmt: skip
     seed: int = Field(0, description="seed of the choice of tasks per iteration")
 
     @field_validator("families")

@@ -72,7 +72,12 @@ def train_tasks(cfg: RunConfig) -> list[TaskSpec]:
     """The train split of the configured suite families."""
     from roll.tasks.suite import generate_suite
 
-    return generate_suite(cfg.tasks.families, split="train", train_per_family=cfg.tasks.train_per_family)
+    return generate_suite(
+        cfg.tasks.families,
+        split="train",
+        train_per_family=cfg.tasks.train_per_family,
+        train_start=cfg.tasks.train_start,
+    )
 
 
 def ensure_model(cfg: RunConfig) -> Path:

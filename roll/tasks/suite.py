@@ -66,20 +66,26 @@ def generate(family: str, seed: int) -> TaskSpec:
 
 
 def generate_suite(families: list[str] | None = None, split: str | None = None, train_per_family: int = 8,
-                   heldout_per_family: int = 4) -> list[TaskSpec]:  # fmt: skip
-    """Train seeds 0..train_per_family-1 and held-out seeds 1000.. of each family (all when None), in that
-    order; `split` ("train" or "heldout") keeps one side. Held-out-only families give held-out instances only."""
+                   heldout_per_family: int = 4, train_start: int = 0) -> list[TaskSpec]:  # fmt: skip
+    """Train seeds train_start..train_start+train_per_family-1 and held-out seeds 1000.. of each family (all when
+    None), in that order; `split` ("train" or "heldout") keeps one side. Held-out-only families give held-out
+    instances only."""
     if split not in (None, "train", "heldout"):
         raise SuiteError(f"unknown split {split!r}; known: train, heldout")
     if train_per_family < 0 or heldout_per_family < 0:
         raise SuiteError("instances per family must be >= 0")
+    if train_start < 0 or train_start + train_per_family > HELDOUT_SEED:
+        raise SuiteError(
+            f"train seeds lie in 0..{HELDOUT_SEED - 1}: train_start {train_start} + train_per_family "
+            f"{train_per_family} is past them"
+        )
     names = list(FAMILIES) if families is None else list(families)
     for name in names:
         _info(name)
     tasks = []
     for name in names:
         if split != "heldout" and not FAMILIES[name].heldout_only:
-            tasks += [generate(name, seed) for seed in range(train_per_family)]
+            tasks += [generate(name, seed) for seed in range(train_start, train_start + train_per_family)]
         if split != "train":
             tasks += [generate(name, HELDOUT_SEED + i) for i in range(heldout_per_family)]
     return tasks

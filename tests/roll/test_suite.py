@@ -105,6 +105,18 @@ def test_generate_suite_counts_splits_and_ids():
     assert n_heldout_only >= 2 and not [t for t in train if FAMILIES[t.family].heldout_only]
 
 
+def test_train_start_skips_the_first_train_seeds_and_bad_ranges_are_refused():
+    later = generate_suite(["create_file", "make_dir"], split="train", train_per_family=3, train_start=12)
+    assert [t.id for t in later] == [f"{f}-{s}" for f in ("create_file", "make_dir") for s in (12, 13, 14)]
+    assert later[0] == generate("create_file", 12)  # the same instance as seed 12 generated alone
+    heldout = generate_suite(["create_file"], split="heldout", train_start=12)
+    assert [t.seed for t in heldout] == [1000, 1001, 1002, 1003]
+    with pytest.raises(SuiteError, match="train_start 998"):
+        generate_suite(["create_file"], train_per_family=3, train_start=998)  # seeds 998-1000: one is held-out
+    with pytest.raises(SuiteError, match="train_start -1"):
+        generate_suite(["create_file"], train_start=-1)
+
+
 def test_heldout_instructions_use_heldout_words_and_never_equal_a_train_one():
     train_words, heldout_words = set(vocab_split("train")), set(vocab_split("heldout"))
     tasks = _all(30)
