@@ -34,6 +34,12 @@ sandbox starts and the last batch's tail weigh half as much): ratio **2.836** (s
 max 4 <= 4, dropped 0. Now trainer-bound again: the 12 updates took 119.8 s beside the rollouts (71.4 s in the sync
 phase, alone), the trainer idles 21.5 % of the async phase; 3.0 needs it at 189 s. Earlier: 2.29 (trainer-bound: the same 6 updates took 107 s beside the
 rollouts against 48 s alone), 2.06 (also scoring every stale chunk under its sampler's weights).
+Measured 2026-12-07, session 11, with the RL trainer's shared prompt prefix and vLLM's quiet worker, `--iterations 12`:
+quiet, ratio **2.789** (sync 492.0 s, async 176.3 s; staleness max 4 <= 4, dropped 0; the async phase's 12 updates
+36.7 s against 14.9 s in the sync phase, alone); the run before it, its sync phase beside a 3-minute torch.compile
+test (so not a figure to quote): 4.081 (sync 555.2 s, async 136.0 s). Rollout-bound now: the trainer idles 55-58 %
+of the async phase, which waits on sandboxes and the latency tail; between quiet runs of the same draws the async
+phase alone varied 136-200 s.
 """
 
 from __future__ import annotations
