@@ -38,8 +38,8 @@ Measured 2026-12-07, session 11, with the RL trainer's shared prompt prefix and 
 quiet, ratio **2.789** (sync 492.0 s, async 176.3 s; staleness max 4 <= 4, dropped 0; the async phase's 12 updates
 36.7 s against 14.9 s in the sync phase, alone); the run before it, its sync phase beside a 3-minute torch.compile
 test (so not a figure to quote): 4.081 (sync 555.2 s, async 136.0 s). Rollout-bound now: the trainer idles 55-58 %
-of the async phase, which waits on sandboxes and the latency tail; between quiet runs of the same draws the async
-phase alone varied 136-200 s.
+of the async phase, which waits on sandboxes and the latency tail; between the two runs (same draws) the async
+phase alone took 136 and 176 s.
 """
 
 from __future__ import annotations
