@@ -23,8 +23,11 @@ from roll.rollout.attempt import AGENTS
 from roll.tasks.spec import TaskSpec
 
 
-def load(source: str, families: list[str] | None, split: str | None) -> tuple[list[TaskSpec], list]:
-    """(tasks, loading errors) from the suite (`ale`) or a folder of task folders."""
+def load(
+    source: str, families: list[str] | None, split: str | None, per_family: int | None = None
+) -> tuple[list[TaskSpec], list]:
+    """(tasks, loading errors) from the suite (`ale`) or a folder of task folders. The suite is generated with
+    `per_family` instances of each family and split when that is more than its defaults (8 train, 4 held-out)."""
     try:
         from roll.tasks.loader import load_tasks
     except ImportError:
@@ -37,6 +40,11 @@ def load(source: str, families: list[str] | None, split: str | None) -> tuple[li
         unknown = sorted(set(families or []) - set(FAMILIES))
         if unknown:
             raise RollError(f"unknown task families {', '.join(unknown)}; known: {', '.join(sorted(FAMILIES))}")
+        if per_family:
+            from roll.tasks.suite import generate_suite
+
+            return generate_suite(families, split, train_per_family=max(8, per_family),
+                                  heldout_per_family=max(4, per_family)), []  # fmt: skip
     if load_tasks is not None:
         return load_tasks(source, families=families, split=split)
     if source == "ale":
@@ -78,7 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.agent == "iflow" and not (args.model_url or args.model or args.rock_url):
         raise RollError("--agent iflow needs a model: --model-url URL or --model DIR")
     families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
-    tasks, load_errors = load(args.tasks, families, args.split)
+    tasks, load_errors = load(args.tasks, families, args.split, args.per_family)
     for err in load_errors:
         print(f"roll eval: skipped a task: {err}", file=sys.stderr)
     if args.per_family:
@@ -147,7 +155,12 @@ def register(sub) -> None:
     p.add_argument("--tasks", required=True, metavar="ale|DIR", help="the generated suite, or a folder of task folders")
     p.add_argument("--split", choices=["train", "heldout"], help="only this split (default: both)")
     p.add_argument("--families", metavar="A,B", help="only these families (comma-separated)")
-    p.add_argument("--per-family", type=int, metavar="N", help="only the first N tasks of each family and split")
+    p.add_argument(
+        "--per-family",
+        type=int,
+        metavar="N",
+        help="only the first N tasks of each family and split (ale: N are generated)",
+    )
     p.add_argument(
         "--agent", required=True, choices=AGENTS, help="iflow (needs a model), oracle (golden solution), noop"
     )

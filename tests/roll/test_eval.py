@@ -10,7 +10,7 @@ import pytest
 from rock.contracts import Trajectory
 from rock.models import ExecResult
 from roll.cli import main
-from roll.eval.cli import first_per_group
+from roll.eval.cli import first_per_group, load
 from roll.eval.results import AttemptRecord, EvalReport
 from roll.eval.runner import evaluate, read_done
 from roll.rollout.attempt import decide_status, pytest_passed
@@ -119,6 +119,14 @@ def test_an_out_dir_of_another_agent_is_refused(tmp_path):
 def test_first_per_group_keeps_n_of_each_family_and_split():
     tasks = [spec(i, f, s) for f in ("a", "b") for s in ("train", "heldout") for i in range(3)]
     assert [t.id for t in first_per_group(tasks, 1)] == ["a-train-0", "a-heldout-0", "b-train-0", "b-heldout-0"]
+
+
+def test_per_family_generates_that_many_of_the_suite():
+    held = load("ale", ["create_file"], "heldout", 16)[0]
+    assert [t.seed for t in held] == list(range(1000, 1016))  # not the suite's default 4, silently
+    assert len(load("ale", ["create_file"], "heldout")[0]) == 4
+    both = first_per_group(load("ale", ["make_dir"], None, 2)[0], 2)
+    assert [t.id for t in both] == ["make_dir-0", "make_dir-1", "make_dir-1000", "make_dir-1001"]
 
 
 @pytest.mark.parametrize(
