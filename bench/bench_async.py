@@ -165,7 +165,7 @@ def main() -> None:
     ratio = asyn["throughput_per_min"] / sync["throughput_per_min"]
     print(json.dumps({
         "bench": "async", "ratio": round(ratio, 3), "sync": sync, "async": asyn,
-        "max_staleness": args.max_staleness, "max_in_flight": args.max_in_flight or (math.floor(args.max_staleness) + 1) * args.group_count * args.group_size, "trainer_threads": args.trainer_threads, "within_bound": asyn["staleness_max"] <= args.max_staleness,
+        "max_staleness": args.max_staleness, "max_in_flight": run.cfg.in_flight_cap, "trainer_threads": args.trainer_threads, "within_bound": asyn["staleness_max"] <= args.max_staleness,
         "dropped": asyn["dropped"],
         "workload": {"groups_per_batch": args.group_count, "group_size": args.group_size,
                      "iterations": args.iterations, "latency_median_s": args.median_s, "sigma": args.sigma,

@@ -238,6 +238,12 @@ class RunConfig(_Strict):
     train: TrainConfig = TrainConfig()
     curriculum: CurriculumConfig = CurriculumConfig(enabled=False)
 
+    @property
+    def in_flight_cap(self) -> int:
+        """async: attempts running at once, `train.max_in_flight` or a batch per version the staleness allows."""
+        batch = self.rollout.tasks_per_iteration * self.rollout.group_size
+        return self.train.max_in_flight or (int(self.train.max_staleness) + 1) * batch
+
     @model_validator(mode="after")
     def _devices(self) -> RunConfig:
         if self.device == "cuda" and self.cluster.gpus_per_node < 1:

@@ -522,7 +522,7 @@ class Run:
         teacher_url = self.teacher.url if self.teacher is not None else None
         run = attempt_runner(self.client, every, cfg, self.tracker, self.run_dir / "attempts" / "async", teacher_url,
                              stream=self.chunk_stream())  # fmt: skip
-        in_flight = cfg.train.max_in_flight or (int(cfg.train.max_staleness) + 1) * n * cfg.rollout.group_size
+        in_flight = cfg.in_flight_cap
         budget = cfg.train.straggler_budget_s
         self.scheduler = AsyncRollout(groups, run, batch_groups=n, max_staleness=cfg.train.max_staleness,
                                       max_in_flight=in_flight, version=self.version,

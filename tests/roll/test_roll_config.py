@@ -115,3 +115,11 @@ def test_the_cpu_default_keeps_its_defaults():
 def test_device_rules(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(TINY, overrides)
+
+
+def test_in_flight_cap_is_a_batch_per_version_the_staleness_allows_unless_given():
+    cfg = RunConfig.model_validate({"name": "x", "model": {"dir": "m"},
+                                    "rollout": {"tasks_per_iteration": 4, "group_size": 2},
+                                    "train": {"mode": "async", "max_staleness": 4.5}})  # fmt: skip
+    assert cfg.in_flight_cap == (4 + 1) * 4 * 2
+    assert cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_in_flight": 24})}).in_flight_cap == 24
