@@ -26,8 +26,8 @@ from roll.tasks.spec import TaskSpec
 def load(
     source: str, families: list[str] | None, split: str | None, per_family: int | None = None
 ) -> tuple[list[TaskSpec], list]:
-    """(tasks, loading errors) from the suite (`ale`) or a folder of task folders. The suite is generated with
-    `per_family` instances of each family and split when that is more than its defaults (8 train, 4 held-out)."""
+    """(tasks, loading errors) from the suite (`ale`) or a folder of task folders. With `per_family`, the suite is
+    generated with that many instances of each family and split (not its defaults, 8 train and 4 held-out)."""
     try:
         from roll.tasks.loader import load_tasks
     except ImportError:
@@ -43,8 +43,7 @@ def load(
         if per_family:
             from roll.tasks.suite import generate_suite
 
-            return generate_suite(families, split, train_per_family=max(8, per_family),
-                                  heldout_per_family=max(4, per_family)), []  # fmt: skip
+            return generate_suite(families, split, train_per_family=per_family, heldout_per_family=per_family), []
     if load_tasks is not None:
         return load_tasks(source, families=families, split=split)
     if source == "ale":
