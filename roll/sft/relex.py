@@ -244,6 +244,31 @@ def _sub(text: Any, pattern: re.Pattern, table: dict[str, str]) -> Any:
     return pattern.sub(lambda m: table[m.group(0)], text)
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+LS_TIME = re.compile(r"\b(?:" + "|".join(_MONTHS) + r") [ 0-3]\d (?:[0-2]\d:[0-5]\d| \d{4})\b")
+
+
+def restamp(text: Any, rng: random.Random, stamps: dict[str, str]) -> Any:
+    """`text` with every `ls -l` modification time (`Dec  7 10:48`, `Mar 14  2025`) replaced by a random one of the
+    same width, each distinct time by the same new one throughout (`stamps` carries the choices across messages).
+
+    Synthesis writes every trajectory at one time of day, so without this a tool result's times are a constant the
+    model can key its next decision on: ROME-tiny after SFT flipped greedy decisions (read the file it had to create,
+    or write it) on nothing but the directory's mtime in `ls -la` (session 11)."""
+    if not isinstance(text, str):
+        return text
+
+    def new(m: re.Match) -> str:
+        old = m.group(0)
+        if old not in stamps:
+            day = f"{rng.randint(1, 28):2d}"
+            when = f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}" if ":" in old else f" {rng.randint(2019, 2026)}"
+            stamps[old] = f"{rng.choice(_MONTHS)} {day} {when}"
+        return stamps[old]
+
+    return LS_TIME.sub(new, text)
+
+
 def relexicalize(traj: Trajectory, rng: random.Random, pseudo_share: float = 0.5, suffix: str = "~relex",
                  style: WordStyle = WordStyle()) -> Trajectory:  # fmt: skip
     """A copy of `traj` with the instance's words replaced throughout (see the module doc); the same trajectory
@@ -266,10 +291,14 @@ def relexicalize(traj: Trajectory, rng: random.Random, pseudo_share: float = 0.5
         r"(?<![A-Za-z0-9_])(" + "|".join(sorted(map(re.escape, table), key=len, reverse=True)) + r")(?![A-Za-z0-9_])"
     )
 
+    stamps: dict[str, str] = {}  # this trajectory's `ls -l` times -> new ones, the same throughout
+
     def message(m: dict) -> dict:
         if m.get("role") == "system":
             return m
         m = {**m, "content": _sub(m.get("content"), pattern, table)}
+        if m.get("role") == "tool":
+            m["content"] = restamp(m["content"], rng, stamps)
         if m.get("tool_calls"):
             m["tool_calls"] = [_call(c) for c in m["tool_calls"]]
         return m

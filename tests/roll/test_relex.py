@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from rock.contracts import Chunk, ChunkResponse, ToolCall, ToolResult, Trajectory
-from roll.sft.relex import WordStyle, augment, instance_words, mapping, pseudo_word, relexicalize
+from roll.sft.relex import LS_TIME, WordStyle, augment, instance_words, mapping, pseudo_word, relexicalize, restamp
 from roll.tasks.suite import generate
 from roll.tasks.words import vocab_split
 
@@ -67,6 +67,31 @@ def test_every_instance_word_is_replaced_consistently_and_the_protocol_kept():
     assert set(json.loads(new.chunks[0].response.tool_calls[0].function["arguments"])) == {"path", "content"}
     assert new.chunks[0].prompt_token_ids is None and new.chunks[0].response_token_ids is None
     assert traj.chunks[0].prompt_token_ids == [1, 2]  # the original is not modified
+
+
+def test_ls_times_in_tool_results_vary_per_variant_and_stay_consistent_inside_one():
+    listing = "total 8\ndrwxr-xr-x 2 root root 4096 Dec  7 10:48 .\ndrwxr-xr-x 1 root root 4096 Mar 14  2025 ..\n"
+    traj = _trajectory()
+    look = {"role": "tool", "tool_call_id": "c9", "content": listing}
+    chunks = [c.model_copy(update={"messages": [*c.messages, look]}) for c in traj.chunks]
+    traj = traj.model_copy(update={"chunks": chunks})
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(8):
+        new = relexicalize(traj, rng, pseudo_share=1.0)
+        shown = [m["content"] for c in new.chunks for m in c.messages if m.get("tool_call_id") == "c9"]
+        assert len(set(shown)) == 1  # one trajectory, one listing: the same times in every chunk's history
+        times = LS_TIME.findall(shown[0])
+        assert len(times) == 2 and "Dec  7 10:48" not in times and "Mar 14  2025" not in times
+        assert re.fullmatch(r"[A-Z][a-z]{2} [ 12]\d \d\d:\d\d", times[0]) and re.fullmatch(
+            r"[A-Z][a-z]{2} [ 12]\d  \d{4}", times[1]
+        )
+        assert len(shown[0]) == len(listing)  # the columns stay aligned
+        seen.add(shown[0])
+        # the user's instruction and the system prompt are not restamped
+        assert new.chunks[0].messages[0] == SYSTEM
+    assert len(seen) == 8
+    assert restamp("no times here: Dec 7", random.Random(0), {}) == "no times here: Dec 7"
 
 
 def test_replacements_are_distinct_fresh_and_never_held_out():
