@@ -105,7 +105,7 @@ def phase(run, tasks, mode: str) -> dict:
         run.completed = 0  # the same groups again, not a resume that skips those the sync phase trained
         run.run_async(tasks, random.Random(run.cfg.tasks.seed), history)
     wall = time.monotonic() - start
-    n = sum(m["attempts"] + m["oracle_attempts"] for m in history)
+    n = sum(m["attempts"] + m["oracle_attempts"] + m.get("resampled_attempts", 0) for m in history)
     out = {"wall_s": round(wall, 1), "trajectories": n, "throughput_per_min": round(60 * n / wall, 2),
            "updates": len(history), "train_s": round(sum(m["train_s"] for m in history), 1),
            "sync_s": round(sum(m["sync_s"] for m in history), 1)}  # fmt: skip

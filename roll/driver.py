@@ -332,13 +332,16 @@ def iteration_metrics(it: int, trajectories: list[Trajectory], reference: set[st
     """What one iteration's rollouts say, the policy's attempts apart from the oracle's."""
     sampled = [t for t in trajectories if t.trajectory_id not in reference]
     policy = [t for t in sampled if not t.start_chunk]  # whole attempts (resampled ones are reported apart)
+    resampled = [t for t in sampled if t.start_chunk]
     chunks = [c for t in sampled for c in t.chunks[t.start_chunk :] if c.response_token_ids]
     return {
         "iteration": it,
         "reward_mean": sum(t.reward for t in policy) / max(1, len(policy)),
         "pass_rate": sum(t.resolved for t in policy) / max(1, len(policy)),
         "attempts": len(policy),
-        "oracle_attempts": len(trajectories) - len(policy),
+        "oracle_attempts": len(trajectories) - len(sampled),
+        "resampled_attempts": len(resampled),
+        "resampled_pass_rate": sum(t.resolved for t in resampled) / len(resampled) if resampled else None,
         "oracle_pass_rate": (sum(t.resolved for t in trajectories if t.trajectory_id in reference) / len(reference))
         if reference else None,
         "policy_chunks": len(chunks),
@@ -783,7 +786,12 @@ class Run:
 
 
 def format_metrics(m: dict) -> str:
-    line = (f"  reward {m['reward_mean']:.2f} pass {m['pass_rate']:.0%} | chunks {m.get('chunks', 0)} "
+    resampled = (
+        f" (resampled: {m['resampled_pass_rate']:.0%} of {m['resampled_attempts']})"
+        if m.get("resampled_attempts")
+        else ""
+    )
+    line = (f"  reward {m['reward_mean']:.2f} pass {m['pass_rate']:.0%}{resampled} | chunks {m.get('chunks', 0)} "
             f"(policy {m['policy_chunks']}) | sampled by policy_version {m['policy_versions']} | "
             f"time rollout {m['rollout_s']:.1f}s train {m['train_s']:.1f}s sync {m['sync_s']:.1f}s")  # fmt: skip
     if "staleness_max" in m:
@@ -850,5 +858,8 @@ def train(cfg: RunConfig, model_dir: Path | None = None, tasks: list[TaskSpec] |
         signal.signal(signal.SIGTERM, previous)
     total = time.monotonic() - start
     log(f"done: {len(history)} iterations in {total:.0f}s, chunks {[m.get('chunks', 0) for m in history]}, "
-        f"reward {[round(m['reward_mean'], 2) for m in history]}, metrics in {run.run_dir / 'metrics.jsonl'}")  # fmt: skip
+        f"whole-attempt reward {[round(m['reward_mean'], 2) for m in history]}"
+        + (f", resampled attempts resolved {[round(m['resampled_pass_rate'] or 0, 2) for m in history]}"
+           if any(m.get("resampled_attempts") for m in history) else "")
+        + f", metrics in {run.run_dir / 'metrics.jsonl'}")  # fmt: skip
     return 0, history

@@ -70,6 +70,12 @@ def test_iteration_metrics_count_the_policys_attempts_apart_from_the_oracles():
     m = iteration_metrics(1, [ok, bad, oracle], {"oracle"})
     assert (m["attempts"], m["oracle_attempts"], m["oracle_pass_rate"]) == (2, 1, 1.0)
     assert m["reward_mean"] == 0.5 and m["pass_rate"] == 0.5 and m["policy_chunks"] == 3
+    assert (m["resampled_attempts"], m["resampled_pass_rate"]) == (0, None)
+    # an attempt resampled from a reference's prefix counts apart from the whole attempts and the oracle's
+    late = traj(0, 1.0, 3).model_copy(update={"trajectory_id": "late", "start_chunk": 2})
+    m = iteration_metrics(1, [ok, bad, oracle, late], {"oracle"})
+    assert (m["attempts"], m["oracle_attempts"], m["resampled_attempts"], m["resampled_pass_rate"]) == (2, 1, 1, 1.0)
+    assert m["reward_mean"] == 0.5 and m["policy_chunks"] == 4  # the resampled attempt's own chunk (index 2)
 
 
 def test_a_skipped_update_is_not_synced_and_several_in_a_row_stop_the_run():
