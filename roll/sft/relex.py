@@ -86,11 +86,18 @@ def _letter_chain() -> tuple[dict[str, tuple[str, ...]], frozenset[str], tuple[s
     return {k: tuple(v) for k, v in table.items()}, frozenset(vocab_split("train")) | frozenset(heldout), heldout
 
 
+@functools.cache
+def _heldout_inside() -> re.Pattern:
+    """Finds a held-out word of 4 letters or more inside a word (one regex: CPT's data build checks ~1 M made-up
+    words, and a Python loop over the held-out words was a third of its time)."""
+    return re.compile("|".join(re.escape(h) for h in _letter_chain()[2] if len(h) >= 4))
+
+
 def _admissible(word: str) -> bool:
     """A made-up word may be used: 3 letters or more, not a vocabulary word, containing no held-out word (of 4
     letters or more), not a Python keyword or builtin (code tasks name things with it)."""
-    _, banned, heldout = _letter_chain()
-    if len(word) < 3 or word in banned or any(h in word for h in heldout if len(h) >= 4):
+    _, banned, _ = _letter_chain()
+    if len(word) < 3 or word in banned or _heldout_inside().search(word):
         return False
     return not keyword.iskeyword(word) and word not in _BUILTINS
 
