@@ -859,7 +859,7 @@ def train(cfg: RunConfig, model_dir: Path | None = None, tasks: list[TaskSpec] |
     total = time.monotonic() - start
     log(f"done: {len(history)} iterations in {total:.0f}s, chunks {[m.get('chunks', 0) for m in history]}, "
         f"whole-attempt reward {[round(m['reward_mean'], 2) for m in history]}"
-        + (f", resampled attempts resolved {[round(m['resampled_pass_rate'] or 0, 2) for m in history]}"
+        + (f", resampled attempts resolved {[round(m.get('resampled_pass_rate') or 0, 2) for m in history]}"
            if any(m.get("resampled_attempts") for m in history) else "")
         + f", metrics in {run.run_dir / 'metrics.jsonl'}")  # fmt: skip
     return 0, history
