@@ -342,6 +342,7 @@ def iteration_metrics(it: int, trajectories: list[Trajectory], reference: set[st
         "oracle_attempts": len(trajectories) - len(sampled),
         "resampled_attempts": len(resampled),
         "resampled_pass_rate": sum(t.resolved for t in resampled) / len(resampled) if resampled else None,
+        "resampled_starts": sorted(t.start_chunk for t in resampled),  # sync: the Resampler's own report replaces these
         "oracle_pass_rate": (sum(t.resolved for t in trajectories if t.trajectory_id in reference) / len(reference))
         if reference else None,
         "policy_chunks": len(chunks),
@@ -786,12 +787,7 @@ class Run:
 
 
 def format_metrics(m: dict) -> str:
-    resampled = (
-        f" (resampled: {m['resampled_pass_rate']:.0%} of {m['resampled_attempts']})"
-        if m.get("resampled_attempts")
-        else ""
-    )
-    line = (f"  reward {m['reward_mean']:.2f} pass {m['pass_rate']:.0%}{resampled} | chunks {m.get('chunks', 0)} "
+    line = (f"  reward {m['reward_mean']:.2f} pass {m['pass_rate']:.0%} | chunks {m.get('chunks', 0)} "
             f"(policy {m['policy_chunks']}) | sampled by policy_version {m['policy_versions']} | "
             f"time rollout {m['rollout_s']:.1f}s train {m['train_s']:.1f}s sync {m['sync_s']:.1f}s")  # fmt: skip
     if "staleness_max" in m:
