@@ -332,7 +332,6 @@ def iteration_metrics(it: int, trajectories: list[Trajectory], reference: set[st
     """What one iteration's rollouts say, the policy's attempts apart from the oracle's."""
     sampled = [t for t in trajectories if t.trajectory_id not in reference]
     policy = [t for t in sampled if not t.start_chunk]  # whole attempts (resampled ones are reported apart)
-    resampled = [t for t in sampled if t.start_chunk]
     chunks = [c for t in sampled for c in t.chunks[t.start_chunk :] if c.response_token_ids]
     return {
         "iteration": it,
@@ -340,9 +339,6 @@ def iteration_metrics(it: int, trajectories: list[Trajectory], reference: set[st
         "pass_rate": sum(t.resolved for t in policy) / max(1, len(policy)),
         "attempts": len(policy),
         "oracle_attempts": len(trajectories) - len(sampled),
-        "resampled_attempts": len(resampled),
-        "resampled_pass_rate": sum(t.resolved for t in resampled) / len(resampled) if resampled else None,
-        "resampled_starts": sorted(t.start_chunk for t in resampled),  # sync: the Resampler's own report replaces these
         "oracle_pass_rate": (sum(t.resolved for t in trajectories if t.trajectory_id in reference) / len(reference))
         if reference else None,
         "policy_chunks": len(chunks),

@@ -8,7 +8,7 @@ import pytest
 
 from rock.contracts import Chunk, Trajectory
 from roll.config import load_config
-from roll.driver import Run, TrainingDiverged, chunk_advantages, format_metrics, iteration_metrics, pick_attempts
+from roll.driver import Run, TrainingDiverged, chunk_advantages, iteration_metrics, pick_attempts
 from roll.errors import ConfigError
 from roll.stages.config import SftConfig
 from roll.tasks.spec import Environment, TaskSpec
@@ -70,15 +70,12 @@ def test_iteration_metrics_count_the_policys_attempts_apart_from_the_oracles():
     m = iteration_metrics(1, [ok, bad, oracle], {"oracle"})
     assert (m["attempts"], m["oracle_attempts"], m["oracle_pass_rate"]) == (2, 1, 1.0)
     assert m["reward_mean"] == 0.5 and m["pass_rate"] == 0.5 and m["policy_chunks"] == 3
-    assert (m["resampled_attempts"], m["resampled_pass_rate"], m["resampled_starts"]) == (0, None, [])
-    # an attempt resampled from a reference's prefix counts apart from the whole attempts and the oracle's
+    # an attempt resampled from a reference's prefix is neither a whole attempt nor the oracle's (the Resampler
+    # reports it: Resampler.observe)
     late = traj(0, 1.0, 3).model_copy(update={"trajectory_id": "late", "start_chunk": 2})
     m = iteration_metrics(1, [ok, bad, oracle, late], {"oracle"})
-    assert (m["attempts"], m["oracle_attempts"], m["resampled_attempts"], m["resampled_pass_rate"]) == (2, 1, 1, 1.0)
+    assert (m["attempts"], m["oracle_attempts"]) == (2, 1)
     assert m["reward_mean"] == 0.5 and m["policy_chunks"] == 4  # the resampled attempt's own chunk (index 2)
-    assert m["resampled_starts"] == [2] and "resampled from chunks [2]: pass 100%" in format_metrics(
-        m | {"chunks": 4, "rollout_s": 1.0, "train_s": 1.0, "sync_s": 0.1}
-    )
 
 
 def test_a_skipped_update_is_not_synced_and_several_in_a_row_stop_the_run():
