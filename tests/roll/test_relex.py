@@ -88,7 +88,7 @@ def test_ls_times_in_tool_results_vary_per_variant_and_stay_consistent_inside_on
         )
         assert len(shown[0]) == len(listing)  # the columns stay aligned
         seen.add(shown[0])
-        # the user's instruction and the system prompt are not restamped
+        # the system prompt is left alone
         assert new.chunks[0].messages[0] == SYSTEM
     assert len(seen) == 8
     assert restamp("no times here: Dec 7", random.Random(0), {}) == "no times here: Dec 7"
