@@ -190,6 +190,12 @@ class TrainConfig(_Strict):
     )
     ipa: IPAConfig = IPAConfig()
     lr: float = Field(1e-4, gt=0)
+    epochs: int = Field(
+        1, ge=1, description="optimizer updates per iteration over the same rollouts (PPO's epochs): every update "
+        "after the first recomputes the ratios under the moved policy, so the mismatch mask (IPA) or the clip "
+        "(GRPO/PPO) bounds how far the policy goes from the sampler's; the new weights are published once, after "
+        "the last. Sync and colocated modes (async scores stale chunks under the version that sampled them)"
+    )  # fmt: skip
     clip_low: float = Field(0.2, ge=0, lt=1, description="grpo/ppo: token ratio clipped to [1-low, 1+high]")
     clip_high: float = Field(0.28, ge=0)
     max_skipped_steps: int = Field(3, ge=1, description="NaN/Inf losses in a row that stop the run")
@@ -250,6 +256,9 @@ class RunConfig(_Strict):
             raise ValueError("device cuda needs cluster.gpus_per_node >= 1")
         if self.device == "cpu" and (self.inference.tensor_parallel > 1 or self.inference.expert_parallel):
             raise ValueError("inference.tensor_parallel and expert_parallel are for device cuda")
+        if self.train.mode == "async" and self.train.epochs > 1:
+            raise ValueError(f"train.epochs {self.train.epochs} is for train.mode sync or colocated (async scores a "
+                             f"stale chunk under the version that sampled it, one update per version)")  # fmt: skip
         if self.train.mode == "async" and self.rollout.resample.enabled:
             raise ValueError("rollout.resample is for train.mode sync (its references come from a finished group)")
         if self.train.mode == "async" and (self.train.max_in_flight or 1 << 30) < self.rollout.group_size:

@@ -352,40 +352,20 @@ class Trainer:
         if self.keep_versions:
             with clock("snapshot"):
                 self._snapshots[self.version] = self.full_state_dict()  # every rank scores its own stale chunks
-        for r in range(self._forwards):  # as many forward and backward passes on every rank
-            mb = mine[r] if r < len(mine) else None
-            if mb is None:
-                with clock("forward"):
-                    loss, m, error = self._idle_loss(), {}, None
-            else:
-                with clock("forward"):
-                    logp = self._logprobs(mb)  # [1, N]
-                old = torch.where(mb.is_ref, logp.detach(), mb.old)  # [1, N]
-                t = _select(targets, where, mb.keys)
-                with clock("stale"):
-                    behaviour = self._behaviour(mb, logp.detach(), sampled_by, local) if self.keep_versions else None
-                loss, m = self._loss(mb, logp, old, t, denominators, behaviour)
-                error = None if torch.isfinite(loss) else \
-                    f"non-finite loss {loss.item()} on a micro-batch of {len(mb.keys)} chunks"  # fmt: skip
-            if (error := self._first_error(error)) is not None:
-                self._discard_gradients()
-                return base | {"skipped": True, "chunks": len(keys), "loss": math.nan, "error": error}
-            with clock("backward"):
-                # DeepSpeed averages the ranks' gradients; times N, that is their sum, the one-rank gradient
-                self.engine.backward(loss * self.world if self.world > 1 else loss, scale_wrt_gas=False)
-            if mb is None:
-                continue
-            local["loss"] += loss.item()
-            for k, v in m.items():
-                if k != "loss":
-                    local[k] = local.get(k, 0.0) + v * (len(mb.keys) if k.endswith(_AVERAGED) else 1.0)
-            on_policy = ~mb.is_ref
-            local["abs_diff"] += (logp.detach() - mb.old)[on_policy].abs().sum().item()
-            local["policy_tokens"] += float(on_policy.sum())
-            if self.cfg.logprob_shift:
-                before.append(self._chunk_means(logp.detach(), mb))
+        error = self._pass(mine, targets, where, denominators, sampled_by, clock, local, before)
+        if error is not None:
+            return base | {"skipped": True, "chunks": len(keys), "loss": math.nan, "error": error}
         with clock("optimizer"):
             self.engine.step()
+        stats["epochs"] = 1.0
+        for _ in range(1, self.cfg.epochs):  # more updates on the same rollouts, ratios under the moved policy
+            error = self._pass(mine, targets, where, denominators, sampled_by, clock)
+            if error is not None:  # the updates so far stand (finite losses, clipped gradients); no more of them
+                stats["epoch_error"] = error
+                break
+            with clock("optimizer"):
+                self.engine.step()
+            stats["epochs"] += 1
         self.version += 1
         for v in [v for v in self._snapshots if v < self.version - self.keep_versions]:
             del self._snapshots[v]  # no chunk that old can be trained any more (the staleness bound)
@@ -420,6 +400,47 @@ class Trainer:
             out["delta_logp_pos"] = shift["_shift_pos_sum"] / pos if pos else 0.0
             out["delta_logp_neg"] = shift["_shift_neg_sum"] / neg if neg else 0.0
         return out | clock.metrics()
+
+    def _pass(self, mine: list[_MicroBatch], targets: ChunkTargets, where, denominators: dict, sampled_by: dict,
+              clock: _Clock, local: dict | None = None, before: list | None = None) -> str | None:  # fmt: skip
+        """One forward and backward over this rank's micro-batches (as many on every rank), the gradients
+        accumulated for one update; `local` and `before` (the first pass of a step) collect its metrics and the
+        chunks' logprobs before the update. A non-finite loss on any rank: the gradients are discarded and its
+        message returned (on every rank)."""
+        for r in range(self._forwards):
+            mb = mine[r] if r < len(mine) else None
+            if mb is None:
+                with clock("forward"):
+                    loss, m, error = self._idle_loss(), {}, None
+            else:
+                with clock("forward"):
+                    logp = self._logprobs(mb)  # [1, N]
+                old = torch.where(mb.is_ref, logp.detach(), mb.old)  # [1, N]
+                t = _select(targets, where, mb.keys)
+                with clock("stale"):
+                    behaviour = self._behaviour(mb, logp.detach(), sampled_by, local) \
+                        if self.keep_versions and local is not None else None  # fmt: skip
+                loss, m = self._loss(mb, logp, old, t, denominators, behaviour)
+                error = None if torch.isfinite(loss) else \
+                    f"non-finite loss {loss.item()} on a micro-batch of {len(mb.keys)} chunks"  # fmt: skip
+            if (error := self._first_error(error)) is not None:
+                self._discard_gradients()
+                return error
+            with clock("backward"):
+                # DeepSpeed averages the ranks' gradients; times N, that is their sum, the one-rank gradient
+                self.engine.backward(loss * self.world if self.world > 1 else loss, scale_wrt_gas=False)
+            if mb is None or local is None:
+                continue
+            local["loss"] += loss.item()
+            for k, v in m.items():
+                if k != "loss":
+                    local[k] = local.get(k, 0.0) + v * (len(mb.keys) if k.endswith(_AVERAGED) else 1.0)
+            on_policy = ~mb.is_ref
+            local["abs_diff"] += (logp.detach() - mb.old)[on_policy].abs().sum().item()
+            local["policy_tokens"] += float(on_policy.sum())
+            if self.cfg.logprob_shift and before is not None:
+                before.append(self._chunk_means(logp.detach(), mb))
+        return None
 
     def _idle_loss(self) -> torch.Tensor:
         """A zero loss through the model on one token, for a rank out of micro-batches: its backward joins the

@@ -152,3 +152,34 @@ def test_a_skipped_update_leaves_nothing_behind_for_the_next(tiny_model_dir):
     skipped.step(good, reference=["ok"])
     fresh.step(good, reference=["ok"])
     assert changed(weights(skipped), weights(fresh)) == []
+
+
+def test_epochs_are_that_many_updates_on_the_same_rollouts_under_one_version(tiny_model_dir):
+    """`train.epochs=2` is two optimizer updates on one iteration's rollouts, the second's ratios under the moved
+    policy: the weights of two one-epoch steps on the same rollouts, published as one version."""
+    from roll.config import TrainConfig
+    from roll.workers.trainer import Trainer
+
+    group = [trajectory("ok", 1.0), trajectory("bad", 0.0, seed=2), trajectory("p", 0.0, logprob=-3.5, seed=3)]
+    twice, once = (
+        Trainer(str(tiny_model_dir), TrainConfig(lr=1e-3, epochs=2)),
+        Trainer(str(tiny_model_dir), TrainConfig(lr=1e-3)),
+    )
+    stats = twice.step(group, reference=["ok", "bad"])
+    assert stats["epochs"] == 2 and twice.version == 1 and not stats["skipped"]
+    first = once.step(group, reference=["ok", "bad"])
+    assert changed(weights(once), weights(twice))  # one update is not two
+    once.step(group, reference=["ok", "bad"])
+    assert once.version == 2 and first["epochs"] == 1
+    for k, v in weights(once).items():
+        torch.testing.assert_close(weights(twice)[k], v, rtol=0, atol=1e-6)
+    assert stats["loss"] == first["loss"]  # the metrics are the first pass's (the rollouts' own policy)
+
+
+def test_epochs_are_refused_in_async_mode():
+    from pydantic import ValidationError
+
+    from roll.config import RunConfig
+
+    with pytest.raises(ValidationError, match="train.epochs 2 is for train.mode sync or colocated"):
+        RunConfig(name="x", model={"dir": "m"}, train={"mode": "async", "epochs": 2})
