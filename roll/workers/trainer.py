@@ -1,7 +1,8 @@
 """The RL trainer: DeepSpeed over a Hugging Face causal LM (`.venv/bin/pytest tests/roll/test_roll_trainer.py
 tests/roll/test_roll_driver.py`).
 
-`step(trajectories)` is one optimizer update on an iteration's recorded rollouts: each trajectory's trainable
+`step(trajectories)` is one optimizer update on an iteration's recorded rollouts (`train.epochs` > 1: that many, the
+later ones with the ratios under the moved policy, published as one version): each trajectory's trainable
 chunks packed into causal sequences (roll/algo/packing.py: a shared prompt prefix is computed once), micro-batches
 of whole trajectories by a padded-token budget with gradients accumulated (a prompt prefix that a micro-batch's
 trajectories share, iflow's ~976-token system prompt and tools, runs once and its KV cache serves every row:
@@ -313,7 +314,9 @@ class Trainer:
     def step(
         self, trajectories: Sequence, reference: Iterable[str] = (), given: Mapping[str, int] | None = None
     ) -> dict:
-        """One optimizer update on the iteration's trajectories (`rock.contracts.Trajectory`, rewards set).
+        """One optimizer update on the iteration's trajectories (`rock.contracts.Trajectory`, rewards set), or
+        `train.epochs` of them, each later one a new forward under the weights the last one left; the metrics are
+        the first pass's (the rollouts' own policy), `epochs` says how many were applied.
 
         `reference`: ids of trajectories no policy of ours sampled (a replayed oracle success): their recorded
         logprobs are not μ, so the trainer's own (detached) logprobs stand in — ratio 1, never masked as mismatch.
