@@ -215,6 +215,13 @@ class TrainConfig(_Strict):
     memory_headroom: float = Field(0.9, gt=0, le=1, description="share of a device's memory the plan may fill")
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _epochs(self) -> TrainConfig:
+        if self.mode == "async" and self.epochs > 1:
+            raise ValueError(f"train.epochs {self.epochs} is for train.mode sync or colocated (async scores a stale "
+                             f"chunk under the version that sampled it, one update per version)")  # fmt: skip
+        return self
+
 
 class CurriculumConfig(_Strict):
     """The stages `roll train` runs before RL (roll/curriculum.py): synthesis, CPT and SFT by their own configs,
@@ -256,9 +263,6 @@ class RunConfig(_Strict):
             raise ValueError("device cuda needs cluster.gpus_per_node >= 1")
         if self.device == "cpu" and (self.inference.tensor_parallel > 1 or self.inference.expert_parallel):
             raise ValueError("inference.tensor_parallel and expert_parallel are for device cuda")
-        if self.train.mode == "async" and self.train.epochs > 1:
-            raise ValueError(f"train.epochs {self.train.epochs} is for train.mode sync or colocated (async scores a "
-                             f"stale chunk under the version that sampled it, one update per version)")  # fmt: skip
         if self.train.mode == "async" and self.rollout.resample.enabled:
             raise ValueError("rollout.resample is for train.mode sync (its references come from a finished group)")
         if self.train.mode == "async" and (self.train.max_in_flight or 1 << 30) < self.rollout.group_size:

@@ -421,8 +421,7 @@ class Trainer:
                 old = torch.where(mb.is_ref, logp.detach(), mb.old)  # [1, N]
                 t = _select(targets, where, mb.keys)
                 with clock("stale"):
-                    behaviour = self._behaviour(mb, logp.detach(), sampled_by, local) \
-                        if self.keep_versions and local is not None else None  # fmt: skip
+                    behaviour = self._behaviour(mb, logp.detach(), sampled_by, local) if self.keep_versions else None
                 loss, m = self._loss(mb, logp, old, t, denominators, behaviour)
                 error = None if torch.isfinite(loss) else \
                     f"non-finite loss {loss.item()} on a micro-batch of {len(mb.keys)} chunks"  # fmt: skip
