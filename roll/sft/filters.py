@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from rock.contracts import Chunk, Trajectory
@@ -49,7 +51,7 @@ def python_ok(call: Call) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=65536)
 def bash_syntax_ok(command: str) -> bool:
     """`bash -n` on the command (a few ms; cached: the same commands recur across attempts)."""
     try:
@@ -57,6 +59,23 @@ def bash_syntax_ok(command: str) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return True  # no bash here, or it hung: the rule cannot judge, so it does not drop
     return proc.returncode == 0
+
+
+def check_shell_syntax(trajectories: Iterable[Trajectory], workers: int = 4) -> int:
+    """`bash_syntax_ok` on every shell command the trajectories' replies hold, a few at a time (each call waits on
+    its own `bash -n`, so threads overlap them: SFT's 40 relexicalised variants of 72 trajectories hold ~3,300
+    distinct commands, 6.5 s one after another). Fills the cache `shell_ok` reads; returns how many were checked."""
+    commands = {
+        cmd
+        for traj in trajectories
+        for chunk in traj.chunks
+        for call in chunk_calls(chunk)
+        if call.name == "run_shell_command" and parses(call)
+        and isinstance(cmd := json.loads(call.arguments).get("command"), str)
+    }  # fmt: skip
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(bash_syntax_ok, sorted(commands)))
+    return len(commands)
 
 
 def shell_ok(call: Call) -> bool:

@@ -18,7 +18,7 @@ from rock.contracts import Trajectory
 from roll.algo.packing import PackedSequence, pack_trajectory
 from roll.errors import ConfigError
 from roll.sft.data import DataError, NoVerifiedDataError
-from roll.sft.filters import RULES, Rule, violation
+from roll.sft.filters import RULES, Rule, check_shell_syntax, violation
 from roll.sft.masks import duplicate_chunks, failed_chunks, mask_chunks, replaced_history_chunks, trained_chunks
 from roll.sft.relex import augment, lookalike_share_field, piece_share_field, word_style
 from roll.sft.render import RenderError, load_tokenizer, render_trajectory
@@ -93,6 +93,8 @@ def sft_dataset(trajectories: list[Trajectory], tokenizer, cfg: SftDataConfig | 
     tokenizer = load_tokenizer(tokenizer)
     trajectories = augment(trajectories, cfg.variants, cfg.pseudo_share, cfg.seed, word_style(cfg, tokenizer))
     rules = set(cfg.filters)
+    if "shell_syntax" in rules:
+        check_shell_syntax(t for t in trajectories if t.resolved or "tests_failed" not in rules)
     report, dropped, masked = SftReport(trajectories=len(trajectories)), Counter(), Counter()
     sequences, families = [], []
     for traj in trajectories:

@@ -231,6 +231,21 @@ def test_phase_one_drops_exactly_the_bad_trajectories_and_counts_the_reasons(tok
     assert len(sft_sequences([clean], tok, phase=2)) == len(sft_sequences([clean], tok, phase=1)) == 1
 
 
+def test_shell_syntax_checked_concurrently_agrees_with_bash_n_one_at_a_time():
+    from roll.sft.filters import bash_syntax_ok, check_shell_syntax
+
+    good = [f"echo 'line {i}' >> /app/f{i}.txt && ls -la /app" for i in range(24)]
+    broken = ["if then fi (", "echo 'unclosed", "for x in; do", "ls || |"]
+    trajs = [build(f"t{i}", [shell(c), shell(c)]) for i, c in enumerate(good + broken)]
+    trajs.append(build("py", [step("write_file", {"path": "m.py", "content": "x"})]))  # no shell command
+    bash_syntax_ok.cache_clear()
+    assert check_shell_syntax(trajs, workers=4) == len(good) + len(broken)  # distinct commands, each once
+    assert bash_syntax_ok.cache_info().currsize == len(good) + len(broken)
+    concurrent = [bash_syntax_ok(c) for c in good + broken]
+    bash_syntax_ok.cache_clear()  # the same verdicts, one `bash -n` at a time
+    assert concurrent == [bash_syntax_ok(c) for c in good + broken] == [True] * len(good) + [False] * len(broken)
+
+
 def test_cpt_mix_holds_every_trajectory_and_short_context_examples(tok):
     trajs = [build("a", RECOVERY), build("b", [shell("ls")], status="unresolved", family="g"),
              build("c", [shell("ls")], status="unresolved", family="g")]  # fmt: skip
