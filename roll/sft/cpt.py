@@ -191,6 +191,9 @@ def golden_first_call(task) -> list[dict]:
                              "function": {"name": step.tool, "arguments": step.arguments}}])  # fmt: skip
 
 
+POOL_FIRST, POOL_MORE = 12, 40  # words offered to a fresh task's builder first; made up, when it needs more
+
+
 def fresh_tasks(families: list[str], n: int, pseudo_share: float, seed: int, style: WordStyle = WordStyle()) -> list:
     """`n` new instances (TaskSpecs) of `families`, round robin, each built by its family's builder from a word pool
     of its own: made-up words (a `pseudo_share` of them) or the train vocabulary. The same seed, the same tasks."""
@@ -203,11 +206,21 @@ def fresh_tasks(families: list[str], n: int, pseudo_share: float, seed: int, sty
     out = []
     for i in range(n):
         family = families[i % len(families)]
-        # dict, not set: a set of strings iterates in the process's hash order, a different pool every run
-        pool = (
-            train if rng.random() >= pseudo_share else list(dict.fromkeys(pseudo_word(rng, style) for _ in range(40)))
-        )
-        draft = BUILDERS[family](Words(random.Random(rng.random()), pool))
+        made_up = rng.random() < pseudo_share
+        # A small pool first (a builder takes a few words; made-up words and filtering the whole vocabulary in
+        # `Words.take` were most of the time), the whole one when the builder needs more. A uniform sample of the
+        # vocabulary hands out its words as uniformly as the vocabulary itself.
+        for size in (POOL_FIRST, POOL_MORE):
+            if made_up:  # dict, not set: a set of strings iterates in the process's hash order
+                pool = list(dict.fromkeys(pseudo_word(rng, style) for _ in range(size)))
+            else:
+                pool = rng.sample(train, size) if size == POOL_FIRST else train
+            try:
+                draft = BUILDERS[family](Words(random.Random(rng.random()), pool))
+                break
+            except ValueError as e:
+                if size == POOL_MORE or not str(e).startswith("vocabulary too small"):
+                    raise
         out.append(suite._spec(suite.FAMILIES[family], 0, "train", draft))
     return out
 

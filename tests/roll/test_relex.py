@@ -149,6 +149,19 @@ def test_fresh_tasks_are_the_same_in_every_process():
     assert runs[0] == runs[1] and runs[0].count("/app/") >= 8
 
 
+def test_a_fresh_task_that_needs_more_words_than_the_first_pool_gets_the_larger_one(monkeypatch):
+    import roll.sft.cpt as cpt
+
+    # rename_file takes 3 words: a first pool of 2 is too few, so every build retries with the larger one
+    monkeypatch.setattr(cpt, "POOL_FIRST", 2)
+    for share in (0.0, 1.0):  # train words, made-up words
+        tasks = cpt.fresh_tasks(["rename_file"], 20, share, 0)
+        assert len(tasks) == 20 and len({t.instruction for t in tasks}) == 20
+    monkeypatch.setattr(cpt, "POOL_MORE", 2)
+    with pytest.raises(ValueError, match="vocabulary too small"):
+        cpt.fresh_tasks(["rename_file"], 20, 1.0, 0)
+
+
 def test_lookalike_words_are_spelled_like_the_train_words_but_never_a_vocabulary_word():
     from roll.sft.relex import lookalike_word
 
