@@ -24,7 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[cpu,dev]"
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	@# DeepSpeed compiles its CPU shared-memory comm op on the first trainer start (~25 s on 2 cores): once, here
-	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" || true
+	DS_ACCELERATOR=cpu $(BIN)/python -c "from roll.trainer.trainer import extensions_dir; extensions_dir(); \
+	  from deepspeed.comm.torch import build_shm_op; build_shm_op()" || true
 	@touch $@
 
 docker:

@@ -36,9 +36,30 @@ _SIDE_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken")
 _WEIGHT_FILES = ("config.json", "model.safetensors.index.json")
 
 
+STALE_LOCK_S = 600.0  # an op build takes ~25 s on 2 cores: a build lock this old was left by a killed process
+
+
+def extensions_dir() -> Path:
+    """Where DeepSpeed's JIT-built ops (the CPU shm comm op) live: under this venv, not in the user's shared
+    ~/.cache/torch_extensions, where each venv (its DeepSpeed sources at another path) rebuilt the op on every
+    switch; and a build `lock` older than STALE_LOCK_S removed (PyTorch's loader waits forever while one exists, and
+    a process killed inside a build leaves it)."""
+    import sys
+
+    root = Path(os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions")))
+    for lock in root.glob("*/lock"):
+        try:
+            if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+                lock.unlink()
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove: the loader reports what it finds
+    return root
+
+
 def init_distributed(device: str) -> None:
     """One process of a DeepSpeed world (torchrun/deepspeed launchers set RANK etc.; alone: rank 0 of 1)."""
     os.environ.setdefault("DS_ACCELERATOR", device)  # read when deepspeed is first imported
+    extensions_dir()
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
         os.environ.setdefault(key, value)
     if device == "cuda":

@@ -7,6 +7,7 @@ another shape is refused, the HF export loads and gives the same logits, TensorB
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,6 +41,28 @@ def weights(trainer) -> dict[str, torch.Tensor]:
 
 def max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_jit_ops_build_under_the_venv_and_a_stale_build_lock_is_removed(tmp_path, monkeypatch):
+    """PyTorch's JIT loader waits forever on a build `lock` a killed process left; a fresh one (a build under way in
+    another process) is left alone. Without TORCH_EXTENSIONS_DIR the ops go under the venv, not a shared cache."""
+    import os
+    import sys
+    import time
+
+    from roll.trainer.trainer import STALE_LOCK_S, extensions_dir
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    assert extensions_dir() == Path(sys.prefix) / "torch_extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale, fresh = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "other_op" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir()
+        lock.touch()
+    old = time.time() - STALE_LOCK_S - 60
+    os.utime(stale, (old, old))
+    assert extensions_dir() == tmp_path
+    assert not stale.exists() and fresh.exists()
 
 
 def test_schedule_warms_up_then_decays_to_min_lr_at_the_last_step():
