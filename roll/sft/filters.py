@@ -65,24 +65,24 @@ def check_shell_syntax(trajectories: Iterable[Trajectory], workers: int = 4) -> 
     """`bash_syntax_ok` on every shell command the trajectories' replies hold, a few at a time (each call waits on
     its own `bash -n`, so threads overlap them: SFT's 40 relexicalised variants of 72 trajectories hold ~3,300
     distinct commands, 6.5 s one after another). Fills the cache `shell_ok` reads; returns how many were checked."""
-    commands = {
-        cmd
-        for traj in trajectories
-        for chunk in traj.chunks
-        for call in chunk_calls(chunk)
-        if call.name == "run_shell_command" and parses(call)
-        and isinstance(cmd := json.loads(call.arguments).get("command"), str)
-    }  # fmt: skip
+    commands = {cmd for traj in trajectories for chunk in traj.chunks for call in chunk_calls(chunk)
+                if (cmd := shell_command(call)) is not None}  # fmt: skip
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(bash_syntax_ok, sorted(commands)))
     return len(commands)
 
 
-def shell_ok(call: Call) -> bool:
+def shell_command(call: Call) -> str | None:
+    """The command of a `run_shell_command` call whose arguments parse, else None."""
     if call.name != "run_shell_command" or not parses(call):
-        return True
+        return None
     command = json.loads(call.arguments).get("command")
-    return not isinstance(command, str) or bash_syntax_ok(command)
+    return command if isinstance(command, str) else None
+
+
+def shell_ok(call: Call) -> bool:
+    command = shell_command(call)
+    return command is None or bash_syntax_ok(command)
 
 
 def chunk_violation(traj: Trajectory, chunk: Chunk, rules: set[str]) -> str | None:

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -44,8 +45,6 @@ def extensions_dir() -> Path:
     ~/.cache/torch_extensions, where each venv (its DeepSpeed sources at another path) rebuilt the op on every
     switch; and a build `lock` older than STALE_LOCK_S removed (PyTorch's loader waits forever while one exists, and
     a process killed inside a build leaves it)."""
-    import sys
-
     root = Path(os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions")))
     for lock in root.glob("*/lock"):
         try:
