@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 
-def probe_cases(families: list[str], per_family: int, tokenizer) -> list[tuple[str, list[int], list[int]]]:
-    """(family, prompt ids, target ids) for held-out seeds 1000.. of each family."""
+def probe_cases(families: list[str], per_family: int, tokenizer) -> list[tuple[str, list[int], list[int], str]]:
+    """(family, prompt ids, target ids, instruction) for held-out seeds 1000.. of each family."""
     from roll.sft.cpt import golden_first_call
     from roll.sft.render import encode, prompt_text, response_text
     from roll.tasks.suite import FAMILIES, HELDOUT_SEED, generate
@@ -30,13 +30,15 @@ def probe_cases(families: list[str], per_family: int, tokenizer) -> list[tuple[s
             task = generate(family, HELDOUT_SEED + i)
             reply = {"role": "assistant", "content": "", "tool_calls": golden_first_call(task)}
             prompt = encode(prompt_text([{"role": "user", "content": task.instruction}], None, tokenizer), tokenizer)
-            cases.append((family, prompt, encode(response_text(reply, tokenizer), tokenizer)))
+            cases.append((family, prompt, encode(response_text(reply, tokenizer), tokenizer), task.instruction))
     return cases
 
 
 @torch.no_grad()
 def copy_probe(model_dir: str | Path, families: list[str], per_family: int = 16, batch: int = 32) -> dict:
-    """Held-out exact first-call rate by family and overall (percent), with the number of cases."""
+    """Held-out exact first-call rate by family and overall (percent), with the number of cases, and each miss:
+    the instruction, the reply up to its first wrong token (`wrote`, greedy) and the token it should have been
+    (`wanted`). Issue 12's misses were nearly all at one word's first piece (`newt` -> `w`, `ivory` -> ` f`)."""
     from transformers import AutoModelForCausalLM
 
     from roll.sft.render import load_tokenizer
@@ -45,25 +47,36 @@ def copy_probe(model_dir: str | Path, families: list[str], per_family: int = 16,
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     cases = probe_cases(families, per_family, tokenizer)
     hits: dict[str, list[bool]] = {}
+    misses: list[dict] = []
     for k in range(0, len(cases), batch):
         part = cases[k : k + batch]
-        length = max(len(p) + len(r) for _, p, r in part)
+        length = max(len(p) + len(r) for _, p, r, _ in part)
         ids = torch.zeros(len(part), length, dtype=torch.long)
         mask = torch.zeros_like(ids)
         labels = torch.full_like(ids, -100)
-        for i, (_, p, r) in enumerate(part):
+        for i, (_, p, r, _) in enumerate(part):
             ids[i, : len(p) + len(r)] = torch.tensor(p + r)
             mask[i, : len(p) + len(r)] = 1
             labels[i, len(p) : len(p) + len(r)] = torch.tensor(r)
         predicted = model(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1)
         target = labels[:, 1:]
         ok = ((predicted == target) | (target == -100)).all(-1)
-        for (family, _, _), o in zip(part, ok.tolist(), strict=True):
+        for i, ((family, p, r, instruction), o) in enumerate(zip(part, ok.tolist(), strict=True)):
             hits.setdefault(family, []).append(bool(o))
+            if not o:
+                got = predicted[i, len(p) - 1 : len(p) - 1 + len(r)].tolist()
+                at = next(j for j, (a, b) in enumerate(zip(got, r, strict=True)) if a != b)
+                misses.append({
+                    "family": family,
+                    "instruction": instruction,
+                    "wrote": tokenizer.decode(r[:at] + [got[at]]),
+                    "wanted": tokenizer.decode([r[at]]),
+                })  # fmt: skip
     total = [h for v in hits.values() for h in v]
     return {
         "what": "held-out task alone -> the golden first call, greedy exact match (roll/stages/probe.py)",
         "cases": len(total),
         "overall": round(100 * sum(total) / max(1, len(total)), 1),
         "by_family": {f: round(100 * sum(v) / len(v), 1) for f, v in hits.items()},
+        "misses": misses,
     }

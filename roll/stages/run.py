@@ -124,6 +124,10 @@ def run_cpt(cfg: CptConfig, resume: bool = False) -> dict:
 
     probe = copy_probe(model, sorted(set(data.families)))
     _say(f"copy probe (held-out task alone -> first call, greedy): {probe['overall']} % {probe['by_family']}")
+    for miss in probe["misses"][:8]:
+        _say(f"  missed {miss['instruction']!r}: wrote {miss['wrote'][-40:]!r}, wanted {miss['wanted']!r}")
+    if len(probe["misses"]) > 8:
+        _say(f"  ... {len(probe['misses']) - 8} more misses in summary.json (copy_probe.misses)")
     summary = {"stage": "cpt", "name": cfg.name, "run_dir": str(run_dir), "model_in": str(cfg.model.dir), "model": str(model),
                "data": _data_summary(trajs, where, data.report) | {"inputs": inputs(cfg.data)}, "train": result,
                "before": before, "after": after, "copy_probe": probe,

@@ -58,6 +58,16 @@ def test_scores_a_perfect_model_100_and_a_wrong_token_as_a_miss(model_dir, monke
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: _Oracle({tuple(first)}))
     out = probe.copy_probe(model_dir, ["make_dir"], per_family=3)
     assert out["cases"] == 3 and out["by_family"]["make_dir"] < 100.0
+    # the miss says which case, what greedy wrote up to its first wrong token, and the token it should have been
+    tok = load_tokenizer(str(model_dir))
+    cases = probe.probe_cases(["make_dir"], 3, tok)
+    missed = [c for c in cases if tuple(c[1][:8]) == tuple(first)]
+    assert len(out["misses"]) == len(missed) == round(3 * (1 - out["by_family"]["make_dir"] / 100))
+    for miss, case in zip(out["misses"], missed, strict=True):
+        assert miss["family"] == "make_dir" and miss["instruction"] == case[3]
+        assert miss["wanted"] == tok.decode(case[2][-1:]) and miss["wrote"].startswith(tok.decode(case[2][:-1]))
+        assert miss["wrote"] != tok.decode(case[2])
+    assert probe.copy_probe(model_dir, ["rename_file"], per_family=2)["misses"] == []  # the oracle without a miss
 
 
 def test_random_weights_copy_nothing(model_dir):
