@@ -106,10 +106,20 @@ def _check_admin(request: Request, admin_token: str | None) -> None:
         raise ApiError(401, "missing or wrong admin token (Authorization: Bearer ...)", "unauthorized")
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), port 0 = any free one, held until the server listens on it.
+
+    Binding here, before the engine loads, keeps the port ours: picking a free port and binding it
+    only after start-up let vLLM's own ports (taken while it loads) land on it (CI, session 15).
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise RomeError(f"rome serve cannot bind {host}:{port}: {e.strerror}; choose another --port") from None
+    return sock
 
 
 class ServerHandle:
@@ -173,8 +183,13 @@ def start_server(
     """
     import uvicorn
 
-    service = ModelService(model_dir, engine)
-    port = port or _free_port(host)
+    sock = _bind(host, port)
+    port = sock.getsockname()[1]
+    try:
+        service = ModelService(model_dir, engine)
+    except BaseException:
+        sock.close()
+        raise
     config = uvicorn.Config(create_app(service, admin_token), host=host, port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     loop = asyncio.new_event_loop()
@@ -184,17 +199,21 @@ def start_server(
         asyncio.set_event_loop(loop)
         try:
             # serve() rather than run(): run() would install signal handlers, main thread only.
-            loop.run_until_complete(server.serve())
+            loop.run_until_complete(server.serve(sockets=[sock]))
         except BaseException as e:
             failure.append(e)
         finally:
             loop.close()
+            sock.close()
 
     thread = threading.Thread(target=run, name=f"rome-serve-{port}", daemon=True)
     thread.start()
     while not server.started:
         if not thread.is_alive():
-            raise failure[0] if failure else RomeError(f"rome serve on port {port} exited during start-up")
+            error = failure[0] if failure else None
+            if error is None or isinstance(error, SystemExit):  # uvicorn exits on a failed lifespan or bind
+                raise RomeError(f"rome serve on port {port} exited during start-up; the log above says why") from error
+            raise error
         thread.join(0.1)
         startup_timeout -= 0.1
         if startup_timeout <= 0:
@@ -213,6 +232,11 @@ def serve_forever(
     """The `rome serve` command: blocks; Ctrl-C stops it (uvicorn handles the signals)."""
     import uvicorn
 
-    service = ModelService(model_dir, engine)
-    print(f"rome serve: {service.model_dir} on http://{host}:{port}/v1 (engine {engine})", flush=True)
-    uvicorn.run(create_app(service, admin_token), host=host, port=port, log_level="info")
+    sock = _bind(host, port)
+    try:
+        service = ModelService(model_dir, engine)
+        print(f"rome serve: {service.model_dir} on http://{host}:{port}/v1 (engine {engine})", flush=True)
+        config = uvicorn.Config(create_app(service, admin_token), host=host, port=port, log_level="info")
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()

@@ -190,3 +190,44 @@ def test_missing_model_dir_is_one_line(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "empty"), "--engine", "hf"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "model dir not found" in err[0] and "missing config.json" in err[1]
+
+
+def test_the_port_is_held_while_the_engine_loads(tiny_dir, monkeypatch):
+    """Nothing else may take the server's port during start-up (vLLM opens ports of its own while it loads)."""
+    import socket
+
+    from rome.serving.server import start_server
+    from rome.serving.service import ModelService
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start, outcome = ModelService.start, []
+
+    async def start_and_try_the_port(self):
+        with socket.socket() as other:
+            try:
+                other.bind(("127.0.0.1", port))
+                outcome.append("another socket bound the server's port during start-up")
+            except OSError:
+                outcome.append("held")
+        await start(self)
+
+    monkeypatch.setattr(ModelService, "start", start_and_try_the_port)
+    with start_server(tiny_dir, engine="hf", port=port) as handle:
+        assert httpx.get(handle.url[: -len("/v1")] + "/healthz").status_code == 200
+    assert outcome == ["held"]
+
+
+def test_a_port_in_use_is_one_line(tiny_dir, capsys):
+    import socket
+
+    from rome.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--model", str(tiny_dir), "--engine", "hf", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot bind 127.0.0.1:{port}" in err[0] and "--port" in err[0], err
