@@ -231,3 +231,17 @@ def test_a_port_in_use_is_one_line(tiny_dir, capsys):
         assert main(["serve", "--model", str(tiny_dir), "--engine", "hf", "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot bind 127.0.0.1:{port}" in err[0] and "--port" in err[0], err
+
+
+def test_an_engine_that_fails_to_start_is_a_rome_error(tiny_dir, monkeypatch):
+    """uvicorn answers a failed lifespan with sys.exit: the caller gets a RomeError, not a SystemExit."""
+    from rome.errors import RomeError
+    from rome.serving.server import start_server
+    from rome.serving.service import ModelService
+
+    async def broken_start(self):
+        raise RuntimeError("the engine would not load")
+
+    monkeypatch.setattr(ModelService, "start", broken_start)
+    with pytest.raises(RomeError, match="exited during start-up"):
+        start_server(tiny_dir, engine="hf")
